@@ -1,0 +1,41 @@
+"""npyfeed: feed NumPy ``.npy`` files far larger than RAM into model training.
+
+>>> import npyfeed  # doctest: +SKIP
+>>> source = {"image": "x.npy", "label": "y.npy"}  # doctest: +SKIP
+>>> loader = npyfeed.Loader(source, batch_size=256, shuffle=True, seed=0)  # doctest: +SKIP
+>>> model.fit(loader.to_tf_dataset(), epochs=3)  # doctest: +SKIP
+"""
+
+from npyfeed.array import ConcatArray, NpyArray, RowSlice, RowSource
+from npyfeed.columns import Columns, open, split
+from npyfeed.errors import ColumnMismatchError, ConfigError, NpyfeedError, NpyFormatError, WorkerError
+from npyfeed.format import NpyHeader, read_header
+from npyfeed.loader import Loader
+from npyfeed.order import BlockShuffle, GlobalShuffle, Order, Sequential
+from npyfeed.shard import Shard
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BlockShuffle",
+    "ColumnMismatchError",
+    "Columns",
+    "ConcatArray",
+    "ConfigError",
+    "GlobalShuffle",
+    "Loader",
+    "NpyArray",
+    "NpyFormatError",
+    "NpyHeader",
+    "NpyfeedError",
+    "Order",
+    "RowSlice",
+    "RowSource",
+    "Sequential",
+    "Shard",
+    "WorkerError",
+    "__version__",
+    "open",
+    "read_header",
+    "split",
+]

@@ -1,0 +1,198 @@
+"""Aligned columns: one array, a tuple ``(x, y[, sample_weight])`` or a dict of named arrays with equal rows.
+
+``open`` turns what a user types (a path, a glob, a list of shard paths, a tuple or dict of those) into sources;
+``Columns`` keeps the user's structure so batches come back shaped like the input (what Keras expects).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, TypeAlias
+
+import numpy as np
+
+from npyfeed.array import AccessPattern, ConcatArray, NpyArray, RowSlice, RowSource, index_rows
+from npyfeed.errors import ColumnMismatchError, ConfigError
+from npyfeed.format import MAX_HEADER_SIZE
+
+__all__ = ["Columns", "Source", "open", "split"]
+
+PathLike: TypeAlias = str | os.PathLike[str]
+ArraySpec: TypeAlias = PathLike | Sequence[PathLike] | RowSource
+Source: TypeAlias = "ArraySpec | tuple[ArraySpec, ...] | Mapping[str, ArraySpec] | Columns"
+"""What ``open`` and ``Loader`` accept: a path or glob, a list of shard paths, an opened array, or a tuple or
+dict of those (aligned columns)."""
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _open_array(spec: ArraySpec, max_header_size: int) -> RowSource:
+    if isinstance(spec, RowSource) and not isinstance(spec, (str, bytes, list, tuple)):
+        return spec
+    if isinstance(spec, (str, os.PathLike)):
+        path = os.fspath(spec)
+        if not os.path.exists(path) and _GLOB_CHARS & set(path):
+            matches = sorted(glob.glob(path))
+            if not matches:
+                raise FileNotFoundError(f"no file matches the pattern {path!r}")
+            return _open_array(matches, max_header_size)
+        return NpyArray(path, max_header_size=max_header_size)
+    if isinstance(spec, list):
+        parts = [NpyArray(p, max_header_size=max_header_size) for p in spec]
+        return parts[0] if len(parts) == 1 else ConcatArray(parts)
+    raise TypeError(
+        f"cannot open {type(spec).__name__!s} as an array: expected a path, a glob pattern, a list of shard "
+        "paths, or an opened npyfeed array"
+    )
+
+
+def open(source: Source, *, max_header_size: int = MAX_HEADER_SIZE) -> RowSource | Columns:
+    """Open ``.npy`` data by rows without loading it.
+
+    - a path: an :class:`NpyArray`; a glob (``"x_*.npy"``) or a list of paths: a :class:`ConcatArray` of shards;
+    - a tuple or dict of those: :class:`Columns`, aligned arrays that must all have the same number of rows.
+
+    Indexing with an int, slice, int array or bool mask returns what ``np.load(path, mmap_mode="r")[key]``
+    returns, as an in-memory array. Headers are validated at open (see :mod:`npyfeed.format`).
+    """
+    if isinstance(source, Columns):
+        return source
+    if isinstance(source, (tuple, Mapping)):
+        return Columns(source, max_header_size=max_header_size)
+    return _open_array(source, max_header_size)
+
+
+class Columns:
+    """Named or positional arrays with the same number of rows, read together row by row.
+
+    >>> import numpy as np, tempfile, os
+    >>> d = tempfile.mkdtemp()
+    >>> np.save(os.path.join(d, "x.npy"), np.arange(6).reshape(3, 2)); np.save(os.path.join(d, "y.npy"), [7, 8, 9])
+    >>> cols = Columns({"x": os.path.join(d, "x.npy"), "y": os.path.join(d, "y.npy")})
+    >>> len(cols), cols[1]
+    (3, {'x': array([2, 3]), 'y': np.int64(8)})
+    """
+
+    kind: Literal["array", "tuple", "dict"]
+    keys: tuple[str | int, ...]
+
+    def __init__(
+        self,
+        source: ArraySpec | tuple[ArraySpec, ...] | Mapping[str, ArraySpec],
+        *,
+        max_header_size: int = MAX_HEADER_SIZE,
+    ) -> None:
+        if isinstance(source, Mapping):
+            if not source:
+                raise ConfigError("a dict source needs at least one column")
+            for key in source:
+                if not isinstance(key, str):
+                    raise ConfigError(f"dict source keys must be str, got {key!r}")
+            self.kind, self.keys = "dict", tuple(source)
+            specs: list[ArraySpec] = list(source.values())
+        elif isinstance(source, tuple):
+            if not source:
+                raise ConfigError("a tuple source needs at least one column")
+            self.kind, self.keys = "tuple", tuple(range(len(source)))
+            specs = list(source)
+        else:
+            self.kind, self.keys = "array", (0,)
+            specs = [source]
+        self.arrays: tuple[RowSource, ...] = tuple(_open_array(s, max_header_size) for s in specs)
+        lengths = [len(a) for a in self.arrays]
+        for name, array, n in zip(self.keys, self.arrays, lengths, strict=True):
+            if n != lengths[0]:
+                raise ColumnMismatchError(
+                    f"columns must have the same number of rows: {self.arrays[0].paths[0]} "
+                    f"(column {self.keys[0]!r}) has {lengths[0]} rows, {array.paths[0]} (column {name!r}) "
+                    f"has {n}"
+                )
+
+    @classmethod
+    def of(cls, source: Source, *, max_header_size: int = MAX_HEADER_SIZE) -> Columns:
+        """``source`` as Columns (returned unchanged if it already is)."""
+        return source if isinstance(source, Columns) else cls(source, max_header_size=max_header_size)
+
+    @classmethod
+    def _from_arrays(cls, template: Columns, arrays: Sequence[RowSource]) -> Columns:
+        new = cls.__new__(cls)
+        new.kind, new.keys, new.arrays = template.kind, template.keys, tuple(arrays)
+        return new
+
+    def __len__(self) -> int:
+        return len(self.arrays[0])
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k!r}: {a!r}" for k, a in zip(self.keys, self.arrays, strict=True))
+        return f"Columns({self.kind}, {len(self)} rows, {{{inner}}})"
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(p for a in self.arrays for p in a.paths)
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one row across all columns."""
+        return sum(int(np.prod(a.shape[1:], dtype=np.int64)) * a.dtype.itemsize for a in self.arrays)
+
+    def pack(self, values: Sequence[Any]) -> Any:
+        """Put one value per column back into the user's structure (array, tuple or dict)."""
+        if self.kind == "array":
+            return values[0]
+        if self.kind == "tuple":
+            return tuple(values)
+        return dict(zip(self.keys, values, strict=True))
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            if self.kind != "dict" or key not in self.keys:
+                raise KeyError(f"no column named {key!r}; columns are {list(self.keys)}")
+            return self.arrays[self.keys.index(key)]
+        return self.pack([index_rows(a, key) for a in self.arrays])
+
+    def read_rows(self, rows: np.ndarray) -> list[np.ndarray]:
+        """Fresh arrays, one per column, holding ``rows`` (sorted ascending) of every column."""
+        outs = []
+        for array in self.arrays:
+            out = np.empty((rows.size, *array.shape[1:]), array.dtype)
+            array.read_rows(rows, out)
+            outs.append(out)
+        return outs
+
+    def will_need(self, ranges: Sequence[tuple[int, int]]) -> None:
+        for array in self.arrays:
+            array.will_need(ranges)
+
+    def advise(self, pattern: AccessPattern) -> None:
+        for array in self.arrays:
+            array.advise(pattern)
+
+    def slice(self, start: int, stop: int) -> Columns:
+        """Rows ``[start, stop)`` of every column, without copying."""
+        return Columns._from_arrays(self, [RowSlice(a, start, stop) for a in self.arrays])
+
+    def split(self, first: float | int) -> tuple[Columns, Columns]:
+        """Cut rows in two without copying: ``first`` is a fraction in (0, 1) or a row count.
+
+        ``train, val = cols.split(0.9)`` gives the first 90% of rows and the rest. The cut is by position in the
+        files, so the same rows land in each part every time.
+        """
+        n = len(self)
+        if isinstance(first, bool) or not isinstance(first, (int, float, np.integer, np.floating)):
+            raise ConfigError(f"split point must be a fraction or a row count, got {first!r}")
+        if isinstance(first, (float, np.floating)):
+            if not 0.0 < first < 1.0:
+                raise ConfigError(f"split fraction must be between 0 and 1, got {first}")
+            cut = round(n * float(first))
+        else:
+            cut = int(first)
+            if not 0 <= cut <= n:
+                raise ConfigError(f"split row count must be between 0 and {n}, got {cut}")
+        return self.slice(0, cut), self.slice(cut, n)
+
+
+def split(source: Source, first: float | int) -> tuple[Columns, Columns]:
+    """Split any source into two row ranges without copying (see :meth:`Columns.split`)."""
+    return Columns.of(source).split(first)

@@ -1,0 +1,36 @@
+"""npyfeed's exceptions, rooted in built-ins so ``except ValueError`` keeps working.
+
+::
+
+    NpyfeedError(Exception)              anything npyfeed refuses or fails at
+    ├── NpyFormatError(ValueError)       a file is not a valid, safe, fixed-size .npy array
+    ├── ColumnMismatchError(ValueError)  aligned inputs disagree (row counts, row shapes of shards)
+    ├── ConfigError(ValueError)          an argument out of range (batch size, shard, split, state)
+    └── WorkerError(RuntimeError)        a read or transform failed on a prefetch thread
+
+Every message names the file (when there is one), the field, the value found and what was expected.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ColumnMismatchError", "ConfigError", "NpyFormatError", "NpyfeedError", "WorkerError"]
+
+
+class NpyfeedError(Exception):
+    """Base class of every error npyfeed raises on purpose."""
+
+
+class NpyFormatError(NpyfeedError, ValueError):
+    """A file is not a valid ``.npy`` array npyfeed can read safely (bad header, pickles, truncated data)."""
+
+
+class ColumnMismatchError(NpyfeedError, ValueError):
+    """Arrays meant to be read together disagree: different row counts, or shards of different row shapes."""
+
+
+class ConfigError(NpyfeedError, ValueError):
+    """An argument is out of range or inconsistent (batch size, shard index, split, saved state)."""
+
+
+class WorkerError(NpyfeedError, RuntimeError):
+    """Reading or transforming a batch failed on a prefetch thread; the original error is ``__cause__``."""

@@ -1,0 +1,172 @@
+"""Parse and validate ``.npy`` headers (format versions 1.0, 2.0 and 3.0) without running code.
+
+The header is a Python dict literal, e.g. ``{'descr': '<f4', 'fortran_order': False, 'shape': (1000, 32), }``.
+It is parsed with :func:`ast.literal_eval` only after its length is capped, every field is checked one by one,
+object dtypes (which need pickle) are refused, and the data size (computed with Python ints, so it cannot
+overflow) is compared with the file size before a single data byte is read.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import os
+import re
+import stat
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from npyfeed.errors import NpyFormatError
+
+__all__ = ["MAGIC", "MAX_HEADER_SIZE", "NpyHeader", "read_header"]
+
+MAGIC = b"\x93NUMPY"
+# NumPy refuses headers longer than this unless told otherwise (numpy.lib.format._MAX_HEADER_SIZE): a header is
+# a few hundred bytes, and capping it bounds the work `literal_eval` can be made to do by a hostile file.
+MAX_HEADER_SIZE = 10_000
+
+_LENGTH_FIELD = {(1, 0): "<H", (2, 0): "<I", (3, 0): "<I"}
+_ENCODING = {(1, 0): "latin1", (2, 0): "latin1", (3, 0): "utf8"}
+_MAX_INDEX = np.iinfo(np.intp).max
+_KEYS = frozenset({"descr", "fortran_order", "shape"})
+# Files written by NumPy under Python 2 may spell ints as `10L`; NumPy accepts them in versions 1.0 and 2.0.
+_PY2_LONG = re.compile(r"\b(\d+)L\b")
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    """What a validated ``.npy`` header says, plus where the data lies in the file."""
+
+    path: str
+    version: tuple[int, int]
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    fortran_order: bool
+    data_offset: int
+    """Bytes before the first data byte: magic, version, length field and header text."""
+    data_bytes: int
+    file_bytes: int
+
+    @property
+    def trailing_bytes(self) -> int:
+        """Bytes after the array data (NumPy never writes any; other writers may pad)."""
+        return self.file_bytes - self.data_offset - self.data_bytes
+
+
+def _fail(path: str, field: str, found: object, expected: str) -> NpyFormatError:
+    return NpyFormatError(f"{path}: invalid .npy {field}: found {found!r}, expected {expected}")
+
+
+def read_header(path: str | os.PathLike[str], *, max_header_size: int = MAX_HEADER_SIZE) -> NpyHeader:
+    """Read and validate the header of the ``.npy`` file at ``path``.
+
+    Raises ``OSError`` if the path cannot be opened and :class:`NpyFormatError` for anything else wrong:
+    not a regular file, bad magic or version, oversized or non-literal header, pickled (object) dtypes,
+    malformed shapes, or a file shorter than its header says.
+    """
+    name = os.fspath(path)
+    # O_NONBLOCK: opening a FIFO for reading must not wait for a writer; we refuse non-regular files below.
+    fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise NpyFormatError(f"{name}: cannot read as .npy: it is {kind}")
+        return _parse(name, fd, info.st_size, max_header_size)
+    finally:
+        os.close(fd)
+
+
+def _read_exact(name: str, fd: int, offset: int, size: int, what: str) -> bytes:
+    data = os.pread(fd, size, offset)
+    if len(data) != size:
+        raise NpyFormatError(
+            f"{name}: invalid .npy: file ends inside the {what} "
+            f"(needed {size} bytes at offset {offset}, the file has {offset + len(data)} bytes)"
+        )
+    return data
+
+
+def _parse(name: str, fd: int, file_bytes: int, max_header_size: int) -> NpyHeader:
+    magic = _read_exact(name, fd, 0, 8, "magic string and version")
+    if magic[:6] != MAGIC:
+        raise _fail(name, "magic string", magic[:6], repr(MAGIC))
+    version = (magic[6], magic[7])
+    if version not in _LENGTH_FIELD:
+        raise _fail(name, "format version", f"{version[0]}.{version[1]}", "1.0, 2.0 or 3.0")
+    length_format = _LENGTH_FIELD[version]
+    length_size = struct.calcsize(length_format)
+    (header_len,) = struct.unpack(length_format, _read_exact(name, fd, 8, length_size, "header length"))
+    if header_len > max_header_size:
+        raise _fail(
+            name,
+            "header length",
+            header_len,
+            f"at most {max_header_size} bytes (pass a larger max_header_size if the file is trusted)",
+        )
+    data_offset = 8 + length_size + header_len
+    if data_offset > file_bytes:
+        raise _fail(name, "header length", header_len, f"a header that fits in the file's {file_bytes} bytes")
+    raw = _read_exact(name, fd, 8 + length_size, header_len, "header")
+    try:
+        text = raw.decode(_ENCODING[version])
+    except UnicodeDecodeError as e:
+        raise _fail(name, "header encoding", raw[e.start : e.end], f"{_ENCODING[version]} text") from e
+    if version < (3, 0):
+        text = _PY2_LONG.sub(r"\1", text)
+    fields = _literal_dict(name, text)
+    dtype = _dtype(name, fields["descr"])
+    fortran_order = fields["fortran_order"]
+    if not isinstance(fortran_order, bool):
+        raise _fail(name, "'fortran_order'", fortran_order, "True or False")
+    shape = _shape(name, fields["shape"])
+    data_bytes = math.prod(shape) * dtype.itemsize
+    if math.prod(shape) > _MAX_INDEX or data_bytes > _MAX_INDEX:
+        raise _fail(name, "'shape'", shape, f"at most {_MAX_INDEX} elements and bytes (NumPy's index limit)")
+    available = file_bytes - data_offset
+    if data_bytes > available:
+        raise NpyFormatError(
+            f"{name}: truncated .npy: shape {shape} of {dtype} needs {data_bytes} data bytes after the "
+            f"{data_offset}-byte header, but the file has only {available} (file size {file_bytes})"
+        )
+    return NpyHeader(name, version, dtype, shape, fortran_order, data_offset, data_bytes, file_bytes)
+
+
+def _literal_dict(name: str, text: str) -> dict[str, Any]:
+    try:
+        value = ast.literal_eval(text)
+    # literal_eval raises all of these on hostile text (deep nesting, huge ints, null bytes, odd tokens).
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as e:
+        raise _fail(name, "header", _shorten(text), f"a Python dict literal ({type(e).__name__}: {e})") from e
+    if not isinstance(value, dict):
+        raise _fail(name, "header", _shorten(text), "a dict literal")
+    keys = set(value)
+    if keys != _KEYS:
+        raise _fail(name, "header keys", sorted(map(str, keys)), f"exactly {sorted(_KEYS)}")
+    return value
+
+
+def _dtype(name: str, descr: object) -> np.dtype[Any]:
+    try:
+        dtype = np.lib.format.descr_to_dtype(descr)  # type: ignore[arg-type]
+    except Exception as e:  # NumPy raises TypeError, ValueError, KeyError... for malformed descr.
+        raise _fail(name, "'descr'", descr, f"a NumPy dtype description ({type(e).__name__}: {e})") from e
+    if dtype.hasobject:
+        raise _fail(name, "'descr'", descr, "a fixed-size dtype (object arrays need pickle, which npyfeed refuses)")
+    return dtype
+
+
+def _shape(name: str, shape: object) -> tuple[int, ...]:
+    if not isinstance(shape, tuple):
+        raise _fail(name, "'shape'", shape, "a tuple of non-negative ints")
+    for dim in shape:
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
+            raise _fail(name, "'shape'", shape, "a tuple of non-negative ints")
+    return shape
+
+
+def _shorten(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"

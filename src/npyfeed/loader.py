@@ -1,0 +1,322 @@
+"""The Loader: batches of rows, in sequential or shuffled epochs, read ahead on a small thread pool.
+
+>>> import numpy as np, tempfile, os
+>>> path = os.path.join(tempfile.mkdtemp(), "x.npy")
+>>> np.save(path, np.arange(10, dtype=np.float32))
+>>> loader = Loader(path, batch_size=4, shuffle=True, seed=0)
+>>> len(loader)
+3
+>>> sorted(np.concatenate(list(loader)).tolist()) == list(range(10))
+True
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from npyfeed.columns import Columns, Source
+from npyfeed.errors import ConfigError
+from npyfeed.order import BlockShuffle, GlobalShuffle, Order, Sequential
+from npyfeed.prefetch import PrefetchStats, prefetch_ordered
+from npyfeed.shard import Shard
+from npyfeed.system import available_memory, cpu_count
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+__all__ = ["Loader", "ShuffleMode"]
+
+ShuffleMode = Literal["none", "global", "block"]
+Batch = Any
+"""One batch: an ndarray, a tuple or a dict of ndarrays, shaped like the source (or what ``transform`` returns)."""
+
+_STATE_VERSION = 1
+# Kernel hints pay off when reads are slow (cold data): below this read speed a batch asks the kernel to queue
+# all its rows at once (posix_fadvise WILLNEED) instead of faulting them in one page at a time.
+_HINT_BELOW_BYTES_PER_S = 300e6
+_BLOCK_BYTES = 4 << 20  # default block-shuffle block: 4 MiB of rows, one efficient sequential read
+_WINDOW_BLOCKS = 16  # default blocks mixed together: a 64 MiB window
+_PREFETCH_BYTES = 256 << 20  # read-ahead memory bound when the user sets no depth
+
+
+def _shuffle_mode(shuffle: bool | str) -> ShuffleMode:
+    if shuffle is True:
+        return "global"
+    if shuffle is False or shuffle is None:
+        return "none"
+    if shuffle in ("none", "global", "block"):
+        return shuffle  # type: ignore[return-value]
+    raise ConfigError(f"shuffle must be True, False, 'global' or 'block', got {shuffle!r}")
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _optional_positive_int(name: str, value: Any) -> int | None:
+    return None if value is None else _positive_int(name, value)
+
+
+class Loader:
+    """Batches of rows from ``.npy`` files, in sequential or shuffled epochs, with bounded read-ahead.
+
+    Args:
+        source: anything :func:`npyfeed.open` accepts: a path, a glob or list of shards, or a tuple or dict of
+            those (aligned columns such as ``(x, y)`` or ``{"image": ..., "label": ...}``).
+        batch_size: rows per batch.
+        shuffle: ``False`` (file order), ``True`` or ``"global"`` (a uniform shuffle of all rows), or ``"block"``
+            (contiguous blocks in random order, rows mixed within windows of blocks: near-sequential I/O for
+            cold or slow storage; see :class:`npyfeed.order.BlockShuffle`).
+        seed: the shuffle seed; ``None`` draws one (kept in :meth:`get_state`, so a resume is exact).
+        drop_remainder: drop the last, smaller batch of each epoch.
+        transform: ``transform(batch) -> batch`` applied to every batch on the read threads.
+        shard: ``(index, count)`` or a :class:`Shard`: read only this worker's disjoint share of each epoch.
+        block_rows, window_blocks: block-shuffle geometry (default: 4 MiB blocks, 16 per window).
+        num_threads: read threads (default: the number of cores, at least 2).
+        prefetch: batches read ahead (default: grows from ``2 x num_threads`` while the consumer waits,
+            bounded by 256 MiB of batches).
+        io_hints: ask the kernel to queue each batch's rows before reading them: ``None`` decides from the read
+            speed it sees (on when reads are slow, i.e. the data is not in page cache).
+        epoch: the epoch the first ``iter()`` starts.
+
+    Each ``iter(loader)`` is the next epoch. Within a batch, rows come in file order: the shuffle decides which
+    rows form each batch, and the rows of a batch are read in one sorted, coalesced pass.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        batch_size: int,
+        *,
+        shuffle: bool | ShuffleMode = False,
+        seed: int | None = None,
+        drop_remainder: bool = False,
+        transform: Callable[[Batch], Batch] | None = None,
+        shard: Shard | tuple[int, int] | None = None,
+        block_rows: int | None = None,
+        window_blocks: int | None = None,
+        num_threads: int | None = None,
+        prefetch: int | None = None,
+        io_hints: bool | None = None,
+        epoch: int = 0,
+    ) -> None:
+        self.source = Columns.of(source)
+        self.batch_size = _positive_int("batch_size", batch_size)
+        self.shuffle: ShuffleMode = _shuffle_mode(shuffle)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise ConfigError(f"seed must be an int or None, got {seed!r}")
+        self.seed = int(seed) if seed is not None else secrets.randbits(63)
+        self.drop_remainder = bool(drop_remainder)
+        if transform is not None and not callable(transform):
+            raise ConfigError(f"transform must be callable, got {transform!r}")
+        self.transform = transform
+        self.shard = Shard.of(shard)
+        self.num_threads = _optional_positive_int("num_threads", num_threads) or min(16, max(2, cpu_count()))
+        self.prefetch = _optional_positive_int("prefetch", prefetch)
+        self.io_hints = io_hints
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ConfigError(f"epoch must be a non-negative int, got {epoch!r}")
+        row_bytes = max(1, self.source.row_bytes)
+        block = _optional_positive_int("block_rows", block_rows) or max(1, _BLOCK_BYTES // row_bytes)
+        window = _optional_positive_int("window_blocks", window_blocks) or _WINDOW_BLOCKS
+        self.order: Order = self._make_order(block, window)
+        self._start, self._stop = self.shard.positions(len(self.source))
+        self._next_epoch, self._next_batch = epoch, 0
+        self._position = (epoch, 0)
+        self._hinting = bool(io_hints)
+        self._hinted: tuple[int, tuple[int, int]] | None = None
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self.stats = PrefetchStats()
+
+    def _make_order(self, block_rows: int, window_blocks: int) -> Order:
+        n = len(self.source)
+        if self.shuffle == "global":
+            return GlobalShuffle(n, self.seed)
+        if self.shuffle == "block":
+            return BlockShuffle(n, self.seed, block_rows, window_blocks)
+        return Sequential(n)
+
+    # -- sizes ------------------------------------------------------------------------------------------------
+    @property
+    def num_rows(self) -> int:
+        """Rows per epoch read by this shard (before ``drop_remainder``)."""
+        return self._stop - self._start
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        if self.drop_remainder:
+            return self.num_rows // self.batch_size
+        return math.ceil(self.num_rows / self.batch_size)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next ``iter()`` starts."""
+        return self._next_epoch
+
+    def __repr__(self) -> str:
+        return (
+            f"Loader({self.source!r}, batch_size={self.batch_size}, shuffle={self.shuffle!r}, seed={self.seed}, "
+            f"batches={len(self)})"
+        )
+
+    # -- reading one batch: a pure function of (seed, epoch, index) -------------------------------------------
+    def batch_rows(self, epoch: int, index: int) -> np.ndarray:
+        """The sorted row indices of batch ``index`` of ``epoch``."""
+        if isinstance(index, bool) or not 0 <= index < len(self):
+            raise IndexError(f"batch {index} is out of range for {len(self)} batches per epoch")
+        lo = self._start + index * self.batch_size
+        hi = min(lo + self.batch_size, self._stop)
+        rows = self.order.rows(epoch, lo, hi)
+        rows.sort()
+        return rows
+
+    def read_batch(self, epoch: int, index: int) -> Batch:
+        """Batch ``index`` of ``epoch``, transformed. Stateless and thread-safe: what every adapter calls."""
+        rows = self.batch_rows(epoch, index)
+        if self._hinting:
+            self._hint(epoch, index, rows)
+        started = time.perf_counter()
+        batch = self.source.pack(self.source.read_rows(rows))
+        if self.io_hints is None:
+            elapsed = time.perf_counter() - started
+            self._hinting = rows.size * self.source.row_bytes < _HINT_BELOW_BYTES_PER_S * elapsed
+        return self.transform(batch) if self.transform is not None else batch
+
+    def _hint(self, epoch: int, index: int, rows: np.ndarray) -> None:
+        if self.shuffle == "block":
+            lo = self._start + index * self.batch_size
+            ranges = self.order.hint_ranges(epoch, lo, min(lo + self.batch_size, self._stop))
+            key = (epoch, ranges[0]) if ranges else None
+            with self._lock:
+                if key is None or key == self._hinted:
+                    return
+                self._hinted = key
+        else:
+            breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+            starts = rows[np.concatenate(([0], breaks))]
+            stops = rows[np.concatenate((breaks - 1, [rows.size - 1]))] + 1
+            ranges = list(zip(starts.tolist(), stops.tolist(), strict=True))
+        self.source.will_need(ranges)
+
+    # -- epochs -----------------------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Batch]:
+        """The next epoch (or the rest of the one a :meth:`set_state` pointed at)."""
+        epoch, start = self._next_epoch, self._next_batch
+        self._next_epoch, self._next_batch = epoch + 1, 0
+        self._position = (epoch, start)
+        return self._epoch_batches(epoch, start)
+
+    def _epoch_batches(self, epoch: int, start: int) -> Iterator[Batch]:
+        self.source.advise("sequential" if self.shuffle == "none" else "random")
+        count = len(self)
+        jobs = ((i, _bound_read(self, epoch, i)) for i in range(start, count))
+        depth, max_depth = self._depths()
+        self.stats = PrefetchStats()
+        for index, batch in prefetch_ordered(
+            jobs,
+            self._executor(),
+            depth,
+            max_depth=max_depth,
+            describe=lambda i: f"batch {i} of epoch {epoch} from {', '.join(self.source.paths[:3])}",
+            stats=self.stats,
+        ):
+            self._position = (epoch, index + 1) if index + 1 < count else (epoch + 1, 0)
+            yield batch
+
+    def _depths(self) -> tuple[int, int]:
+        if self.prefetch is not None:
+            return self.prefetch, self.prefetch
+        batch_bytes = max(1, self.batch_size * self.source.row_bytes)
+        budget = min(_PREFETCH_BYTES, available_memory() // 8)
+        ceiling = max(2, budget // batch_bytes)
+        return min(2 * self.num_threads, ceiling), max(min(2 * self.num_threads, ceiling), min(64, ceiling))
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="npyfeed")
+            weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the read threads (a later ``iter()`` starts new ones)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> Loader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- checkpointing ----------------------------------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        """A small JSON-able dict: where the consumer is (the batches it received, not those read ahead)."""
+        epoch, batch = self._position
+        return {
+            "version": _STATE_VERSION,
+            "epoch": epoch,
+            "batch": batch,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "num_rows": len(self.source),
+            "batch_size": self.batch_size,
+            "shard": [self.shard.index, self.shard.count],
+            "drop_remainder": self.drop_remainder,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Make the next ``iter()`` continue exactly after the last batch delivered when ``state`` was taken."""
+        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
+            raise ConfigError(f"not an npyfeed Loader state (version {_STATE_VERSION}): {state!r}")
+        expected = {
+            "shuffle": self.shuffle,
+            "num_rows": len(self.source),
+            "batch_size": self.batch_size,
+            "shard": [self.shard.index, self.shard.count],
+            "drop_remainder": self.drop_remainder,
+        }
+        for key, value in expected.items():
+            if state.get(key) != value:
+                raise ConfigError(f"saved state has {key}={state.get(key)!r} but this loader has {key}={value!r}")
+        epoch, batch = state.get("epoch"), state.get("batch")
+        if not isinstance(epoch, int) or epoch < 0 or not isinstance(batch, int) or not 0 <= batch <= len(self):
+            raise ConfigError(f"saved state has an invalid position: epoch={epoch!r}, batch={batch!r}")
+        seed = state.get("seed")
+        if not isinstance(seed, int):
+            raise ConfigError(f"saved state has an invalid seed: {seed!r}")
+        if seed != self.seed:
+            self.seed = seed
+            self.order = self._make_order(*self._block_geometry())
+        if batch == len(self):
+            epoch, batch = epoch + 1, 0
+        self._next_epoch, self._next_batch = epoch, batch
+        self._position = (epoch, batch)
+
+    def _block_geometry(self) -> tuple[int, int]:
+        if isinstance(self.order, BlockShuffle):
+            return self.order.block_rows, self.order.window_blocks
+        return 1, 1
+
+    # -- framework adapters (each imports its framework lazily) -----------------------------------------------
+    def to_tf_dataset(self, **kwargs: Any) -> tf.data.Dataset:
+        """A ``tf.data.Dataset`` of this loader's batches; see :func:`npyfeed.tf_data.to_tf_dataset`."""
+        from npyfeed.tf_data import to_tf_dataset
+
+        return to_tf_dataset(self, **kwargs)
+
+
+def _bound_read(loader: Loader, epoch: int, index: int) -> Callable[[], Batch]:
+    return lambda: loader.read_batch(epoch, index)

@@ -1,0 +1,93 @@
+"""Bounded, ordered prefetching of batches on a thread pool.
+
+At most ``depth`` batches are in flight or waiting, so memory is bounded by ``depth`` x batch bytes whatever the
+file size. Results come back in submission order with the key they were submitted under, so the consumer knows
+exactly which batch it holds (what a saved state must refer to, not what was read ahead). An exception on a
+thread is re-raised in the consumer as :class:`WorkerError` naming the batch, with the original as its cause.
+When the consumer starves (the next batch is not ready when asked for), ``depth`` grows up to ``max_depth``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from npyfeed.errors import NpyfeedError, WorkerError
+
+__all__ = ["PrefetchStats", "prefetch_ordered"]
+
+K = TypeVar("K")
+T = TypeVar("T")
+
+
+@dataclass
+class PrefetchStats:
+    """What the consumer saw: batches delivered, how many it had to wait for, and the final depth."""
+
+    delivered: int = 0
+    starved: int = 0
+    depth: int = 0
+
+
+class _Job(Generic[K, T]):
+    __slots__ = ("future", "key")
+
+    def __init__(self, key: K, future: Future[T]) -> None:
+        self.key, self.future = key, future
+
+
+def prefetch_ordered(
+    jobs: Iterable[tuple[K, Callable[[], T]]],
+    pool: Executor,
+    depth: int,
+    *,
+    max_depth: int | None = None,
+    describe: Callable[[K], str] = str,
+    stats: PrefetchStats | None = None,
+) -> Iterator[tuple[K, T]]:
+    """Run ``jobs`` on ``pool`` keeping up to ``depth`` ahead; yield ``(key, result)`` in order."""
+    max_depth = max(depth, max_depth or depth)
+    stats = stats if stats is not None else PrefetchStats()
+    stats.depth = depth = max(1, depth)
+    pending: deque[_Job[K, T]] = deque()
+    source = iter(jobs)
+    exhausted = False
+    streak = 0
+    try:
+        while True:
+            while not exhausted and len(pending) < depth:
+                try:
+                    key, fn = next(source)
+                except StopIteration:
+                    exhausted = True
+                    break
+                pending.append(_Job(key, pool.submit(fn)))
+            if not pending:
+                return
+            job = pending.popleft()
+            if job.future.done():
+                streak = 0
+            else:
+                stats.starved += 1
+                streak += 1
+                # Starved twice in a row at this depth: read further ahead (bounded by max_depth).
+                if streak >= 2 and depth < max_depth:
+                    depth += 1
+                    stats.depth = depth
+                    streak = 0
+            try:
+                result = job.future.result()
+            except NpyfeedError as e:
+                if isinstance(e, WorkerError):
+                    raise
+                raise type(e)(f"{e} (while reading {describe(job.key)})") from e
+            except Exception as e:
+                raise WorkerError(f"reading {describe(job.key)} failed: {type(e).__name__}: {e}") from e
+            stats.delivered += 1
+            yield job.key, result
+    finally:
+        for job in pending:
+            job.future.cancel()
