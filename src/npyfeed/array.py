@@ -47,7 +47,10 @@ class RowSource(Protocol):
     def __getitem__(self, key: Any) -> Any: ...
 
     def read_rows(self, rows: np.ndarray, out: np.ndarray) -> None:
-        """Copy rows ``rows`` (int64, ascending, in range) into ``out`` (shape ``(len(rows), *row_shape)``)."""
+        """Copy rows ``rows`` (int64, in range, any order) into ``out`` (shape ``(len(rows), *row_shape)``).
+
+        Ascending runs read fastest: the loader passes each batch sorted, several batches per call.
+        """
         ...
 
     def will_need(self, ranges: Sequence[tuple[int, int]]) -> None:
@@ -100,16 +103,19 @@ def _is_integer(key: Any) -> bool:
 
 
 def _read_any_order(source: RowSource, rows: np.ndarray) -> np.ndarray:
-    """Read rows in any order: sorted reads, then one in-memory scatter back to the asked order."""
-    out = np.empty((rows.size, *source.shape[1:]), source.dtype)
-    if rows.size and (np.diff(rows) >= 0).all():
+    """Read rows in any order, repeats allowed: each distinct row once in file order, then one in-memory gather.
+
+    ``read_rows`` takes strictly ascending rows (a run test like ``last - first == count - 1`` is only valid
+    without repeats), so repeated indices such as ``a[[0, 1, 1, 3]]`` must not reach it as they are.
+    """
+    if rows.size and (np.diff(rows) > 0).all():
+        out = np.empty((rows.size, *source.shape[1:]), source.dtype)
         source.read_rows(rows, out)
         return out
-    order = np.argsort(rows, kind="stable")
-    sorted_out = np.empty_like(out)
-    source.read_rows(rows[order], sorted_out)
-    out[order] = sorted_out
-    return out
+    unique, inverse = np.unique(rows, return_inverse=True)
+    unique_out = np.empty((unique.size, *source.shape[1:]), source.dtype)
+    source.read_rows(unique, unique_out)
+    return unique_out[inverse.reshape(-1)]
 
 
 class NpyArray:
@@ -219,7 +225,7 @@ class NpyArray:
         view = self.view()
         if rows.size == 0:
             return
-        if rows.size > 1 and rows[-1] - rows[0] == rows.size - 1:
+        if rows[-1] - rows[0] == rows.size - 1 and (rows.size == 1 or (np.diff(rows) == 1).all()):
             # One run of consecutive rows: a plain slice copy (memcpy-speed, GIL released).
             np.copyto(out, view[rows[0] : rows[-1] + 1])
         else:
@@ -308,6 +314,12 @@ class ConcatArray:
         return [(i, int(cuts[i]), int(cuts[i + 1])) for i in range(len(self.parts)) if cuts[i + 1] > cuts[i]]
 
     def read_rows(self, rows: np.ndarray, out: np.ndarray) -> None:
+        if rows.size > 1 and not (np.diff(rows) >= 0).all():
+            order = np.argsort(rows, kind="stable")
+            ordered = np.empty_like(out)
+            self.read_rows(rows[order], ordered)
+            out[order] = ordered
+            return
         for i, a, b in self._split(rows):
             self.parts[i].read_rows(rows[a:b] - self._starts[i], out[a:b])
 

@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 
 from npyfeed.array import AccessPattern, ConcatArray, NpyArray, RowSlice, RowSource, index_rows
+from npyfeed.buffers import BufferPool
 from npyfeed.errors import ColumnMismatchError, ConfigError
 from npyfeed.format import MAX_HEADER_SIZE
 
@@ -152,11 +153,12 @@ class Columns:
             return self.arrays[self.keys.index(key)]
         return self.pack([index_rows(a, key) for a in self.arrays])
 
-    def read_rows(self, rows: np.ndarray) -> list[np.ndarray]:
-        """Fresh arrays, one per column, holding ``rows`` (sorted ascending) of every column."""
+    def read_rows(self, rows: np.ndarray, pool: BufferPool | None = None) -> list[np.ndarray]:
+        """Arrays, one per column, holding ``rows`` of every column (from ``pool`` when given)."""
         outs = []
         for array in self.arrays:
-            out = np.empty((rows.size, *array.shape[1:]), array.dtype)
+            shape = (rows.size, *array.shape[1:])
+            out = pool.empty(shape, array.dtype) if pool is not None else np.empty(shape, array.dtype)
             array.read_rows(rows, out)
             outs.append(out)
         return outs

@@ -31,6 +31,8 @@ MAX_HEADER_SIZE = 10_000
 _LENGTH_FIELD = {(1, 0): "<H", (2, 0): "<I", (3, 0): "<I"}
 _ENCODING = {(1, 0): "latin1", (2, 0): "latin1", (3, 0): "utf8"}
 _MAX_INDEX = np.iinfo(np.intp).max
+# NumPy's NPY_MAXDIMS: an ndarray has at most 64 dimensions (32 before NumPy 2.0).
+_MAX_DIMS = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32
 _KEYS = frozenset({"descr", "fortran_order", "shape"})
 # Files written by NumPy under Python 2 may spell ints as `10L`; NumPy accepts them in versions 1.0 and 2.0.
 _PY2_LONG = re.compile(r"\b(\d+)L\b")
@@ -57,7 +59,15 @@ class NpyHeader:
 
 
 def _fail(path: str, field: str, found: object, expected: str) -> NpyFormatError:
-    return NpyFormatError(f"{path}: invalid .npy {field}: found {found!r}, expected {expected}")
+    return NpyFormatError(f"{path}: invalid .npy {field}: found {_show(found)}, expected {expected}")
+
+
+def _show(value: object) -> str:
+    """``repr(value)``, shortened; a header can hold ints too long for ``repr`` (hex literals escape the limit)."""
+    try:
+        return _shorten(repr(value))
+    except ValueError:  # an int of more than sys.get_int_max_str_digits() decimal digits
+        return f"<{type(value).__name__} with an int too long to print in decimal>"
 
 
 def read_header(path: str | os.PathLike[str], *, max_header_size: int = MAX_HEADER_SIZE) -> NpyHeader:
@@ -115,16 +125,20 @@ def _parse(name: str, fd: int, file_bytes: int, max_header_size: int) -> NpyHead
         text = raw.decode(_ENCODING[version])
     except UnicodeDecodeError as e:
         raise _fail(name, "header encoding", raw[e.start : e.end], f"{_ENCODING[version]} text") from e
-    if version < (3, 0):
-        text = _PY2_LONG.sub(r"\1", text)
-    fields = _literal_dict(name, text)
+    fields = _literal_dict(name, text, version)
     dtype = _dtype(name, fields["descr"])
     fortran_order = fields["fortran_order"]
     if not isinstance(fortran_order, bool):
         raise _fail(name, "'fortran_order'", fortran_order, "True or False")
     shape = _shape(name, fields["shape"])
+    if dtype.subdtype is not None:
+        # A sub-array descr such as ('<f4', (2,)): NumPy appends its dimensions to the shape (same bytes).
+        dtype, shape = dtype.base, shape + dtype.shape
+    if len(shape) > _MAX_DIMS:
+        raise _fail(name, "'shape'", shape, f"at most {_MAX_DIMS} dimensions (NumPy's limit)")
     data_bytes = math.prod(shape) * dtype.itemsize
-    if math.prod(shape) > _MAX_INDEX or data_bytes > _MAX_INDEX:
+    # Like NumPy, also refuse an empty array whose non-zero dimensions overflow (e.g. (0, 2**63)).
+    if math.prod(d for d in shape if d) * max(1, dtype.itemsize) > _MAX_INDEX:
         raise _fail(name, "'shape'", shape, f"at most {_MAX_INDEX} elements and bytes (NumPy's index limit)")
     available = file_bytes - data_offset
     if data_bytes > available:
@@ -135,17 +149,24 @@ def _parse(name: str, fd: int, file_bytes: int, max_header_size: int) -> NpyHead
     return NpyHeader(name, version, dtype, shape, fortran_order, data_offset, data_bytes, file_bytes)
 
 
-def _literal_dict(name: str, text: str) -> dict[str, Any]:
+def _literal_dict(name: str, text: str, version: tuple[int, int]) -> dict[str, Any]:
     try:
-        value = ast.literal_eval(text)
+        try:
+            value = ast.literal_eval(text)
+        except SyntaxError:
+            if version >= (3, 0) or not _PY2_LONG.search(text):
+                raise
+            # Like NumPy, rewrite `10L` only when the header does not parse as it is, so that a string such as
+            # a field name holding "10L" is never changed.
+            value = ast.literal_eval(_PY2_LONG.sub(r"\1", text))
     # literal_eval raises all of these on hostile text (deep nesting, huge ints, null bytes, odd tokens).
     except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as e:
-        raise _fail(name, "header", _shorten(text), f"a Python dict literal ({type(e).__name__}: {e})") from e
+        raise _fail(name, "header", text, f"a Python dict literal ({type(e).__name__}: {_shorten(str(e))})") from e
     if not isinstance(value, dict):
-        raise _fail(name, "header", _shorten(text), "a dict literal")
+        raise _fail(name, "header", text, "a dict literal")
     keys = set(value)
     if keys != _KEYS:
-        raise _fail(name, "header keys", sorted(map(str, keys)), f"exactly {sorted(_KEYS)}")
+        raise _fail(name, "header keys", sorted(keys, key=_show), f"exactly {sorted(_KEYS)}")
     return value
 
 

@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from npyfeed.buffers import BufferPool
 from npyfeed.columns import Columns, Source
 from npyfeed.errors import ConfigError
-from npyfeed.order import BlockShuffle, GlobalShuffle, Order, Sequential
+from npyfeed.order import BlockShuffle, ChunkCache, GlobalShuffle, Order, Sequential
 from npyfeed.prefetch import PrefetchStats, prefetch_ordered
 from npyfeed.shard import Shard
 from npyfeed.system import available_memory, cpu_count
@@ -46,6 +47,7 @@ _HINT_BELOW_BYTES_PER_S = 300e6
 _BLOCK_BYTES = 4 << 20  # default block-shuffle block: 4 MiB of rows, one efficient sequential read
 _WINDOW_BLOCKS = 16  # default blocks mixed together: a 64 MiB window
 _PREFETCH_BYTES = 256 << 20  # read-ahead memory bound when the user sets no depth
+_READ_BYTES = 4 << 20  # one read task fetches about this much (several small batches at once)
 
 
 def _shuffle_mode(shuffle: bool | str) -> ShuffleMode:
@@ -138,14 +140,15 @@ class Loader:
         self._hinted: tuple[int, tuple[int, int]] | None = None
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._buffers = BufferPool(self._depths(self.batches_per_read)[1] + self.num_threads + 2)
         self.stats = PrefetchStats()
 
     def _make_order(self, block_rows: int, window_blocks: int) -> Order:
         n = len(self.source)
         if self.shuffle == "global":
-            return GlobalShuffle(n, self.seed)
+            return ChunkCache(GlobalShuffle(n, self.seed))
         if self.shuffle == "block":
-            return BlockShuffle(n, self.seed, block_rows, window_blocks)
+            return ChunkCache(BlockShuffle(n, self.seed, block_rows, window_blocks))
         return Sequential(n)
 
     # -- sizes ------------------------------------------------------------------------------------------------
@@ -171,42 +174,60 @@ class Loader:
             f"batches={len(self)})"
         )
 
-    # -- reading one batch: a pure function of (seed, epoch, index) -------------------------------------------
+    # -- reading batches: a pure function of (seed, epoch, index) ---------------------------------------------
+    def _positions(self, index: int) -> tuple[int, int]:
+        lo = self._start + index * self.batch_size
+        return lo, min(lo + self.batch_size, self._stop)
+
     def batch_rows(self, epoch: int, index: int) -> np.ndarray:
         """The sorted row indices of batch ``index`` of ``epoch``."""
         if isinstance(index, bool) or not 0 <= index < len(self):
             raise IndexError(f"batch {index} is out of range for {len(self)} batches per epoch")
-        lo = self._start + index * self.batch_size
-        hi = min(lo + self.batch_size, self._stop)
-        rows = self.order.rows(epoch, lo, hi)
+        rows = self.order.rows(epoch, *self._positions(index))
         rows.sort()
         return rows
 
     def read_batch(self, epoch: int, index: int) -> Batch:
         """Batch ``index`` of ``epoch``, transformed. Stateless and thread-safe: what every adapter calls."""
-        rows = self.batch_rows(epoch, index)
+        return self.read_batches(epoch, index, index + 1)[0]
+
+    def read_batches(self, epoch: int, start: int, stop: int) -> list[Batch]:
+        """Batches ``start..stop-1`` of ``epoch``, read in one pass into one buffer per column, transformed.
+
+        Each batch's rows are sorted (file order) and the batches laid end to end, so a sequential epoch is one
+        contiguous copy and a shuffled one a single gather: NumPy's per-call cost is paid once per chunk.
+        """
+        per_batch = [self.batch_rows(epoch, i) for i in range(start, stop)]
+        rows = per_batch[0] if len(per_batch) == 1 else np.concatenate(per_batch)
         if self._hinting:
-            self._hint(epoch, index, rows)
+            self._hint(epoch, start, stop, rows)
         started = time.perf_counter()
-        batch = self.source.pack(self.source.read_rows(rows))
+        columns = self.source.read_rows(rows, self._buffers)
         if self.io_hints is None:
             elapsed = time.perf_counter() - started
             self._hinting = rows.size * self.source.row_bytes < _HINT_BELOW_BYTES_PER_S * elapsed
-        return self.transform(batch) if self.transform is not None else batch
+        batches = []
+        offset = 0
+        for batch_rows in per_batch:
+            end = offset + batch_rows.size
+            batch = self.source.pack([column[offset:end] for column in columns])
+            batches.append(self.transform(batch) if self.transform is not None else batch)
+            offset = end
+        return batches
 
-    def _hint(self, epoch: int, index: int, rows: np.ndarray) -> None:
+    def _hint(self, epoch: int, start: int, stop: int, rows: np.ndarray) -> None:
         if self.shuffle == "block":
-            lo = self._start + index * self.batch_size
-            ranges = self.order.hint_ranges(epoch, lo, min(lo + self.batch_size, self._stop))
+            ranges = self.order.hint_ranges(epoch, self._positions(start)[0], self._positions(stop - 1)[1])
             key = (epoch, ranges[0]) if ranges else None
             with self._lock:
                 if key is None or key == self._hinted:
                     return
                 self._hinted = key
         else:
-            breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-            starts = rows[np.concatenate(([0], breaks))]
-            stops = rows[np.concatenate((breaks - 1, [rows.size - 1]))] + 1
+            ordered = np.sort(rows)
+            breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
+            starts = ordered[np.concatenate(([0], breaks))]
+            stops = ordered[np.concatenate((breaks - 1, [ordered.size - 1]))] + 1
             ranges = list(zip(starts.tolist(), stops.tolist(), strict=True))
         self.source.will_need(ranges)
 
@@ -218,30 +239,41 @@ class Loader:
         self._position = (epoch, start)
         return self._epoch_batches(epoch, start)
 
+    @property
+    def batches_per_read(self) -> int:
+        """Batches one read task fetches together: about 4 MiB at a time, so small batches amortize overheads."""
+        batch_bytes = max(1, self.batch_size * self.source.row_bytes)
+        return max(1, min(64, _READ_BYTES // batch_bytes))
+
     def _epoch_batches(self, epoch: int, start: int) -> Iterator[Batch]:
         self.source.advise("sequential" if self.shuffle == "none" else "random")
-        count = len(self)
-        jobs = ((i, _bound_read(self, epoch, i)) for i in range(start, count))
-        depth, max_depth = self._depths()
+        count, step = len(self), self.batches_per_read
+        jobs = ((i, _bound_read(self, epoch, i, min(i + step, count))) for i in range(start, count, step))
+        depth, max_depth = self._depths(step)
         self.stats = PrefetchStats()
-        for index, batch in prefetch_ordered(
+        for first, batches in prefetch_ordered(
             jobs,
             self._executor(),
             depth,
             max_depth=max_depth,
-            describe=lambda i: f"batch {i} of epoch {epoch} from {', '.join(self.source.paths[:3])}",
+            describe=lambda i: f"batches {i}-{min(i + step, count) - 1} of epoch {epoch} from "
+            + ", ".join(self.source.paths[:3]),
             stats=self.stats,
         ):
-            self._position = (epoch, index + 1) if index + 1 < count else (epoch + 1, 0)
-            yield batch
+            for index, batch in enumerate(batches, first):
+                self._position = (epoch, index + 1) if index + 1 < count else (epoch + 1, 0)
+                yield batch
 
-    def _depths(self) -> tuple[int, int]:
+    def _depths(self, batches_per_read: int) -> tuple[int, int]:
+        """(initial, maximum) reads in flight, bounded by a memory budget for read-ahead."""
         if self.prefetch is not None:
-            return self.prefetch, self.prefetch
-        batch_bytes = max(1, self.batch_size * self.source.row_bytes)
+            depth = max(1, -(-self.prefetch // batches_per_read))
+            return depth, depth
+        read_bytes = max(1, self.batch_size * self.source.row_bytes * batches_per_read)
         budget = min(_PREFETCH_BYTES, available_memory() // 8)
-        ceiling = max(2, budget // batch_bytes)
-        return min(2 * self.num_threads, ceiling), max(min(2 * self.num_threads, ceiling), min(64, ceiling))
+        ceiling = max(2, budget // read_bytes)
+        initial = min(2 * self.num_threads, ceiling)
+        return initial, max(initial, min(64, ceiling))
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -306,8 +338,9 @@ class Loader:
         self._position = (epoch, batch)
 
     def _block_geometry(self) -> tuple[int, int]:
-        if isinstance(self.order, BlockShuffle):
-            return self.order.block_rows, self.order.window_blocks
+        order = self.order.order if isinstance(self.order, ChunkCache) else self.order
+        if isinstance(order, BlockShuffle):
+            return order.block_rows, order.window_blocks
         return 1, 1
 
     # -- framework adapters (each imports its framework lazily) -----------------------------------------------
@@ -318,5 +351,5 @@ class Loader:
         return to_tf_dataset(self, **kwargs)
 
 
-def _bound_read(loader: Loader, epoch: int, index: int) -> Callable[[], Batch]:
-    return lambda: loader.read_batch(epoch, index)
+def _bound_read(loader: Loader, epoch: int, start: int, stop: int) -> Callable[[], list[Batch]]:
+    return lambda: loader.read_batches(epoch, start, stop)

@@ -11,6 +11,7 @@ True
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from npyfeed.errors import ConfigError
 
-__all__ = ["BlockShuffle", "GlobalShuffle", "Order", "Sequential", "mix64"]
+__all__ = ["BlockShuffle", "ChunkCache", "GlobalShuffle", "Order", "Sequential", "mix64"]
 
 _M64 = (1 << 64) - 1
 _ROUNDS = 6  # Feistel rounds; 4 make a pseudo-random permutation, 6 leave a margin for a weak round function.
@@ -33,12 +34,15 @@ def mix64(x: int) -> int:
 
 
 def _mix64_array(x: np.ndarray) -> np.ndarray:
-    """``mix64`` on a uint64 array (multiplications wrap modulo 2**64, as intended)."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+    """``mix64`` on a uint64 array, in place (multiplications wrap modulo 2**64, as intended)."""
+    tmp = np.empty_like(x)
+    for shift, factor in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+        np.right_shift(x, np.uint64(shift), out=tmp)
+        x ^= tmp
+        x *= np.uint64(factor)
+    np.right_shift(x, np.uint64(31), out=tmp)
+    x ^= tmp
+    return x
 
 
 @runtime_checkable
@@ -115,8 +119,14 @@ class GlobalShuffle:
         mask = np.uint64((1 << self._half_bits) - 1)
         left, right = x >> h, x & mask
         for key in keys:
-            left, right = right, left ^ (_mix64_array(right ^ key) & mask)
-        return (left << h) | right
+            f = right ^ key
+            _mix64_array(f)
+            f &= mask
+            f ^= left
+            left, right = right, f
+        left <<= h
+        left |= right
+        return left
 
     def permute(self, epoch: int, positions: np.ndarray) -> np.ndarray:
         """The rows at ``positions`` (any int array in ``[0, num_rows)``) in ``epoch``."""
@@ -206,3 +216,46 @@ class BlockShuffle:
         if slots.size and slots[-1] >= self._full_blocks:
             ids.append(self._full_blocks)
         return [(b * self.block_rows, min((b + 1) * self.block_rows, self.num_rows)) for b in ids]
+
+
+class ChunkCache:
+    """Wraps an order and computes its rows a large chunk of positions at a time, keeping the last few chunks.
+
+    A batch needs a few hundred positions, but each NumPy call has a fixed cost of about a microsecond, so a
+    permutation computed per batch costs far more than the copy it schedules. Chunks of ``chunk`` positions
+    amortize it; ``keep`` chunks (``keep x chunk x 8`` bytes) bound the memory.
+    """
+
+    def __init__(self, order: Order, chunk: int = 1 << 16, keep: int = 4) -> None:
+        self.order, self.chunk, self.keep = order, chunk, keep
+        self._chunks: dict[tuple[int, int], np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def num_rows(self) -> int:
+        return self.order.num_rows
+
+    def _chunk(self, epoch: int, index: int) -> np.ndarray:
+        key = (epoch, index)
+        with self._lock:
+            rows = self._chunks.get(key)
+            if rows is None:
+                start = index * self.chunk
+                rows = self.order.rows(epoch, start, min(start + self.chunk, self.num_rows))
+                self._chunks[key] = rows
+                while len(self._chunks) > self.keep:
+                    del self._chunks[next(iter(self._chunks))]
+            return rows
+
+    def rows(self, epoch: int, start: int, stop: int) -> np.ndarray:
+        _check_range(self.num_rows, start, stop)
+        if stop <= start:
+            return np.empty(0, np.int64)
+        first, last = start // self.chunk, (stop - 1) // self.chunk
+        parts = [self._chunk(epoch, c) for c in range(first, last + 1)]
+        joined = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        offset = start - first * self.chunk
+        return joined[offset : offset + stop - start].copy()
+
+    def hint_ranges(self, epoch: int, start: int, stop: int) -> list[tuple[int, int]]:
+        return self.order.hint_ranges(epoch, start, stop)
