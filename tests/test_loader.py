@@ -1,0 +1,307 @@
+"""The Loader against in-memory NumPy as the oracle: structure, coverage, order, transforms, sharding, errors."""
+
+from __future__ import annotations
+
+import gc
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import npyfeed
+from npyfeed import ColumnMismatchError, ConfigError, Loader, Shard, WorkerError
+
+N = 1003  # prime-ish: batches never divide evenly
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, size=(N, 4, 3), dtype=np.uint8)
+    y = np.arange(N, dtype=np.int64)  # row ids
+    w = rng.random(N).astype(">f4")  # big-endian on purpose
+    paths = {}
+    for name, arr in {"x": x, "y": y, "w": w}.items():
+        paths[name] = str(tmp_path / f"{name}.npy")
+        np.save(paths[name], arr)
+    return {"x": x, "y": y, "w": w, "paths": paths, "dir": tmp_path}
+
+
+def ids_of(loader: Loader, column: int | str = 1) -> list[np.ndarray]:
+    return [batch[column] for batch in loader]
+
+
+@pytest.mark.parametrize("shuffle", [False, True, "block"])
+@pytest.mark.parametrize("batch_size", [1, 64, 250, N, 5000])
+@pytest.mark.parametrize("drop_remainder", [False, True])
+def test_every_row_once_per_epoch_with_exact_content(
+    files: dict[str, Any], shuffle: bool | str, batch_size: int, drop_remainder: bool
+) -> None:
+    p = files["paths"]
+    loader = Loader((p["x"], p["y"]), batch_size, shuffle=shuffle, seed=1, drop_remainder=drop_remainder, block_rows=16)
+    expected_batches = N // batch_size if drop_remainder else -(-N // batch_size)
+    assert len(loader) == expected_batches
+    for _ in range(2):
+        seen = []
+        for x, y in loader:
+            assert x.dtype == np.uint8 and x.shape[1:] == (4, 3) and y.dtype == np.int64
+            assert len(x) == len(y) <= batch_size
+            if drop_remainder:
+                assert len(x) == batch_size
+            np.testing.assert_array_equal(x, files["x"][y])  # inputs aligned with labels
+            seen.append(y)
+        ids = np.concatenate(seen) if seen else np.empty(0, np.int64)
+        assert len(seen) == expected_batches
+        assert np.unique(ids).size == ids.size  # no row twice
+        if not drop_remainder:
+            assert ids.size == N
+        else:
+            assert ids.size == expected_batches * batch_size
+
+
+def test_sequential_epoch_is_the_file_in_order(files: dict[str, Any]) -> None:
+    loader = Loader(files["paths"]["x"], 100)
+    np.testing.assert_array_equal(np.concatenate(list(loader)), files["x"])
+
+
+def test_batches_are_shaped_like_the_source(files: dict[str, Any]) -> None:
+    p = files["paths"]
+    single = next(iter(Loader(p["w"], 10)))
+    assert isinstance(single, np.ndarray) and single.dtype == np.dtype(">f4")
+    np.testing.assert_array_equal(single, files["w"][:10])
+    triple = next(iter(Loader((p["x"], p["y"], p["w"]), 10)))
+    assert isinstance(triple, tuple) and len(triple) == 3
+    named = next(iter(Loader({"image": p["x"], "label": p["y"]}, 10)))
+    assert isinstance(named, dict) and list(named) == ["image", "label"]
+    np.testing.assert_array_equal(named["image"], files["x"][:10])
+
+
+def test_shuffled_epochs_differ_and_repeat_per_seed(files: dict[str, Any]) -> None:
+    p = files["paths"]
+    a = Loader((p["x"], p["y"]), 100, shuffle=True, seed=7)
+    b = Loader((p["x"], p["y"]), 100, shuffle=True, seed=7)
+    epochs_a = [np.concatenate(ids_of(a)) for _ in range(3)]
+    epochs_b = [np.concatenate(ids_of(b)) for _ in range(3)]
+    for ea, eb in zip(epochs_a, epochs_b, strict=True):
+        np.testing.assert_array_equal(ea, eb)
+    assert not np.array_equal(epochs_a[0], epochs_a[1])
+    assert not np.array_equal(epochs_a[1], epochs_a[2])
+    other = np.concatenate(ids_of(Loader((p["x"], p["y"]), 100, shuffle=True, seed=8)))
+    assert not np.array_equal(other, epochs_a[0])
+
+
+def test_batch_membership_is_shuffled_and_rows_within_a_batch_in_file_order(files: dict[str, Any]) -> None:
+    p = files["paths"]
+    batches = ids_of(Loader((p["x"], p["y"]), 100, shuffle=True, seed=0))
+    first = batches[0]
+    assert np.all(np.diff(first) > 0)  # read in one sorted pass
+    assert first.max() - first.min() > 500  # drawn from across the file
+
+
+def test_no_seed_draws_one_and_records_it(files: dict[str, Any]) -> None:
+    a = Loader(files["paths"]["y"], 50, shuffle=True)
+    b = Loader(files["paths"]["y"], 50, shuffle=True, seed=a.seed)
+    np.testing.assert_array_equal(np.concatenate(list(a)), np.concatenate(list(b)))
+    assert a.get_state()["seed"] == a.seed
+
+
+def test_transform_runs_on_every_batch(files: dict[str, Any]) -> None:
+    p = files["paths"]
+
+    def scale(batch: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        x, y = batch
+        return x.astype(np.float32) / 255.0, y
+
+    loader = Loader((p["x"], p["y"]), 128, shuffle=True, seed=0, transform=scale)
+    count = 0
+    for x, y in loader:
+        assert x.dtype == np.float32
+        np.testing.assert_allclose(x, files["x"][y] / 255.0, rtol=1e-6)
+        count += len(y)
+    assert count == N
+
+
+def test_errors_on_read_threads_reach_the_consumer(files: dict[str, Any]) -> None:
+    def explode(batch: np.ndarray) -> np.ndarray:
+        if batch.min() > 500:
+            raise ZeroDivisionError("boom")
+        return batch
+
+    loader = Loader(files["paths"]["y"], 100, transform=explode)
+    with pytest.raises(WorkerError, match=r"batch(es)? .*epoch 0 .*y\.npy.*ZeroDivisionError: boom") as info:
+        list(loader)
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+def test_shards_are_disjoint_equal_and_cover_all_but_a_remainder(
+    files: dict[str, Any], shuffle: bool, count: int
+) -> None:
+    p = files["paths"]
+    shards = [Loader((p["x"], p["y"]), 64, shuffle=shuffle, seed=3, shard=(i, count)) for i in range(count)]
+    assert len({len(s) for s in shards}) == 1  # equal batches: no worker waits on another
+    ids = [np.concatenate(ids_of(s)) for s in shards]
+    union = np.concatenate(ids)
+    assert np.unique(union).size == union.size == (N // count) * count
+    if count > 1:
+        assert Shard(0, count).positions(N) == (0, N // count)
+
+
+def test_many_files_as_one_array(files: dict[str, Any]) -> None:
+    d = files["dir"]
+    parts = np.array_split(files["x"], [100, 101, 600])  # includes a one-row shard
+    for i, part in enumerate(parts):
+        np.save(d / f"shard_{i:03d}.npy", part)
+    for source in (str(d / "shard_*.npy"), [str(d / f"shard_{i:03d}.npy") for i in range(len(parts))]):
+        array = npyfeed.open(source)
+        assert len(array) == N
+        np.testing.assert_array_equal(array[[1000, 5, 100, 101, 5]], files["x"][[1000, 5, 100, 101, 5]])
+        loader = Loader((source, files["paths"]["y"]), 64, shuffle=True, seed=0)
+        for x, y in loader:
+            np.testing.assert_array_equal(x, files["x"][y])
+
+
+def test_shards_of_different_rows_are_refused(files: dict[str, Any]) -> None:
+    d = files["dir"]
+    np.save(d / "a.npy", np.zeros((3, 2)))
+    np.save(d / "b.npy", np.zeros((3, 4)))
+    with pytest.raises(ColumnMismatchError, match=r"b\.npy.*\(4,\).*a\.npy.*\(2,\)"):
+        npyfeed.open([str(d / "a.npy"), str(d / "b.npy")])
+
+
+def test_columns_of_different_lengths_name_both_files(files: dict[str, Any]) -> None:
+    d = files["dir"]
+    np.save(d / "short.npy", np.zeros(N - 1))
+    with pytest.raises(ColumnMismatchError, match=rf"x\.npy.*{N} rows.*short\.npy.*{N - 1}"):
+        npyfeed.open({"x": files["paths"]["x"], "y": str(d / "short.npy")})
+
+
+def test_split_without_copies(files: dict[str, Any]) -> None:
+    p = files["paths"]
+    train, val = npyfeed.split((p["x"], p["y"]), 0.8)
+    assert len(train) == round(N * 0.8) and len(train) + len(val) == N
+    train_ids = np.concatenate(ids_of(Loader(train, 64, shuffle=True, seed=0)))
+    val_ids = np.concatenate(ids_of(Loader(val, 64)))
+    assert set(train_ids.tolist()) == set(range(len(train)))
+    np.testing.assert_array_equal(val_ids, np.arange(len(train), N))
+    for x, y in Loader(val, 50, shuffle=True, seed=1):
+        np.testing.assert_array_equal(x, files["x"][y])
+    first, rest = npyfeed.split(p["y"], 10)
+    assert len(first) == 10 and first[3] == 3 and rest[0] == 10
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        npyfeed.split(p["y"], 1.5)
+
+
+def test_batches_kept_by_the_user_are_never_overwritten(files: dict[str, Any]) -> None:
+    p = files["paths"]
+    loader = Loader((p["x"], p["y"]), 16, shuffle=True, seed=0, num_threads=2)
+    kept = [batch for _ in range(3) for batch in loader]  # hold everything while buffers would be recycled
+    for x, y in kept:
+        np.testing.assert_array_equal(x, files["x"][y])
+
+
+def test_buffers_are_recycled_when_batches_are_dropped(files: dict[str, Any]) -> None:
+    loader = Loader(files["paths"]["x"], 16, num_threads=1, prefetch=2)
+    for _ in range(3):
+        for batch in loader:
+            del batch
+    gc.collect()
+    assert loader._buffers.reused > 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch_size": 0}, "batch_size must be a positive int"),
+        ({"batch_size": 2.5}, "batch_size must be a positive int"),
+        ({"batch_size": 8, "shuffle": "sometimes"}, "shuffle must be"),
+        ({"batch_size": 8, "seed": "x"}, "seed must be an int"),
+        ({"batch_size": 8, "shard": (2, 2)}, r"Shard.index must be in \[0, 2\)"),
+        ({"batch_size": 8, "shard": (0, 0)}, "Shard.count must be >= 1"),
+        ({"batch_size": 8, "num_threads": 0}, "num_threads"),
+        ({"batch_size": 8, "transform": 3}, "transform must be callable"),
+    ],
+)
+def test_bad_arguments_are_refused_clearly(files: dict[str, Any], kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Loader(files["paths"]["y"], **kwargs)
+
+
+def test_closing_stops_threads_and_iteration_restarts(files: dict[str, Any]) -> None:
+    with Loader(files["paths"]["y"], 100) as loader:
+        first = np.concatenate(list(loader))
+    np.testing.assert_array_equal(first, files["y"])
+    np.testing.assert_array_equal(np.concatenate(list(loader)), files["y"])  # a new pool on demand
+    loader.close()
+
+
+# -- save / resume: one harness, run over every kind of loader ---------------------------------------------------
+def _run(make: Callable[[], Loader], epochs: int) -> list[np.ndarray]:
+    loader = make()
+    return [np.asarray(b[1] if isinstance(b, tuple) else b) for _ in range(epochs) for b in loader]
+
+
+def assert_resumes(make: Callable[[], Loader], *, epochs: int = 3) -> None:
+    """Stopping after any delivered batch and resuming in a fresh loader gives exactly the rest of the run."""
+    reference = _run(make, epochs)
+    per_epoch = len(make())
+    stops = sorted({0, 1, per_epoch - 1, per_epoch, per_epoch + 1, len(reference) - 1})
+    for stop in stops:
+        loader = make()
+        it: Iterator[Any] = iter(loader)
+        got: list[np.ndarray] = []
+        for _ in range(stop):
+            try:
+                batch = next(it)
+            except StopIteration:
+                it = iter(loader)
+                batch = next(it)
+            got.append(np.asarray(batch[1] if isinstance(batch, tuple) else batch))
+        state = json.loads(json.dumps(loader.get_state()))  # must survive JSON
+        del it
+        resumed = make()
+        resumed.set_state(state)
+        remaining = len(reference) - stop
+        epochs_left = -(-remaining // per_epoch) + 1
+        rest = [np.asarray(b[1] if isinstance(b, tuple) else b) for _ in range(epochs_left) for b in resumed]
+        combined = got + rest[:remaining]
+        assert len(combined) == len(reference), stop
+        for a, b in zip(combined, reference, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"shuffle": False},
+        {"shuffle": True, "seed": 11},
+        {"shuffle": "block", "seed": 11, "block_rows": 32, "window_blocks": 3},
+        {"shuffle": True, "seed": 5, "shard": (1, 3), "drop_remainder": True},
+    ],
+)
+def test_save_and_resume(files: dict[str, Any], kwargs: dict[str, Any]) -> None:
+    p = files["paths"]
+    assert_resumes(lambda: Loader((p["x"], p["y"]), 200, **kwargs))
+
+
+def test_resume_adopts_the_saved_seed(files: dict[str, Any]) -> None:
+    a = Loader(files["paths"]["y"], 100, shuffle=True)
+    next(iter(a))
+    b = Loader(files["paths"]["y"], 100, shuffle=True)
+    b.set_state(a.get_state())
+    assert b.seed == a.seed
+    np.testing.assert_array_equal(next(iter(b)), a.read_batch(0, 1))
+
+
+def test_state_from_another_configuration_is_refused(files: dict[str, Any]) -> None:
+    state = Loader(files["paths"]["y"], 100).get_state()
+    with pytest.raises(ConfigError, match="batch_size=100 but this loader has batch_size=50"):
+        Loader(files["paths"]["y"], 50).set_state(state)
+    with pytest.raises(ConfigError, match="not an npyfeed Loader state"):
+        Loader(files["paths"]["y"], 100).set_state({"epoch": 1})
+    with pytest.raises(ConfigError, match="invalid position"):
+        Loader(files["paths"]["y"], 100).set_state({**state, "batch": 99})
