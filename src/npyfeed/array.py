@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import threading
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -75,10 +76,8 @@ def index_rows(source: RowSource, key: Any) -> Any:
         return out[0]
     if isinstance(key, slice):
         rows = np.arange(*key.indices(n), dtype=np.int64)
-    elif isinstance(key, tuple) and len(key) > 0:
-        first = index_rows(source, key[0])
-        rest = key[1:]
-        return first[rest] if _is_integer(key[0]) else first[(slice(None), *rest)]
+    elif isinstance(key, tuple):
+        return _index_tuple(source, key)
     else:
         index = np.asarray(key)
         if index.dtype == np.bool_:
@@ -98,15 +97,36 @@ def index_rows(source: RowSource, key: Any) -> Any:
     return _read_any_order(source, rows)
 
 
+def _index_tuple(source: RowSource, key: tuple[Any, ...]) -> Any:
+    """``a[first, *rest]``: read the rows ``first`` selects, then index them with a key of the same kind.
+
+    Keeping the kind (int, slice, int array, bool mask) lets NumPy apply its own rules to the whole key: advanced
+    indices broadcast together (``a[[0, 1], [0, 1]]`` is two elements, not a 2x2 block), and their result axes
+    go first when a slice separates them (``a[1, :, [0, 1]]``).
+    """
+    if not key:
+        return index_rows(source, slice(None))  # a[()] is the whole array
+    first, rest = key[0], key[1:]
+    block = index_rows(source, first)
+    if isinstance(first, slice):
+        return block[(slice(None), *rest)]
+    if _is_integer(first):
+        return block[np.newaxis][(0, *rest)]
+    index = np.asarray(first)
+    if index.dtype == np.bool_:
+        return block[(np.ones(len(block), dtype=bool), *rest)]
+    rows = block.reshape((index.size, *source.shape[1:]))
+    return rows[(np.arange(index.size).reshape(index.shape), *rest)]
+
+
 def _is_integer(key: Any) -> bool:
     return isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_))
 
 
 def _read_any_order(source: RowSource, rows: np.ndarray) -> np.ndarray:
-    """Read rows in any order, repeats allowed: each distinct row once in file order, then one in-memory gather.
+    """Read rows in any order, repeats allowed (``a[[3, 1, 1]]``).
 
-    ``read_rows`` takes strictly ascending rows (a run test like ``last - first == count - 1`` is only valid
-    without repeats), so repeated indices such as ``a[[0, 1, 1, 3]]`` must not reach it as they are.
+    Each distinct row is read once, in file order, then gathered in memory into the order asked for.
     """
     if rows.size and (np.diff(rows) > 0).all():
         out = np.empty((rows.size, *source.shape[1:]), source.dtype)
@@ -203,8 +223,11 @@ class NpyArray:
 
     def _open(self) -> None:
         h = self.header
-        fd = os.open(h.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(h.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise NpyFormatError(f"{h.path}: cannot read as .npy: it is no longer a regular file")
         if info.st_size < h.data_offset + h.data_bytes:
             os.close(fd)
             raise NpyFormatError(

@@ -266,28 +266,46 @@ class Loader:
         return max(1, min(64, _READ_BYTES // batch_bytes))
 
     def _epoch_batches(self, epoch: int, start: int) -> Iterator[Batch]:
+        count = len(self)
+        for index, batch in self.iter_batches(epoch, range(start, count)):
+            self._position = (epoch, index + 1) if index + 1 < count else (epoch + 1, 0)
+            yield batch
+
+    def iter_batches(
+        self, epoch: int, indices: range | None = None, *, prefetch: int | None = None
+    ) -> Iterator[tuple[int, Batch]]:
+        """``(index, batch)`` for batches ``indices`` (default: all) of ``epoch``, read ahead on the thread pool.
+
+        Stateless: unlike ``iter(loader)`` it neither claims nor moves :attr:`epoch`, so framework adapters that
+        keep their own epoch count (and workers reading every k-th batch) share the read path.
+        """
+        indices = range(len(self)) if indices is None else indices
+        if indices.step < 0 or (len(indices) and not 0 <= indices[0] <= indices[-1] < len(self)):
+            raise IndexError(f"batches {indices} are out of range for {len(self)} batches per epoch")
         self.source.advise("sequential" if self.shuffle == "none" else "random")
-        count, step = len(self), self.batches_per_read
-        jobs = ((i, _bound_read(self, epoch, i, min(i + step, count))) for i in range(start, count, step))
-        depth, max_depth = self._depths(step)
+        step = self.batches_per_read if indices.step == 1 else 1
+        stop = indices.stop if len(indices) else indices.start
+        jobs = (
+            (i, _bound_read(self, epoch, i, min(i + step * indices.step, stop), indices.step)) for i in indices[::step]
+        )
+        depth, max_depth = self._depths(step, prefetch)
         self.stats = PrefetchStats()
+        paths = ", ".join(self.source.paths[:3])
         for first, batches in prefetch_ordered(
             jobs,
             self._executor(),
             depth,
             max_depth=max_depth,
-            describe=lambda i: f"batches {i}-{min(i + step, count) - 1} of epoch {epoch} from "
-            + ", ".join(self.source.paths[:3]),
+            describe=lambda i: f"batches from {i} of epoch {epoch} ({paths})",
             stats=self.stats,
         ):
-            for index, batch in enumerate(batches, first):
-                self._position = (epoch, index + 1) if index + 1 < count else (epoch + 1, 0)
-                yield batch
+            yield from zip(range(first, first + len(batches) * indices.step, indices.step), batches, strict=True)
 
-    def _depths(self, batches_per_read: int) -> tuple[int, int]:
+    def _depths(self, batches_per_read: int, prefetch: int | None = None) -> tuple[int, int]:
         """(initial, maximum) reads in flight, bounded by a memory budget for read-ahead."""
-        if self.prefetch is not None:
-            depth = max(1, -(-self.prefetch // batches_per_read))
+        prefetch = self.prefetch if prefetch is None else prefetch
+        if prefetch is not None:
+            depth = max(1, -(-prefetch // batches_per_read))
             return depth, depth
         read_bytes = max(1, self.batch_size * self.source.row_bytes * batches_per_read)
         budget = min(_PREFETCH_BYTES, available_memory() // 8)
@@ -363,6 +381,20 @@ class Loader:
             return order.block_rows, order.window_blocks
         return 1, 1
 
+    # -- pickling: worker processes get the configuration and position, not threads or buffers -----------------
+    _UNPICKLED = ("_lock", "_cpu_slots", "_pool", "_buffers", "stats")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in self._UNPICKLED}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._cpu_slots = threading.BoundedSemaphore(self.num_threads)
+        self._pool = None
+        self._buffers = BufferPool(self._depths(self.batches_per_read)[1] + self.num_threads + 2)
+        self.stats = PrefetchStats()
+
     # -- framework adapters (each imports its framework lazily) -----------------------------------------------
     def to_tf_dataset(self, **kwargs: Any) -> tf.data.Dataset:
         """A ``tf.data.Dataset`` of this loader's batches; see :func:`npyfeed.tf_data.to_tf_dataset`."""
@@ -370,6 +402,20 @@ class Loader:
 
         return to_tf_dataset(self, **kwargs)
 
+    def to_keras(self, **kwargs: Any) -> Any:
+        """A ``keras.utils.PyDataset`` (Keras 3, any backend); see :func:`npyfeed.keras_dataset.to_keras`."""
+        from npyfeed.keras_dataset import to_keras
 
-def _bound_read(loader: Loader, epoch: int, start: int, stop: int) -> Callable[[], list[Batch]]:
-    return lambda: loader.read_batches(epoch, start, stop)
+        return to_keras(self, **kwargs)
+
+    def to_torch(self, **kwargs: Any) -> Any:
+        """A torch ``IterableDataset`` for ``DataLoader(batch_size=None)``; see :mod:`npyfeed.torch_dataset`."""
+        from npyfeed.torch_dataset import to_torch
+
+        return to_torch(self, **kwargs)
+
+
+def _bound_read(loader: Loader, epoch: int, start: int, stop: int, step: int) -> Callable[[], list[Batch]]:
+    if step == 1:
+        return lambda: loader.read_batches(epoch, start, stop)
+    return lambda: [loader.read_batch(epoch, start)]

@@ -235,6 +235,12 @@ class ChunkCache:
     def num_rows(self) -> int:
         return self.order.num_rows
 
+    def __getstate__(self) -> dict[str, object]:
+        return {"order": self.order, "chunk": self.chunk, "keep": self.keep}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__(state["order"], state["chunk"], state["keep"])  # type: ignore[misc]
+
     def _chunk(self, epoch: int, index: int) -> np.ndarray:
         key = (epoch, index)
         with self._lock:

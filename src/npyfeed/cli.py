@@ -1,0 +1,150 @@
+"""The ``npyfeed`` command line: one function per subcommand, registered in :func:`_parser`.
+
+``npyfeed inspect FILE...`` validates ``.npy`` headers and prints what npyfeed sees in each file, without reading
+any array data. An invalid or missing file is reported in one line on stderr and makes the exit status 1; the
+other files are still inspected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from npyfeed.errors import NpyfeedError
+from npyfeed.format import MAX_HEADER_SIZE, NpyHeader, read_header
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    args = _parser().parse_args(argv)
+    status: int = args.run(args)
+    return status
+
+
+def _parser() -> argparse.ArgumentParser:
+    from npyfeed import __version__
+
+    parser = argparse.ArgumentParser(prog="npyfeed", description="Feed .npy files larger than RAM into training.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    inspect = commands.add_parser(
+        "inspect",
+        help="validate .npy files and show their layout",
+        description="Validate the header of each .npy file and show its layout, without reading the data. "
+        "Exit status 1 if any file is invalid or missing.",
+    )
+    inspect.add_argument("files", nargs="+", metavar="FILE", help=".npy files to inspect")
+    inspect.add_argument("--json", action="store_true", help="print one JSON list with an object per file")
+    inspect.add_argument(
+        "--max-header-size",
+        type=int,
+        default=MAX_HEADER_SIZE,
+        metavar="BYTES",
+        help=f"accept headers up to this size (default {MAX_HEADER_SIZE}, as NumPy; raise only for trusted files)",
+    )
+    inspect.set_defaults(run=_inspect)
+    return parser
+
+
+# -- inspect ------------------------------------------------------------------------------------------------------
+def _inspect(args: argparse.Namespace) -> int:
+    status = 0
+    reports: list[dict[str, Any]] = []
+    for path in args.files:
+        try:
+            header = read_header(path, max_header_size=args.max_header_size)
+        except NpyfeedError as e:  # its message starts with the path
+            error = str(e)
+        except OSError as e:
+            error = f"{path}: cannot open: {e.strerror or e}"
+        else:
+            reports.append(_describe(header))
+            if not args.json:
+                if len(reports) > 1:
+                    print()
+                print(_format_text(reports[-1]))
+            continue
+        status = 1
+        print(f"npyfeed inspect: {error}", file=sys.stderr)
+        reports.append({"path": path, "valid": False, "error": error})
+    if args.json:
+        print(json.dumps(reports, indent=2))
+    return status
+
+
+def _describe(h: NpyHeader) -> dict[str, Any]:
+    """What a valid header says, as JSON-able values."""
+    rows = h.shape[0] if h.shape else None
+    return {
+        "path": h.path,
+        "version": f"{h.version[0]}.{h.version[1]}",
+        # e.g. "float64 '>f8'" (a readable name, then the header's descr), or the descr of a structured dtype
+        "dtype": _dtype_text(h.dtype),
+        "descr": np.lib.format.dtype_to_descr(h.dtype),
+        "byte_order": _byte_order(h.dtype),
+        "shape": list(h.shape),
+        "rows": rows,
+        "row_bytes": math.prod(h.shape[1:]) * h.dtype.itemsize if h.shape else None,
+        "order": "Fortran" if h.fortran_order else "C",
+        "header_bytes": h.data_offset,
+        "data_bytes": h.data_bytes,
+        "file_bytes": h.file_bytes,
+        "trailing_bytes": h.trailing_bytes,
+        "valid": True,
+    }
+
+
+def _format_text(report: dict[str, Any]) -> str:
+    shape = tuple(report["shape"])
+    rows = "none (a 0-d array: valid .npy, but npyfeed.open needs rows)" if report["rows"] is None else report["rows"]
+    lines = [
+        report["path"],
+        ("format version", report["version"]),
+        ("dtype", f"{report['dtype']} ({report['byte_order']})"),
+        ("shape", shape),
+        ("rows", rows),
+        ("row bytes", "-" if report["row_bytes"] is None else report["row_bytes"]),
+        ("order", report["order"]),
+        ("header bytes", f"{report['header_bytes']} (data offset)"),
+        ("data bytes", report["data_bytes"]),
+        ("file size", f"{report['file_bytes']} bytes"),
+    ]
+    if report["trailing_bytes"]:
+        lines.append(("trailing bytes", f"{report['trailing_bytes']} (after the array data, ignored)"))
+    lines.append(("valid", "yes"))
+    return "\n".join(line if isinstance(line, str) else f"  {line[0]:<15} {line[1]}" for line in lines)
+
+
+def _dtype_text(dtype: np.dtype[Any]) -> str:
+    descr = repr(np.lib.format.dtype_to_descr(dtype))
+    name = str(dtype.newbyteorder("="))  # "float64" for '>f8', but "<U3" for '>U3' and a list for a structure
+    return descr if dtype.fields is not None or name[0] in "<>|=" else f"{name} {descr}"
+
+
+def _byte_order(dtype: np.dtype[Any]) -> str:
+    """``little-endian``, ``big-endian``, ``mixed byte order``, or ``no byte order`` (bytes, bools, ``S``...)."""
+    orders = {_ORDER_NAMES.get(leaf.byteorder, _NATIVE) for leaf in _leaves(dtype) if leaf.byteorder != "|"}
+    if not orders:
+        return "no byte order"
+    return orders.pop() if len(orders) == 1 else "mixed byte order"
+
+
+_NATIVE = f"{sys.byteorder}-endian"
+_ORDER_NAMES = {"<": "little-endian", ">": "big-endian"}
+
+
+def _leaves(dtype: np.dtype[Any]) -> list[np.dtype[Any]]:
+    if dtype.subdtype is not None:
+        return _leaves(dtype.subdtype[0])
+    if dtype.fields:
+        return [leaf for field in dtype.fields.values() for leaf in _leaves(field[0])]
+    return [dtype]

@@ -1,0 +1,138 @@
+"""A ``keras.utils.PyDataset`` over a Loader, for Keras 3 on the JAX and PyTorch backends.
+
+On the TensorFlow backend use :func:`npyfeed.tf_data.to_tf_dataset` instead: Keras turns any ``PyDataset`` into a
+single-threaded ``from_generator`` there.
+
+Keras asks for batches by index. The dataset reads epoch ``start_epoch`` (by default ``loader.epoch``) until all its
+batches were delivered, then the next one, so epochs 0, 1, 2, ... of ``model.fit`` get the orders
+``loader.read_batch(e, i)`` gives, exactly as iterating the Loader would (batches asked for outside a Keras epoch,
+e.g. to probe a signature, are read but not counted). Reads are stateless, so batches are read ahead on a thread
+pool while Keras asks for them in order; Keras' own workers are not used (its pool starts reading before
+``on_epoch_begin`` runs).
+
+Pass ``shuffle=False`` to ``model.fit``: the loader already shuffles rows, and Keras' ``shuffle=True`` (its default)
+only permutes the order of batch indices with Python's unseeded ``random``, which loses determinism and
+read-ahead. Rows are still each read once per epoch either way.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from npyfeed._adapters import EpochReader, native_byte_order
+from npyfeed.errors import ConfigError
+
+if TYPE_CHECKING:
+    from npyfeed.loader import Loader
+
+__all__ = ["to_keras"]
+
+
+@cache
+def _dataset_class() -> type:
+    try:
+        import keras
+    except ImportError as e:  # pragma: no cover - exercised only without Keras
+        raise ImportError("npyfeed's Keras adapter needs Keras 3: pip install 'keras>=3'") from e
+
+    class LoaderPyDataset(keras.utils.PyDataset):
+        """``len(loader)`` batches per epoch; epoch ``e`` batch ``i`` is ``loader.read_batch(e, i)``."""
+
+        def __init__(self, loader: Loader, start_epoch: int, prefetch: int | None) -> None:
+            # workers=1: Keras calls __getitem__ from its own loop; we read ahead ourselves (see module doc).
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.loader = loader
+            self.epoch = start_epoch  # the epoch being read: it moves on once all its batches were delivered
+            self._seen: set[int] = set()  # batches of self.epoch delivered within Keras epochs
+            self._in_epoch = False  # between on_epoch_begin and on_epoch_end
+            self._prefetch = prefetch
+            self._lock = threading.Lock()
+            self._stream: EpochReader | None = None
+            self._warned = False
+
+        def __len__(self) -> int:
+            return len(self.loader)
+
+        @property
+        def num_batches(self) -> int:
+            return len(self.loader)
+
+        # An epoch ends when all its batches were delivered, not at on_epoch_end: on the JAX and PyTorch backends
+        # fit() first runs a short "epoch" of one batch to build the model (on_epoch_begin, batch 0,
+        # on_epoch_end), and with steps_per_epoch < len() one pass spans several Keras epochs.
+        def on_epoch_begin(self) -> None:
+            with self._lock:
+                self._in_epoch = True
+
+        def on_epoch_end(self) -> None:
+            with self._lock:
+                self._drop_stream()
+                self._in_epoch = False
+
+        def __getitem__(self, index: int) -> Any:
+            if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(self):
+                raise IndexError(f"batch {index!r} is out of range for {len(self)} batches per epoch")
+            index = int(index)
+            with self._lock:
+                if not self._in_epoch:  # Keras probing batches for a signature, or a user indexing: no effect
+                    return native_byte_order(self.loader.read_batch(self.epoch, index))
+                stream = self._stream
+                if stream is None or stream.epoch != self.epoch or stream.next_index != index:
+                    self._drop_stream()
+                    if index not in (0, len(self._seen)) and not self._warned:
+                        self._warned = True
+                        warnings.warn(
+                            "npyfeed: Keras asked for batches out of order (model.fit(shuffle=True) is Keras' "
+                            "default); the loader's batch order and read-ahead are lost. Pass shuffle=False: "
+                            "the loader already shuffles.",
+                            UserWarning,
+                            stacklevel=2,
+                        )
+                    indices = range(index, len(self))
+                    stream = self._stream = EpochReader(self.loader, self.epoch, indices, self._prefetch)
+                batch = stream.take()
+                self._seen.add(index)
+                if len(self._seen) == len(self):
+                    self.epoch += 1
+                    self._seen.clear()
+                    self._drop_stream()
+                return native_byte_order(batch)
+
+        def _drop_stream(self) -> None:
+            if self._stream is not None:
+                self._stream.close()
+                self._stream = None
+
+        def close(self) -> None:
+            """Drop what was read ahead and stop the loader's read threads (they start again when needed)."""
+            with self._lock:
+                self._drop_stream()
+            self.loader.close()
+
+        def __repr__(self) -> str:
+            return f"LoaderPyDataset({self.loader!r}, epoch {self.epoch})"
+
+    return LoaderPyDataset
+
+
+def to_keras(loader: Loader, *, start_epoch: int | None = None, prefetch: int | None = None) -> Any:
+    """A ``keras.utils.PyDataset`` of ``loader``'s batches, for ``model.fit`` on any Keras 3 backend.
+
+    Args:
+        loader: the :class:`npyfeed.Loader` to read.
+        start_epoch: the epoch read first (default ``loader.epoch``); each complete pass moves to the next.
+        prefetch: batches read ahead (default: the loader's own read-ahead).
+
+    >>> model.fit(loader.to_keras(), epochs=3, shuffle=False)  # doctest: +SKIP
+    """
+    start = loader.epoch if start_epoch is None else start_epoch
+    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
+        raise ConfigError(f"start_epoch must be a non-negative int, got {start_epoch!r}")
+    if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1):
+        raise ConfigError(f"prefetch must be a positive int or None, got {prefetch!r}")
+    return _dataset_class()(loader, int(start), prefetch)

@@ -1,0 +1,162 @@
+"""A PyTorch ``IterableDataset`` of a Loader's batches, for ``DataLoader(dataset, batch_size=None)``.
+
+The batches are already batched, so the DataLoader must not batch again: pass ``batch_size=None``.
+
+- ``num_workers=0`` (recommended): batches are read ahead on ``loader.num_threads`` threads in the main process
+  (``os.preadv`` releases the GIL) and handed over without a copy (``torch.from_numpy``).
+- ``num_workers=k``: worker ``w`` reads batches ``w, w + k, w + 2k, ...`` of each epoch; the DataLoader takes
+  results from workers in turn, so batches still come in order ``0, 1, 2, ...``. Each worker reopens the files
+  (a ``.npy`` array pickles as its path), nothing is copied up front, but every batch then crosses a process
+  boundary through shared memory: use workers only when the transform is heavy Python work.
+
+Every ``iter()`` over the DataLoader is the next epoch, starting at ``start_epoch`` (default ``loader.epoch``), with
+or without workers, persistent or not: the epoch counters live in shared memory, one per worker, so fresh worker
+processes continue the count. ``set_epoch(e)`` makes the next iteration epoch ``e`` (``DistributedSampler`` style).
+
+JAX users need none of this: ``for batch in loader`` yields NumPy batches (``jax.device_put`` takes them as is).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator, Mapping
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from npyfeed._adapters import EpochReader, native_byte_order, rebuild
+from npyfeed.errors import ConfigError
+
+if TYPE_CHECKING:
+    from npyfeed.loader import Loader
+
+__all__ = ["to_torch"]
+
+_MAX_WORKERS = 256  # epoch counters kept in shared memory: one for the main process, one per worker
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - exercised only without PyTorch
+        raise ImportError("npyfeed's PyTorch adapter needs PyTorch: pip install 'npyfeed[torch]'") from e
+    return torch
+
+
+def _as_tensors(batch: Any) -> Any:
+    """NumPy leaves as tensors sharing their memory; what torch cannot hold (strings) stays NumPy."""
+    torch = _torch()
+    if isinstance(batch, Mapping):
+        return {k: _as_tensors(v) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return rebuild(batch, [_as_tensors(v) for v in batch])
+    if not isinstance(batch, np.ndarray) or batch.dtype.kind in "SUOVMm" or batch.dtype.names is not None:
+        return batch
+    batch = native_byte_order(batch)
+    if not batch.flags.writeable:  # from_numpy warns on read-only memory (a transform may return a view)
+        batch = batch.copy()
+    try:
+        return torch.from_numpy(batch)
+    except TypeError:  # a dtype this torch lacks: leave it to the user
+        return batch
+
+
+@cache
+def _dataset_class() -> type:
+    torch = _torch()
+
+    class LoaderIterableDataset(torch.utils.data.IterableDataset):  # type: ignore[name-defined]
+        """One epoch of ``loader`` per iteration, split by batch across DataLoader workers."""
+
+        def __init__(self, loader: Loader, start_epoch: int, as_tensors: bool, prefetch: int | None) -> None:
+            self.loader = loader
+            self.as_tensors = as_tensors
+            self._prefetch = prefetch
+            # Slot 0: iterations in the main process; slot w + 1: iterations of worker w. Shared memory, so a
+            # worker started for a later epoch (non-persistent workers) sees how many its predecessors ran.
+            self._epochs = multiprocessing.Array("q", [start_epoch] * (_MAX_WORKERS + 1))
+
+        def __len__(self) -> int:
+            return len(self.loader)
+
+        @property
+        def epoch(self) -> int:
+            """The epoch the next iteration in the main process reads."""
+            return int(self._epochs[0])
+
+        def set_epoch(self, epoch: int) -> None:
+            """Make the next iteration (in the main process and in every worker) read ``epoch``."""
+            if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+                raise ConfigError(f"epoch must be a non-negative int, got {epoch!r}")
+            with self._epochs.get_lock():
+                self._epochs[:] = [int(epoch)] * len(self._epochs)
+
+        def _claim(self, slot: int) -> int:
+            with self._epochs.get_lock():
+                epoch = int(self._epochs[slot])
+                self._epochs[slot] = epoch + 1
+            return epoch
+
+        def __iter__(self) -> Iterator[Any]:
+            info = torch.utils.data.get_worker_info()
+            if info is None:
+                epoch, indices = self._claim(0), range(len(self.loader))
+            else:
+                if info.num_workers > _MAX_WORKERS:
+                    raise ConfigError(f"at most {_MAX_WORKERS} DataLoader workers, got {info.num_workers}")
+                epoch = self._claim(info.id + 1)
+                indices = range(info.id, len(self.loader), info.num_workers)
+            return self._batches(epoch, indices, threaded=info is None)
+
+        def _batches(self, epoch: int, indices: range, threaded: bool) -> Iterator[Any]:
+            if threaded:
+                reader = EpochReader(self.loader, epoch, indices, self._prefetch)
+                try:
+                    for batch in reader:
+                        yield _as_tensors(batch) if self.as_tensors else batch
+                finally:
+                    reader.close()
+            else:  # a worker process: one read at a time, the DataLoader runs the workers in parallel
+                for index in indices:
+                    batch = self.loader.read_batch(epoch, index)
+                    yield _as_tensors(batch) if self.as_tensors else batch
+
+        def __reduce__(self) -> tuple[Any, ...]:
+            # The class is made on first use (torch is imported lazily), so pickle by a module-level function;
+            # the shared epoch counters travel as such (DataLoader hands the dataset to workers it spawns).
+            return _restore, (self.loader, self._epochs, self.as_tensors, self._prefetch)
+
+        def __repr__(self) -> str:
+            return f"LoaderIterableDataset({self.loader!r}, next epoch {self.epoch})"
+
+    return LoaderIterableDataset
+
+
+def _restore(loader: Loader, epochs: Any, as_tensors: bool, prefetch: int | None) -> Any:
+    dataset = _dataset_class()(loader, 0, as_tensors, prefetch)
+    dataset._epochs = epochs
+    return dataset
+
+
+def to_torch(
+    loader: Loader, *, start_epoch: int | None = None, as_tensors: bool = True, prefetch: int | None = None
+) -> Any:
+    """A ``torch.utils.data.IterableDataset`` of ``loader``'s batches; use it with ``DataLoader(batch_size=None)``.
+
+    Args:
+        loader: the :class:`npyfeed.Loader` to read.
+        start_epoch: the epoch of the first iteration (default ``loader.epoch``); each iteration is the next.
+        as_tensors: turn NumPy leaves into tensors (zero-copy); ``False`` yields the NumPy batches.
+        prefetch: batches read ahead in the main process (default: the loader's own read-ahead).
+
+    >>> data = torch.utils.data.DataLoader(loader.to_torch(), batch_size=None)  # doctest: +SKIP
+    >>> for epoch in range(3):  # doctest: +SKIP
+    ...     for x, y in data: ...
+    """
+    start = loader.epoch if start_epoch is None else start_epoch
+    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
+        raise ConfigError(f"start_epoch must be a non-negative int, got {start_epoch!r}")
+    if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1):
+        raise ConfigError(f"prefetch must be a positive int or None, got {prefetch!r}")
+    return _dataset_class()(loader, int(start), bool(as_tensors), prefetch)
