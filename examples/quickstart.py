@@ -99,6 +99,7 @@ def main() -> None:
         train_loader.to_tf_dataset(),
         validation_data=val_loader.to_tf_dataset(),
         epochs=args.epochs,
+        shuffle=False,  # the loader already reshuffles rows every epoch
     )
     accuracy = history.history["val_accuracy"][-1]
     print(f"final validation accuracy: {accuracy:.3f} (chance is {1 / NUM_CLASSES:.3f})")

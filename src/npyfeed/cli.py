@@ -52,6 +52,25 @@ def _parser() -> argparse.ArgumentParser:
         help=f"accept headers up to this size (default {MAX_HEADER_SIZE}, as NumPy; raise only for trusted files)",
     )
     inspect.set_defaults(run=_inspect)
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure read throughput on your files",
+        description="Run epochs of a Loader over FILE(s) (several files are read as aligned columns, like (x, y)) "
+        "with a progress bar; print rows/s, MB/s, the raw sequential read speed of the same files measured in the "
+        "same run, peak memory, and the settings it would recommend.",
+    )
+    bench.add_argument("files", nargs="+", metavar="FILE", help=".npy files: one array, or aligned columns")
+    bench.add_argument("--batch-size", type=int, default=256, metavar="N")
+    bench.add_argument("--shuffle", choices=["none", "global", "block"], default="none")
+    bench.add_argument("--threads", type=int, default=None, metavar="N", help="read threads (default: cores)")
+    bench.add_argument("--prefetch", type=int, default=None, metavar="N", help="batches read ahead (default: auto)")
+    bench.add_argument("--epochs", type=int, default=1, metavar="N")
+    bench.add_argument("--seconds", type=float, default=30.0, help="stop timing after this long (default 30)")
+    bench.add_argument("--cold", action="store_true", help="drop the files from the page cache first")
+    bench.add_argument("--no-sweep", action="store_true", help="skip the short thread-count trials")
+    bench.add_argument("--json", action="store_true", help="print the result as JSON")
+    bench.set_defaults(run=_bench)
     return parser
 
 
@@ -148,3 +167,52 @@ def _leaves(dtype: np.dtype[Any]) -> list[np.dtype[Any]]:
     if dtype.fields:
         return [leaf for field in dtype.fields.values() for leaf in _leaves(field[0])]
     return [dtype]
+
+
+# -- bench --------------------------------------------------------------------------------------------------------
+def _bench(args: argparse.Namespace) -> int:
+    from npyfeed.bench import recommend, run_bench
+
+    source = args.files[0] if len(args.files) == 1 else tuple(args.files)
+    try:
+        result = run_bench(
+            source,
+            batch_size=args.batch_size,
+            shuffle=args.shuffle,
+            num_threads=args.threads,
+            prefetch=args.prefetch,
+            cold=args.cold,
+            epochs=args.epochs,
+            max_seconds=args.seconds,
+            progress=not args.json and sys.stderr.isatty(),
+            sweep=not args.no_sweep,
+        )
+    except NpyfeedError as e:
+        print(f"npyfeed bench: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"npyfeed bench: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({**result.as_dict(), "recommended": recommend(result)}, indent=2))
+        return 0
+    mb = 1e6
+    print(f"files           {', '.join(args.files)}")
+    print(
+        f"settings        batch_size={result.batch_size} shuffle={result.shuffle} threads={result.num_threads} "
+        f"prefetch={'auto' if result.prefetch is None else result.prefetch} {'cold' if result.cold else 'warm'}"
+    )
+    print(f"rows            {result.rows:,} in {result.seconds:.2f} s")
+    print(f"throughput      {result.rows_per_s:,.0f} rows/s, {result.bytes_per_s / mb:,.0f} MB/s")
+    print(
+        f"raw sequential  {result.raw_bytes_per_s / mb:,.0f} MB/s "
+        f"(npyfeed at {result.bytes_per_s / max(result.raw_bytes_per_s, 1):.0%} of it)"
+    )
+    print(
+        f"peak memory     {(result.memory_peak - result.memory_baseline) / mb:,.1f} MB anonymous above the "
+        f"{result.memory_baseline / mb:,.0f} MB baseline"
+    )
+    for trial in result.trials:
+        print(f"  trial         threads={trial['num_threads']}: {trial['rows_per_s']:,.0f} rows/s")
+    print(f"recommended     {'; '.join(recommend(result))}")
+    return 0

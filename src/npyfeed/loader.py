@@ -311,7 +311,8 @@ class Loader:
         budget = min(_PREFETCH_BYTES, available_memory() // 8)
         ceiling = max(2, budget // read_bytes)
         initial = min(2 * self.num_threads, ceiling)
-        return initial, max(initial, min(64, ceiling))
+        # Growing past 2 reads per I/O thread buys nothing: reads are then the bottleneck, not the queue.
+        return initial, max(initial, min(2 * self.io_threads, ceiling))
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
