@@ -25,6 +25,7 @@ from npyfeed.format import MAX_HEADER_SIZE, NpyHeader, read_header
 
 __all__ = ["ConcatArray", "NpyArray", "RowSlice", "RowSource", "index_rows"]
 
+_WILLNEED_PIECE = 128 << 10  # the smallest read-ahead window Linux ships with (read_ahead_kb = 128)
 AccessPattern = Literal["normal", "sequential", "random"]
 _MADVISE = {"normal": "MADV_NORMAL", "sequential": "MADV_SEQUENTIAL", "random": "MADV_RANDOM"}
 _FADVISE = {"normal": "POSIX_FADV_NORMAL", "sequential": "POSIX_FADV_SEQUENTIAL", "random": "POSIX_FADV_RANDOM"}
@@ -267,7 +268,11 @@ class NpyArray:
             ranges = [(0, len(self))]  # a Fortran row is spread over the whole file
             row_bytes = self.header.data_bytes // max(1, len(self))
         for start, stop in ranges:
-            os.posix_fadvise(self._fd, base + start * row_bytes, (stop - start) * row_bytes, os.POSIX_FADV_WILLNEED)
+            offset, end = base + start * row_bytes, base + stop * row_bytes
+            # The kernel reads at most its read-ahead window per WILLNEED call (8 MiB here, often 128 KiB) and
+            # silently ignores the rest, so long ranges go in pieces.
+            for piece in range(offset, end, _WILLNEED_PIECE):
+                os.posix_fadvise(self._fd, piece, min(_WILLNEED_PIECE, end - piece), os.POSIX_FADV_WILLNEED)
 
     def advise(self, pattern: AccessPattern) -> None:
         self.view()

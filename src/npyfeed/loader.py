@@ -147,6 +147,8 @@ class Loader:
         # Block shuffles always hint: once per window of blocks, it costs nothing and turns reads sequential.
         self._hinting = io_hints is not False and (bool(io_hints) or self.shuffle == "block")
         self._hinted: set[tuple[int, int]] = set()
+        self._prepared: set[int] = set()
+        self._streamed = False
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._buffers = BufferPool(self._depths(self.batches_per_read)[1] + self.num_threads + 2)
@@ -206,6 +208,8 @@ class Loader:
         Each batch's rows are sorted (file order) and the batches laid end to end, so a sequential epoch is one
         contiguous copy and a shuffled one a single gather: NumPy's per-call cost is paid once per chunk.
         """
+        if epoch not in self._prepared:
+            self._prepare(epoch)
         per_batch = [self.batch_rows(epoch, i) for i in range(start, stop)]
         rows = per_batch[0] if len(per_batch) == 1 else np.concatenate(per_batch)
         hinting = self._hinting
@@ -217,7 +221,7 @@ class Loader:
             started = time.perf_counter()
             columns = self.source.read_rows(rows, self._buffers)
             elapsed = time.perf_counter() - started
-        if self.io_hints is None and self.shuffle != "block":
+        if self.io_hints is None and self.shuffle != "block" and not self._streamed:
             self._hinting = rows.size * self.source.row_bytes < _HINT_BELOW_BYTES_PER_S * elapsed
         batches = []
         offset = 0
@@ -227,6 +231,31 @@ class Loader:
             batches.append(self.transform(batch) if self.transform is not None else batch)
             offset = end
         return batches
+
+    def _prepare(self, epoch: int) -> None:
+        """Once per epoch, before its first read: set the kernel's read-ahead policy for this access pattern.
+
+        Shuffled data that fits in memory is read whole, sequentially, on a background thread the first time: far
+        faster than faulting it in row by row at random, and every later read is a page-cache hit. Data larger
+        than memory is read by row instead, with per-batch hints (see ``io_hints``).
+        """
+        with self._lock:
+            if epoch in self._prepared:
+                return
+            self._prepared.add(epoch)
+            stream = (
+                self.shuffle != "none"
+                and self.io_hints is not False
+                and not self._streamed
+                and len(self.source) * self.source.row_bytes <= available_memory() // 2
+            )
+            self._streamed = self._streamed or stream
+        self.source.advise("sequential" if self.shuffle == "none" else "random")
+        if stream:
+            whole = [(0, len(self.source))]
+            threading.Thread(target=self.source.will_need, args=(whole,), name="npyfeed-stream", daemon=True).start()
+            if self.io_hints is None:
+                self._hinting = False  # row hints would only scatter the stream with random reads
 
     def _hint(self, epoch: int, start: int, stop: int, rows: np.ndarray) -> None:
         if self.shuffle == "block":
@@ -282,7 +311,6 @@ class Loader:
         indices = range(len(self)) if indices is None else indices
         if indices.step < 0 or (len(indices) and not 0 <= indices[0] <= indices[-1] < len(self)):
             raise IndexError(f"batches {indices} are out of range for {len(self)} batches per epoch")
-        self.source.advise("sequential" if self.shuffle == "none" else "random")
         step = self.batches_per_read if indices.step == 1 else 1
         stop = indices.stop if len(indices) else indices.start
         jobs = (
