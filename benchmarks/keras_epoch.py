@@ -1,0 +1,116 @@
+"""Epoch time of a small Keras CNN fed by ``loader.to_tf_dataset()`` vs. the same model fed from memory.
+
+    .venv/bin/python -m benchmarks.keras_epoch [--size-gb 2] [--epochs 2]
+
+Writes (or reuses) the quickstart's image dataset, then trains the quickstart CNN for ``--epochs`` epochs three
+ways, each in a fresh process: from in-memory arrays (``model.fit(x, y, shuffle=True)`` with the file loaded
+into RAM first: the reference, only possible while the data fits in memory), from
+``npyfeed.Loader(...).to_tf_dataset()`` shuffled, and from the usual ``np.memmap`` + ``from_generator`` recipe
+(header offset fixed). The last epoch's wall time is reported (the first includes tracing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CHILD = r"""
+import json, os, sys, time
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import numpy as np
+import tensorflow as tf
+import keras
+sys.path.insert(0, os.path.join(os.getcwd(), "examples"))
+from quickstart import build_model
+import npyfeed
+
+mode, images, labels, epochs, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+x_mm = np.load(images, mmap_mode="r")
+n = len(x_mm)
+
+if mode == "memory":  # Keras' own path for in-memory arrays: model.fit(x, y, batch_size, shuffle=True)
+    ds = None
+    x, y = np.load(images), np.load(labels)
+elif mode == "npyfeed":
+    loader = npyfeed.Loader((images, labels), batch, shuffle=True, seed=0)
+    ds = loader.to_tf_dataset()
+else:  # the classic recipe, with the header offset fixed so rows are right
+    y_mm = np.load(labels, mmap_mode="r")
+    def gen():
+        perm = np.random.default_rng().permutation(n)
+        for i in range(0, n, batch):
+            idx = np.sort(perm[i:i + batch])
+            yield x_mm[idx], y_mm[idx]
+    sig = (tf.TensorSpec((None, *x_mm.shape[1:]), tf.uint8), tf.TensorSpec((None,), tf.int64))
+    ds = tf.data.Dataset.from_generator(gen, output_signature=sig).repeat().prefetch(-1)
+
+class Timer(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+    def on_epoch_end(self, epoch, logs=None):
+        times.append(time.perf_counter() - self.start)
+
+times = []
+# The same model everywhere: uint8 pixels in, scaled by the model's first layer.
+inputs = keras.Input(x_mm.shape[1:], dtype="uint8")
+model = keras.Model(inputs, build_model()(keras.layers.Rescaling(1 / 255)(inputs)))
+model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+steps = -(-n // batch)
+if ds is None:
+    history = model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, callbacks=[Timer()], shuffle=True)
+else:
+    history = model.fit(ds, epochs=epochs, steps_per_epoch=steps if mode == "recipe" else None, verbose=0,
+                        callbacks=[Timer()], shuffle=False)
+print(json.dumps({"mode": mode, "epoch_seconds": times, "rows": n,
+                  "accuracy": float(history.history["accuracy"][-1])}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=Path("data/quickstart"))
+    parser.add_argument("--size-gb", type=float, default=2.0)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=256)
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(Path("examples").resolve()))
+    from quickstart import write_dataset
+
+    images, labels = write_dataset(args.data_dir, args.size_gb)
+    print(f"{'feed':<34} {'last epoch s':>12} {'rows/s':>10} {'vs memory':>10}")
+    results = {}
+    for mode in ("memory", "npyfeed", "recipe"):
+        started = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, mode, str(images), str(labels), str(args.epochs), str(args.batch_size)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(["src", os.environ.get("PYTHONPATH", "")])},
+        )
+        if out.returncode != 0:
+            print(f"{mode:<34} failed ({out.returncode}): {out.stderr.strip().splitlines()[-1:]}")
+            continue
+        report = json.loads(out.stdout.strip().splitlines()[-1])
+        results[mode] = report
+        last = report["epoch_seconds"][-1]
+        base = results.get("memory", report)["epoch_seconds"][-1]
+        label = {
+            "memory": "in-memory arrays (model.fit(x, y))",
+            "npyfeed": "npyfeed to_tf_dataset()",
+            "recipe": "memmap + from_generator",
+        }[mode]
+        print(
+            f"{label:<34} {last:>12.1f} {report['rows'] / last:>10,.0f} {base / last:>9.2f}x"
+            f"   (all epochs {', '.join(f'{s:.1f}' for s in report['epoch_seconds'])} s; "
+            f"process {time.perf_counter() - started:.0f} s)"
+        )
+
+
+if __name__ == "__main__":
+    main()
