@@ -377,3 +377,58 @@ def test_checkpoint_restores_in_another_process(files: dict[str, str], tmp_path:
     saved, restored = json.loads(run("save")), json.loads(run("load"))
     loader = npyfeed.Loader((files["x"], files["ids"]), batch_size=10, shuffle="block", seed=8, block_rows=16)
     assert saved == restored == loader_epoch(loader, 0)[3:]
+
+
+# -- chunked reads -------------------------------------------------------------------------------------------------
+@pytest.fixture
+def small_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loaders read 3 batches of 10 ``wide`` rows (with or without ``ids``) per call: chunks of 3 batches."""
+    monkeypatch.setattr(npyfeed.loader, "_READ_BYTES", 3 * 10 * (4096 + 8))
+
+
+@pytest.mark.parametrize(("drop", "chunks"), [(False, [0, 1, 4, 7, 10, 11]), (True, [0, 1, 4, 7, 10])])
+def test_chunks_are_a_single_first_batch_full_chunks_and_the_partial_batch(
+    files: dict[str, str], small_reads: None, drop: bool, chunks: list[int]
+) -> None:
+    from npyfeed.tf_data import _chunk_starts
+
+    loader = npyfeed.Loader((files["wide"], files["ids"]), batch_size=10, drop_remainder=drop)
+    assert loader.batches_per_read == 3
+    assert _chunk_starts(loader).tolist() == chunks
+    ds = to_tf_dataset(loader)
+    assert dataset_epoch(ds) == loader_epoch(loader, 0)
+    assert [b[0].shape[0] for b in ds] == [10] * 10 + ([] if drop else [3])
+
+
+def test_checkpoint_resume_at_every_position_with_chunked_reads(
+    files: dict[str, str], tmp_path: Path, small_reads: None
+) -> None:
+    make = lambda: npyfeed.Loader((files["wide"], files["ids"]), batch_size=10, shuffle=True, seed=2)  # noqa: E731
+    loader = make()
+    epoch1, epoch2 = loader_epoch(loader, 1), loader_epoch(loader, 2)
+    for consumed in range(len(loader) + 1):
+        ds = to_tf_dataset(make())
+        dataset_epoch(ds)  # epoch 0
+        it = iter(ds)  # epoch 1
+        head = [ids_of(next(it)) for _ in range(consumed)]
+        prefix = tf.train.Checkpoint(iterator=it).save(str(tmp_path / f"ckpt{consumed}"))
+        assert head == epoch1[:consumed]
+        assert checkpoint_bytes(prefix) < 4096
+        fresh = to_tf_dataset(make(), start_epoch=1 if consumed == 0 else 0)  # a run restarted at epoch 1 or 0
+        restored = iter(fresh)
+        tf.train.Checkpoint(iterator=restored).restore(prefix).assert_consumed()
+        assert [ids_of(b) for b in restored] == epoch1[consumed:], consumed
+        assert dataset_epoch(fresh) == epoch2, consumed
+
+
+def test_signature_mismatch_without_transform_names_the_batches(files: dict[str, str], small_reads: None) -> None:
+    loader = npyfeed.Loader(files["wide"], batch_size=10)
+    ds = to_tf_dataset(loader, output_signature=tf.TensorSpec((None, 1024), tf.float64))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"batch 0 of epoch 0: field \(the batch\) has dtype"):
+        next(iter(ds))
+    ds = to_tf_dataset(loader, output_signature=tf.TensorSpec((None, 512), tf.float32))
+    it = iter(ds)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"batch 0 of epoch 0: field \(the batch\) has shape"):
+        next(it)
+    ok = to_tf_dataset(loader, output_signature=tf.TensorSpec((None, None), tf.float32))
+    assert [b.shape[0] for b in ok] == [10] * 10 + [3]

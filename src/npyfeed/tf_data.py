@@ -1,10 +1,13 @@
 """``tf.data`` for a Loader: exact specs, known cardinality, parallel reads, checkpointable iterators.
 
-The dataset is ``range(len(loader))`` mapped through a parallel, stateless ``tf.numpy_function`` that calls
-``loader.read_batch(epoch, index)``, a pure function of its arguments. Nothing goes through ``from_generator``, so:
+The dataset is a ``range`` mapped through a parallel, stateless ``tf.numpy_function`` that calls
+``loader.read_batches(epoch, start, stop)``, a pure function of its arguments. Nothing goes through
+``from_generator``, so:
 
 - ``cardinality()`` is ``len(loader)`` (Keras shows ``N/N`` and an ETA from the first epoch);
-- reads run on tf.data's thread pool (``os.preadv`` releases the GIL), ordered, and are prefetched;
+- reads run on tf.data's thread pool (``os.preadv`` releases the GIL), ordered, and are prefetched. Without a
+  transform, one call reads a chunk of about 4 MiB of batches (``loader.batches_per_read``) in one pass and
+  ``unbatch()`` splits it: a ``numpy_function`` call costs about 100 us, as much as reading a 256 KiB batch;
 - ``element_spec`` comes from the ``.npy`` headers (the file's dtype in native byte order, its row shape, a static
   batch dimension when every batch is full), shaped like the source: one tensor, a tuple or a dict;
 - an iterator saved with ``tf.train.Checkpoint(iterator=it)`` holds a few hundred bytes (its epoch and position,
@@ -27,7 +30,8 @@ To resume at an epoch boundary without an iterator, build the dataset with ``sta
 **Transforms.** With ``loader.transform`` set, the spec is probed by reading and transforming batch 0 of
 ``start_epoch`` once, when the dataset is built (one batch of I/O). A transform whose output shapes vary from
 batch to batch (beyond the batch dimension), or a loader with no batch to probe, needs ``output_signature=``.
-Every batch is checked against the spec and a mismatch names the batch, the field, and what was expected.
+Batches of a transform, or read under a user's ``output_signature``, are checked against the spec, and a
+mismatch names the batch, the field, and what was expected.
 
 Options downstream: symbolic checkpointing is switched on for the pipeline; a later transformation that does not
 support it (``.cache()``) makes saving fail with ``UNIMPLEMENTED``, in which case set
@@ -38,7 +42,7 @@ external state).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -153,38 +157,122 @@ def _check_signature(signature: Any) -> Any:
     return signature
 
 
-def _batch_reader(loader: Loader, spec: Any) -> Any:
-    """``read(epoch, index) -> list of arrays`` in ``tf.nest.flatten(spec)`` order, checked against ``spec``."""
-    tf = _tf()
-    flat_specs = tf.nest.flatten(spec)
-    paths = _leaf_paths(spec)
+class _Reader:
+    """The ``numpy_function`` bodies: arrays in ``tf.nest.flatten(spec)`` order, checked against ``spec``.
 
-    def read(epoch: np.int64, index: np.int64) -> list[np.ndarray]:
-        e, i = int(epoch), int(index)
-        batch = loader.read_batch(e, i)
+    ``batch(epoch, index)`` returns one batch; ``chunk(epoch, chunk)`` returns batches ``starts[chunk]`` to
+    ``starts[chunk + 1] - 1`` stacked on a new leading axis (``[k, batch, ...]``), read in one pass. Untransformed
+    batches described by the headers (``trusted``) skip the checks: only a byte swap can be needed.
+    """
+
+    def __init__(self, loader: Loader, spec: Any, starts: np.ndarray, *, trusted: bool) -> None:
+        tf = _tf()
+        self.loader = loader
+        self.spec = spec
+        self.starts = starts
+        self.trusted = trusted
+        self.paths = _leaf_paths(spec)
+        self.specs = tf.nest.flatten(spec)
+        self.dtypes = [None if s.dtype == tf.string else np.dtype(s.dtype.as_numpy_dtype) for s in self.specs]
+        self.shapes = [tuple(s.shape.as_list()) for s in self.specs]
+        source = loader.source
+        self.flatten: Callable[[Any], list[Any]]
+        # ``tf.nest.flatten`` order of an untransformed batch, without tf.nest's per-call cost.
+        if source.kind == "dict":
+            order = sorted(range(len(source.keys)), key=lambda j: source.keys[j])
+            self.flatten = lambda batch: [batch[source.keys[j]] for j in order]
+        elif source.kind == "tuple":
+            self.flatten = list
+        else:
+            self.flatten = lambda batch: [batch]
+
+    def _leaves(self, batch: Any, where: str) -> list[Any]:
+        """The leaves of ``batch`` in ``tf.nest.flatten`` order, once its structure is checked against the spec."""
+        if self.trusted:
+            return self.flatten(batch)
+        tf = _tf()
         try:
-            tf.nest.assert_same_structure(spec, batch, check_types=False)
+            tf.nest.assert_same_structure(self.spec, batch, check_types=False)
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"batch {i} of epoch {e} does not have the structure of the element spec: {err}") from err
+            raise ConfigError(f"{where} does not have the structure of the element spec: {err}") from err
+        return tf.nest.flatten(batch)
+
+    def _checked(self, leaves: list[Any], where: str, leading: tuple[int, ...]) -> list[np.ndarray]:
+        """``leaves`` as native-endian arrays, each checked against its spec (its shape after ``leading``)."""
         out = []
-        for path, s, leaf in zip(paths, flat_specs, tf.nest.flatten(batch), strict=True):
+        for path, s, dtype, shape, leaf in zip(self.paths, self.specs, self.dtypes, self.shapes, leaves, strict=True):
             array = np.asarray(leaf)
             if array.dtype.kind not in "SUO" and not array.dtype.isnative:
                 array = array.astype(array.dtype.newbyteorder("="))  # one byte swap; TensorFlow is native-only
-            if s.dtype != tf.string and array.dtype != s.dtype.as_numpy_dtype:
+            if self.trusted:
+                out.append(array)
+                continue
+            if dtype is not None and array.dtype != dtype:
                 raise ConfigError(
-                    f"batch {i} of epoch {e}: field {path} has dtype {array.dtype}, but the element "
-                    f"spec says {s.dtype.name}; fix the transform or pass output_signature="
+                    f"{where}: field {path} has dtype {array.dtype}, but the element spec says {s.dtype.name}; "
+                    "fix the transform or pass output_signature="
                 )
-            if not s.shape.is_compatible_with(array.shape):
+            got = array.shape[len(leading) :]
+            if array.shape[: len(leading)] != leading or not _compatible(shape, got):
                 raise ConfigError(
-                    f"batch {i} of epoch {e}: field {path} has shape {array.shape}, but the "
-                    f"element spec says {s.shape}; pass output_signature= with None for the dimensions that vary"
+                    f"{where}: field {path} has shape {got}, but the element spec says {s.shape}; pass "
+                    "output_signature= with None for the dimensions that vary"
                 )
             out.append(array)
         return out
 
-    return read
+    def batch(self, epoch: np.int64, index: np.int64) -> list[np.ndarray]:
+        """Batch ``index`` of ``epoch``."""
+        e, i = int(epoch), int(index)
+        where = f"batch {i} of epoch {e}"
+        return self._checked(self._leaves(self.loader.read_batch(e, i), where), where, ())
+
+    def chunk(self, epoch: np.int64, chunk: np.int64) -> list[np.ndarray]:
+        """Batches ``starts[chunk]`` to ``starts[chunk + 1] - 1`` of ``epoch``, stacked: ``[k, batch, ...]``."""
+        e, c = int(epoch), int(chunk)
+        start, stop = int(self.starts[c]), int(self.starts[c + 1])
+        batches = self.loader.read_batches(e, start, stop)
+        where = f"batch {start} of epoch {e}" if stop - start == 1 else f"batches {start}-{stop - 1} of epoch {e}"
+        self._leaves(batches[0], where)  # untransformed batches all have the source's structure
+        stacked = [_stacked(list(views)) for views in zip(*map(self.flatten, batches), strict=True)]
+        return self._checked(stacked, where, (stop - start,))
+
+
+def _compatible(spec_shape: tuple[int | None, ...], shape: tuple[int, ...]) -> bool:
+    return len(spec_shape) == len(shape) and all(s is None or s == d for s, d in zip(spec_shape, shape, strict=True))
+
+
+def _stacked(views: list[np.ndarray]) -> np.ndarray:
+    """``views`` stacked on a new first axis: without a copy when they lie end to end in one buffer, as the batches
+    of one ``Loader.read_batches`` call do (each a slice of one array per column)."""
+    first = views[0]
+    base = first.base
+    if (
+        isinstance(base, np.ndarray)
+        and base.flags.c_contiguous
+        and base.dtype == first.dtype
+        and base.shape == (len(views) * first.shape[0], *first.shape[1:])
+        and all(v.base is base and v.flags.c_contiguous and v.shape == first.shape for v in views)
+    ):
+        address = base.__array_interface__["data"][0]
+        if all(v.__array_interface__["data"][0] == address + j * first.nbytes for j, v in enumerate(views)):
+            return base.reshape(len(views), *first.shape)
+    return np.stack(views)
+
+
+def _chunk_starts(loader: Loader) -> np.ndarray:
+    """First batch of each chunk read in one call, and ``len(loader)`` after the last.
+
+    Chunks hold ``loader.batches_per_read`` full batches, except the first, a single batch (see ``to_tf_dataset``),
+    and a last, partial batch, alone in its own chunk (a chunk is ``[k, batch_size, ...]``).
+    """
+    num_batches = len(loader)
+    full = num_batches if _full_batches(loader) else max(0, num_batches - 1)
+    starts = [0] if full else []
+    starts += range(1, full, loader.batches_per_read)
+    if full < num_batches:
+        starts.append(full)
+    return np.array([*starts, num_batches], dtype=np.int64)
 
 
 def to_tf_dataset(
@@ -203,7 +291,8 @@ def to_tf_dataset(
         output_signature: a nest of ``tf.TensorSpec`` for the batches, instead of deriving it (headers, or one
             probed batch when the loader has a transform).
         start_epoch: the epoch of the first iterator (default ``loader.epoch``); later iterators count up from it.
-        num_parallel_calls: batches read at once (default ``tf.data.AUTOTUNE``).
+        num_parallel_calls: reads at once, each of one batch, or of one chunk of batches when the loader has no
+            transform (default ``tf.data.AUTOTUNE``).
         threads: a private tf.data thread pool of this size for the reads (default: tf.data's shared pool, one
             thread per core). Cold, random reads wait on storage, not CPU: 8 to 16 threads read faster there.
         prefetch: batches read ahead of the consumer (default ``tf.data.AUTOTUNE``).
@@ -221,8 +310,13 @@ def to_tf_dataset(
             raise ConfigError(f"{name} must be a positive int or None, got {value!r}")
     spec = _check_signature(output_signature) if output_signature is not None else element_spec(loader, epoch=start)
     flat_specs = tf.nest.flatten(spec)
-    read = _batch_reader(loader, spec)
     num_batches = len(loader)
+    # Untransformed batches are read several at a time (about 4 MiB, see Loader.batches_per_read): one
+    # numpy_function call and one gather per chunk instead of per batch, split into batches by unbatch().
+    chunked = loader.transform is None and loader.batches_per_read > 1
+    starts = _chunk_starts(loader) if chunked else np.arange(num_batches + 1, dtype=np.int64)
+    num_reads = len(starts) - 1
+    reader = _Reader(loader, spec, starts, trusted=output_signature is None and loader.transform is None)
 
     # The dataset's next epoch. An iterator claims it when its first batch is asked for, so an iterator that is
     # made and dropped unused (Keras makes one after the last epoch) consumes nothing.
@@ -243,30 +337,33 @@ def to_tf_dataset(
 
     @tf.autograph.experimental.do_not_convert
     def real(epoch: Any, index: Any) -> Any:
-        return index < num_batches
+        return index < num_reads
 
     @tf.autograph.experimental.do_not_convert
-    def read_batch(epoch: Any, index: Any) -> Any:
-        flat = tf.numpy_function(read, [epoch, index], [s.dtype for s in flat_specs], stateful=False, name="npyfeed")
+    def read(epoch: Any, index: Any) -> Any:
+        function, leading = (reader.chunk, [None]) if chunked else (reader.batch, [])
+        dtypes = [s.dtype for s in flat_specs]
+        flat = tf.numpy_function(function, [epoch, index], dtypes, stateful=False, name="npyfeed")
         for tensor, s in zip(flat, flat_specs, strict=True):
-            tensor.set_shape(s.shape)
+            tensor.set_shape(leading + s.shape.as_list() if s.shape.rank is not None else None)
         return tf.nest.pack_sequence_as(spec, flat)
 
     # One extra index past the end: after a restore at the end of an epoch, pulling it (the iterator's
     # end-of-sequence, or repeat() moving on) runs with_epoch once more, which syncs the counter; filter drops it.
     dataset = (
-        tf.data.Dataset.range(num_batches + 1)
+        tf.data.Dataset.range(num_reads + 1)
         .scan(tf.constant(-1, tf.int64), with_epoch)
         .filter(real)
-        .apply(tf.data.experimental.assert_cardinality(num_batches))
-        .map(
-            read_batch,
-            num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE,
-            deterministic=True,
-            name="npyfeed_read",
-        )
-        .prefetch(prefetch or tf.data.AUTOTUNE)
+        .map(read, num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE, deterministic=True, name="npyfeed_read")
     )
+    if chunked:
+        # unbatch() copies each batch out of its chunk (into memory TensorFlow owns, so the chunk's buffer goes
+        # back to the Loader's pool). With symbolic checkpointing it saves its position in the chunk and, restored,
+        # reads the chunk again; but the upstream state it saves is the one from before that chunk. The first
+        # chunk is therefore a single batch: by the time a second batch is delivered, the saved state holds the
+        # iterator's epoch.
+        dataset = dataset.unbatch()
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_batches)).prefetch(prefetch or tf.data.AUTOTUNE)
     options = tf.data.Options()
     # Checkpoints record positions, not buffered batches; reads are pure functions of (epoch, index), so what
     # was read ahead is simply read again after a restore.
