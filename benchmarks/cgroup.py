@@ -6,6 +6,7 @@ at most ~256 MiB of the file can be cached: shuffled reads must mostly come from
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from types import TracebackType
 __all__ = ["CGROUP_ROOT", "MemoryCgroup", "cgroup_available"]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
+_serial = itertools.count()  # a fresh group per run: a group whose processes linger cannot be removed at once
 
 
 def cgroup_available() -> str | None:
@@ -29,7 +31,7 @@ class MemoryCgroup:
     """A child memory cgroup with a hard limit; ``wrap(cmd)`` runs a command inside it from its first byte."""
 
     def __init__(self, name: str, limit_bytes: int) -> None:
-        self.path = CGROUP_ROOT / f"{name}-{os.getpid()}"
+        self.path = CGROUP_ROOT / f"{name}-{os.getpid()}-{next(_serial)}"
         self.limit_bytes = limit_bytes
 
     def _read_int(self, name: str) -> int:
@@ -54,7 +56,7 @@ class MemoryCgroup:
     def wrap(self, cmd: list[str]) -> list[str]:
         """``cmd`` prefixed by a shell that joins the group and then ``exec``s it, so nothing runs outside."""
         join = 'echo $$ > "$0/cgroup.procs" && exec "$@"'
-        return ["sh", "-c", join, str(self.path), *cmd]
+        return ["/bin/sh", "-c", join, str(self.path), *cmd]
 
     @property
     def max_usage_bytes(self) -> int:

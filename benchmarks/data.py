@@ -22,6 +22,7 @@ __all__ = [
     "data_offset",
     "make_files",
     "open_memmap_fixed",
+    "open_memmaps",
     "open_oracle",
     "row_ids",
 ]
@@ -169,3 +170,12 @@ def row_ids(x: np.ndarray) -> np.ndarray:
     """The id stored in the first 8 bytes of each row of a batch, as int64."""
     flat = np.ascontiguousarray(x).reshape(len(x), -1).view(np.uint8)
     return np.ascontiguousarray(flat[:, :ID_BYTES]).view("<i8").reshape(-1)
+
+
+def open_memmaps(files: BenchFiles) -> tuple[np.memmap, np.memmap | None]:
+    """Rows and labels as the baselines open them: ``np.memmap`` at the real data offsets."""
+    kind = files.row_kind
+    x = open_memmap_fixed(files.x, files.x_offset, files.num_rows, kind.row_shape, kind.dtype)
+    if files.y is None or files.y_offset is None:
+        return x, None
+    return x, open_memmap_fixed(files.y, files.y_offset, files.num_rows, (), "<i8")

@@ -7,14 +7,14 @@ dataset has no labels). The harness times it and checks every batch; runners do 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from benchmarks.data import BenchFiles
 
-__all__ = ["Batch", "Job", "NotAvailable", "Result", "Runner"]
+__all__ = ["Batch", "Builder", "Job", "NotAvailable", "Result", "Runner", "as_pair"]
 
 Batch = tuple[np.ndarray, np.ndarray | None]
 
@@ -75,8 +75,20 @@ class Result:
     baseline_anon_mb: float = 0.0
     peak_anon_mb: float = 0.0
     cgroup_peak_mb: float | None = None
+    cores_used: float = 0.0
+    cores_other: float = 0.0
     baseline: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 Builder = Callable[[Job], Iterable[Batch]]
+"""What a runner's ``target`` names: one epoch of batches for a job."""
+
+
+def as_pair(element: Any) -> Batch:
+    """``(x, y)`` from what a loader yields: an array, an ``(x,)``/``(x, y)`` tuple or list, or a dict."""
+    if isinstance(element, dict):
+        element = list(element.values())
+    if isinstance(element, tuple | list):
+        x = np.asarray(element[0])
+        return x, (np.asarray(element[1]) if len(element) > 1 else None)
+    return np.asarray(element), None
