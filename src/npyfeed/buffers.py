@@ -27,6 +27,9 @@ _RECYCLE: bool = getattr(sys, "_is_gil_enabled", lambda: True)()
 def aligned_empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> tuple[np.ndarray, np.ndarray]:
     """``(owner, array)``: an uninitialised ``array`` whose data is ``ALIGNMENT``-aligned, carved from ``owner``."""
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes == 0:  # nothing to align (and a zero-byte uint8 view cannot take a wider dtype)
+        empty = np.empty(shape, dtype)
+        return empty, empty
     owner = np.empty(nbytes + ALIGNMENT, np.uint8)
     skip = -owner.ctypes.data % ALIGNMENT
     return owner, owner[skip : skip + nbytes].view(dtype).reshape(shape)
