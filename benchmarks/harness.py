@@ -1,8 +1,9 @@
 """Runs ONE measurement in the current (fresh) process: ``python -m benchmarks.harness JOB.json RESULT.json``.
 
 A fresh process per runner keeps memory numbers and framework state (TF thread pools, torch workers) from
-leaking between runners. Timing starts when the first batch arrives (the time to it is reported on its own) and
-stops at the end of the epoch or after ``max_seconds``; every batch is checked on the way (see ``verify``).
+leaking between runners. Timing starts when the loader is built and stops at the end of the epoch or
+``max_seconds`` after the first batch (whose wait is also reported on its own); every batch is checked on the way
+(see ``verify``).
 """
 
 from __future__ import annotations
@@ -61,32 +62,29 @@ def _builder(runner: Runner) -> Builder:
 
 
 def _timed_epoch(job: Job, build: Builder, checker: EpochChecker, res: Result) -> bool:
-    """Iterate until the epoch ends or ``max_seconds`` pass after the first batch; True if cut short."""
+    """Iterate until the epoch ends or ``max_seconds`` pass after the first batch; True if cut short.
+
+    The rate counts the wait for the first batch: it is paid every epoch (a shuffle buffer to fill, a cold file
+    streamed into the page cache), and leaving it out would credit a loader with work done before the clock.
+    """
     cpu = CpuMeter()
     cpu.start()
     start = time.perf_counter()
     first_at: float | None = None
-    timed_rows = 0
     capped = False
     for x, y in build(job):
         now = time.perf_counter()
         if first_at is None:
             first_at, res.first_batch_s = now, now - start
-            cpu.start()
-        else:
-            timed_rows += len(x)
         checker.add(x, y)
         if now - first_at >= job.max_seconds:
             capped = True
             break
-    end = time.perf_counter()
+    res.seconds = time.perf_counter() - start
     res.cores_used, res.cores_other = cpu.stop()
-    if timed_rows == 0 or first_at is None:  # a single batch: all we can time is the whole run
-        first_at, timed_rows = start, checker.rows
     res.rows = checker.rows
     res.epoch_fraction = checker.rows / job.files.num_rows
-    res.seconds = end - first_at
-    res.rows_per_s = timed_rows / res.seconds if res.seconds > 0 else 0.0
+    res.rows_per_s = checker.rows / res.seconds if res.seconds > 0 else 0.0
     res.mb_per_s = res.rows_per_s * job.files.row_kind.sample_bytes / MB
     return capped and checker.rows < job.files.num_rows
 

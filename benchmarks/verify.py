@@ -26,7 +26,7 @@ class EpochChecker:
         self.batch_size = batch_size
         self.kind = files.row_kind
         # Every delivered id, in order; written now so its pages are resident before the memory baseline.
-        self._ids = np.zeros(files.num_rows + batch_size, dtype=np.int64)
+        self._ids = np.full(files.num_rows + batch_size, -1, dtype=np.int64)  # np.zeros would map pages lazily
         self.rows = 0
         self.batches = 0
         self.any_unsorted_jump = False
