@@ -213,16 +213,17 @@ class Executor:
             proc = subprocess.Popen(
                 cmd, stdout=log_file, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT, start_new_session=True
             )
-            try:
-                rc = proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                rc = None
-            _kill_group(proc)
-            if rc is None:
+            exited = _wait_unreaped(proc.pid, timeout)
+            # Kill workers the runner left behind while it is still a zombie: until it is reaped its pid, which
+            # is also the id of its process group, cannot be given to another process.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            rc = proc.wait()
+            if not exited:
                 return self._failed(job, "timeout", f"no result after {timeout:.0f} s; log: {log.name}")
         if out_path.exists():
             return Result(**json.loads(out_path.read_text()))
-        if rc is not None and rc < 0:
+        if rc < 0:
             return self._failed(job, "error", f"killed by signal {-rc}; log: {log.name}")
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
         return self._failed(job, "error", f"exit status {rc}: {tail[0][:160]}; log: {log.name}")
@@ -235,11 +236,14 @@ class Executor:
         return Result(job.runner, label, job.files.kind, order, job.cache, status, note, baseline=baseline)
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """Kill what is left of a runner's session (it exits with ``os._exit``; workers may outlive it)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+def _wait_unreaped(pid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for a child to exit without reaping it; False if it is still running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def _make_data(args: argparse.Namespace) -> tuple[dict[str, BenchFiles], BenchFiles | None]:
