@@ -13,7 +13,6 @@ True
 from __future__ import annotations
 
 import contextlib
-import math
 import secrets
 import threading
 import time
@@ -29,7 +28,8 @@ from npyfeed.columns import Columns, Source
 from npyfeed.errors import ConfigError
 from npyfeed.order import BlockShuffle, ChunkCache, GlobalShuffle, Order, Sequential
 from npyfeed.prefetch import PrefetchStats, prefetch_ordered
-from npyfeed.shard import Shard
+from npyfeed.shard import Layout, Shard
+from npyfeed.state import loader_state, restore_state
 from npyfeed.system import available_memory, cpu_count
 
 if TYPE_CHECKING:
@@ -41,7 +41,6 @@ ShuffleMode = Literal["none", "global", "block"]
 Batch = Any
 """One batch: an ndarray, a tuple or a dict of ndarrays, shaped like the source (or what ``transform`` returns)."""
 
-_STATE_VERSION = 1
 # Kernel hints pay off when reads are slow (cold data): below this read speed a batch asks the kernel to queue
 # all its rows at once (posix_fadvise WILLNEED) instead of faulting them in one page at a time.
 _HINT_BELOW_BYTES_PER_S = 300e6
@@ -84,7 +83,9 @@ class Loader:
         seed: the shuffle seed; ``None`` draws one (kept in :meth:`get_state`, so a resume is exact).
         drop_remainder: drop the last, smaller batch of each epoch.
         transform: ``transform(batch) -> batch`` applied to every batch on the read threads.
-        shard: ``(index, count)`` or a :class:`Shard`: read only this worker's disjoint share of each epoch.
+        shard: this worker's share of each epoch: ``(index, count)``, a :class:`Shard`, a
+            ``tf.distribute.InputContext``, or ``"auto"`` (from the engine or launcher, see
+            :func:`npyfeed.shard.resolve`). Worker ``i`` reads global batches ``i, i + count, ...``.
         block_rows, window_blocks: block-shuffle geometry (default: 1 MiB blocks, 16 per window).
         num_threads: reads copying at once (default: the number of cores, at least 2).
         io_threads: reads waiting on storage at once when the data is cold (default: ``4 x num_threads``, at
@@ -108,7 +109,7 @@ class Loader:
         seed: int | None = None,
         drop_remainder: bool = False,
         transform: Callable[[Batch], Batch] | None = None,
-        shard: Shard | tuple[int, int] | None = None,
+        shard: Shard | tuple[int, int] | str | Any = None,
         block_rows: int | None = None,
         window_blocks: int | None = None,
         num_threads: int | None = None,
@@ -141,7 +142,11 @@ class Loader:
         block = _optional_positive_int("block_rows", block_rows) or max(1, _BLOCK_BYTES // row_bytes)
         window = _optional_positive_int("window_blocks", window_blocks) or _WINDOW_BLOCKS
         self.order: Order = self._make_order(block, window)
-        self._start, self._stop = self.shard.positions(len(self.source))
+        self._layout = Layout(
+            len(self.source), self.batch_size, self.shard.count, self.shard.index, self.drop_remainder
+        )
+        self._resumed = self._layout  # the layout of epoch `_resumed_epoch`, the rest of an epoch after set_state
+        self._resumed_epoch = -1
         self._next_epoch, self._next_batch = epoch, 0
         self._position = (epoch, 0)
         # Block shuffles always hint: once per window of blocks, it costs nothing and turns reads sequential.
@@ -165,14 +170,20 @@ class Loader:
     # -- sizes ------------------------------------------------------------------------------------------------
     @property
     def num_rows(self) -> int:
-        """Rows per epoch read by this shard (before ``drop_remainder``)."""
-        return self._stop - self._start
+        """Rows per epoch read by this shard."""
+        return self._layout.num_positions
 
     def __len__(self) -> int:
-        """Batches per epoch."""
-        if self.drop_remainder:
-            return self.num_rows // self.batch_size
-        return math.ceil(self.num_rows / self.batch_size)
+        """Batches per epoch (the same on every shard)."""
+        return len(self._layout)
+
+    def layout(self, epoch: int) -> Layout:
+        """Which positions of ``epoch`` this shard reads: all of it, or the rest of an epoch after a resume."""
+        return self._resumed if epoch == self._resumed_epoch else self._layout
+
+    def num_batches(self, epoch: int) -> int:
+        """Batches of ``epoch``: ``len(loader)``, or fewer in an epoch resumed mid-way by :meth:`set_state`."""
+        return len(self.layout(epoch))
 
     @property
     def epoch(self) -> int:
@@ -186,15 +197,12 @@ class Loader:
         )
 
     # -- reading batches: a pure function of (seed, epoch, index) ---------------------------------------------
-    def _positions(self, index: int) -> tuple[int, int]:
-        lo = self._start + index * self.batch_size
-        return lo, min(lo + self.batch_size, self._stop)
-
     def batch_rows(self, epoch: int, index: int) -> np.ndarray:
         """The sorted row indices of batch ``index`` of ``epoch``."""
-        if isinstance(index, bool) or not 0 <= index < len(self):
-            raise IndexError(f"batch {index} is out of range for {len(self)} batches per epoch")
-        rows = self.order.rows(epoch, *self._positions(index))
+        layout = self.layout(epoch)
+        if isinstance(index, bool) or not 0 <= index < len(layout):
+            raise IndexError(f"batch {index} is out of range for {len(layout)} batches in epoch {epoch}")
+        rows = self.order.rows(epoch, *layout.positions(index))
         rows.sort()
         return rows
 
@@ -258,11 +266,12 @@ class Loader:
                 self._hinting = False  # row hints would only scatter the stream with random reads
 
     def _hint(self, epoch: int, start: int, stop: int, rows: np.ndarray) -> None:
-        if self.shuffle == "block":
+        if self.shuffle == "block" and self.shard.count == 1:
             # Whole blocks, once per window, and the next window too, so storage streams across window edges.
             window_rows = self._block_geometry()[0] * self._block_geometry()[1]
-            first = self._positions(start)[0] // window_rows
-            last = min(self._positions(stop - 1)[1] // window_rows + 1, (len(self.source) - 1) // window_rows)
+            layout = self.layout(epoch)
+            first = layout.positions(start)[0] // window_rows
+            last = min(layout.positions(stop - 1)[1] // window_rows + 1, (len(self.source) - 1) // window_rows)
             with self._lock:
                 todo = [w for w in range(first, last + 1) if (epoch, w) not in self._hinted]
                 if len(self._hinted) > 1024:
@@ -295,7 +304,7 @@ class Loader:
         return max(1, min(64, _READ_BYTES // batch_bytes))
 
     def _epoch_batches(self, epoch: int, start: int) -> Iterator[Batch]:
-        count = len(self)
+        count = self.num_batches(epoch)
         for index, batch in self.iter_batches(epoch, range(start, count)):
             self._position = (epoch, index + 1) if index + 1 < count else (epoch + 1, 0)
             yield batch
@@ -308,9 +317,10 @@ class Loader:
         Stateless: unlike ``iter(loader)`` it neither claims nor moves :attr:`epoch`, so framework adapters that
         keep their own epoch count (and workers reading every k-th batch) share the read path.
         """
-        indices = range(len(self)) if indices is None else indices
-        if indices.step < 0 or (len(indices) and not 0 <= indices[0] <= indices[-1] < len(self)):
-            raise IndexError(f"batches {indices} are out of range for {len(self)} batches per epoch")
+        count = self.num_batches(epoch)
+        indices = range(count) if indices is None else indices
+        if indices.step < 0 or (len(indices) and not 0 <= indices[0] <= indices[-1] < count):
+            raise IndexError(f"batches {indices} are out of range for {count} batches in epoch {epoch}")
         step = self.batches_per_read if indices.step == 1 else 1
         stop = indices.stop if len(indices) else indices.start
         jobs = (
@@ -360,49 +370,32 @@ class Loader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- checkpointing ----------------------------------------------------------------------------------------
+    # -- checkpointing (see npyfeed.state) ------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
-        """A small JSON-able dict: where the consumer is (the batches it received, not those read ahead)."""
-        epoch, batch = self._position
-        return {
-            "version": _STATE_VERSION,
-            "epoch": epoch,
-            "batch": batch,
-            "seed": self.seed,
-            "shuffle": self.shuffle,
-            "num_rows": len(self.source),
-            "batch_size": self.batch_size,
-            "shard": [self.shard.index, self.shard.count],
-            "drop_remainder": self.drop_remainder,
-        }
+        """A small JSON-able dict: where the consumer is (the batches it received, not those read ahead).
+
+        All shards at the same synchronous step give the same position, and any worker count can restore it.
+        """
+        return loader_state(self)
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Make the next ``iter()`` continue exactly after the last batch delivered when ``state`` was taken."""
-        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
-            raise ConfigError(f"not an npyfeed Loader state (version {_STATE_VERSION}): {state!r}")
-        expected = {
-            "shuffle": self.shuffle,
-            "num_rows": len(self.source),
-            "batch_size": self.batch_size,
-            "shard": [self.shard.index, self.shard.count],
-            "drop_remainder": self.drop_remainder,
-        }
-        for key, value in expected.items():
-            if state.get(key) != value:
-                raise ConfigError(f"saved state has {key}={state.get(key)!r} but this loader has {key}={value!r}")
-        epoch, batch = state.get("epoch"), state.get("batch")
-        if not isinstance(epoch, int) or epoch < 0 or not isinstance(batch, int) or not 0 <= batch <= len(self):
-            raise ConfigError(f"saved state has an invalid position: epoch={epoch!r}, batch={batch!r}")
-        seed = state.get("seed")
-        if not isinstance(seed, int):
-            raise ConfigError(f"saved state has an invalid seed: {seed!r}")
-        if seed != self.seed:
-            self.seed = seed
+        """Make the next ``iter()`` continue exactly after the last batch delivered when ``state`` was taken.
+
+        The state may come from a job with another shard count: this shard then reads its share of the rest of
+        the saved epoch (:meth:`num_batches` of it, the same on every shard), and later epochs are whole.
+        """
+        epoch, position = restore_state(self, state)
+        if state["seed"] != self.seed:
+            self.seed = state["seed"]
             self.order = self._make_order(*self._block_geometry())
-        if batch == len(self):
-            epoch, batch = epoch + 1, 0
-        self._next_epoch, self._next_batch = epoch, batch
-        self._position = (epoch, batch)
+        resumed = Layout(
+            len(self.source), self.batch_size, self.shard.count, self.shard.index, self.drop_remainder, position
+        )
+        if len(resumed) == 0:
+            epoch, resumed = epoch + 1, self._layout
+        self._resumed, self._resumed_epoch = resumed, epoch
+        self._next_epoch, self._next_batch = epoch, 0
+        self._position = (epoch, 0)
 
     def _block_geometry(self) -> tuple[int, int]:
         order = self.order.order if isinstance(self.order, ChunkCache) else self.order

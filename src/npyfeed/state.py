@@ -1,0 +1,112 @@
+"""A Loader's checkpoint: a small JSON-able dict that resumes exactly, on any worker count.
+
+What all workers consumed is one global position in the epoch's order (see :mod:`npyfeed.shard`), so a state
+is ``(seed, epoch, position)`` plus what must not change between save and restore: the files (a fingerprint of
+their paths, sizes and headers), the batch size, the shuffle and its block geometry, ``drop_remainder``. The
+worker count may change: each new worker calls ``set_state`` with the state of any one old worker (all took it
+at the same synchronous step), and the rest of the epoch is shared out among the new workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from npyfeed.errors import ConfigError
+
+if TYPE_CHECKING:
+    from npyfeed.loader import Loader
+
+__all__ = ["STATE_VERSION", "fingerprint", "loader_state", "restore_state"]
+
+STATE_VERSION = 2
+
+
+def _describe(source: Any) -> Any:
+    """What identifies a row source's data: each file's path, size and header, and any row slicing."""
+    parts = getattr(source, "parts", None)
+    if parts is not None:  # ConcatArray
+        return [_describe(p) for p in parts]
+    base = getattr(source, "base", None)
+    if base is not None:  # RowSlice
+        return {"slice": [source.start, source.stop], "of": _describe(base)}
+    path = source.paths[0] if len(source.paths) == 1 else list(source.paths)
+    size = getattr(source, "file_size", None)
+    if size is None and isinstance(path, str) and Path(path).is_file():
+        size = Path(path).stat().st_size
+    fortran = bool(getattr(source, "fortran_order", False))
+    return {"path": path, "size": size, "dtype": source.dtype.str, "shape": list(source.shape), "fortran": fortran}
+
+
+def fingerprint(loader: Loader) -> str:
+    """A short digest of the loader's files (paths, sizes, headers) and columns: different data, different digest."""
+    columns = loader.source
+    text = json.dumps([[str(k), _describe(a)] for k, a in zip(columns.keys, columns.arrays, strict=True)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _order_geometry(loader: Loader) -> list[int]:
+    return list(loader._block_geometry()) if loader.shuffle == "block" else []
+
+
+def loader_state(loader: Loader) -> dict[str, Any]:
+    """Where the consumer is (the batches it received, not those read ahead), as a global position."""
+    epoch, batch = loader._position
+    position = loader.layout(epoch).consumed(batch)
+    if position is None:
+        epoch, position = epoch + 1, 0
+    return {
+        "version": STATE_VERSION,
+        "epoch": epoch,
+        "position": position,
+        "seed": loader.seed,
+        "shuffle": loader.shuffle,
+        "order": _order_geometry(loader),
+        "num_rows": len(loader.source),
+        "batch_size": loader.batch_size,
+        "drop_remainder": loader.drop_remainder,
+        "shard": [loader.shard.index, loader.shard.count],  # who saved it; any count may restore it
+        "fingerprint": fingerprint(loader),
+    }
+
+
+def restore_state(loader: Loader, state: dict[str, Any]) -> tuple[int, int]:
+    """Check ``state`` against ``loader``; the ``(epoch, position)`` to continue from."""
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        version = state.get("version") if isinstance(state, dict) else None
+        raise ConfigError(
+            f"not an npyfeed Loader state of version {STATE_VERSION} (found version {version!r}): {str(state)[:200]}"
+        )
+    expected = {
+        "num_rows": len(loader.source),
+        "shuffle": loader.shuffle,
+        "batch_size": loader.batch_size,
+        "drop_remainder": loader.drop_remainder,
+    }
+    for key, value in expected.items():
+        if state.get(key) != value:
+            raise ConfigError(f"saved state has {key}={state.get(key)!r} but this loader has {key}={value!r}")
+    digest = fingerprint(loader)
+    if state.get("fingerprint") != digest:
+        paths = ", ".join(loader.source.paths[:3])
+        raise ConfigError(
+            f"saved state is for other data (files fingerprint {state.get('fingerprint')!r}); this loader reads "
+            f"{paths} (fingerprint {digest!r}): the paths, sizes or headers differ"
+        )
+    if state.get("order") != _order_geometry(loader):
+        raise ConfigError(
+            f"saved state has block geometry (block_rows, window_blocks)={state.get('order')!r} but this loader has "
+            f"{_order_geometry(loader)!r}: the order would differ"
+        )
+    epoch, position, seed = state.get("epoch"), state.get("position"), state.get("seed")
+    if not (
+        isinstance(epoch, int)
+        and epoch >= 0
+        and isinstance(position, int)
+        and 0 <= position <= len(loader.source)
+        and isinstance(seed, int)
+    ):
+        raise ConfigError(f"saved state has an invalid position: epoch={epoch!r}, position={position!r}, seed={seed!r}")
+    return epoch, position
