@@ -8,7 +8,14 @@
 
 from npyfeed.array import ConcatArray, NpyArray, RowSlice, RowSource
 from npyfeed.columns import Columns, open, split
-from npyfeed.errors import ColumnMismatchError, ConfigError, NpyfeedError, NpyFormatError, WorkerError
+from npyfeed.errors import (
+    ColumnMismatchError,
+    ConfigError,
+    FileChangedError,
+    NpyfeedError,
+    NpyFormatError,
+    WorkerError,
+)
 from npyfeed.format import NpyHeader, read_header
 from npyfeed.loader import Loader
 from npyfeed.order import BlockShuffle, GlobalShuffle, Order, Sequential
@@ -22,6 +29,7 @@ __all__ = [
     "Columns",
     "ConcatArray",
     "ConfigError",
+    "FileChangedError",
     "GlobalShuffle",
     "Loader",
     "NpyArray",

@@ -6,6 +6,7 @@
     ├── NpyFormatError(ValueError)       a file is not a valid, safe, fixed-size .npy array
     ├── ColumnMismatchError(ValueError)  aligned inputs disagree (row counts, row shapes of shards)
     ├── ConfigError(ValueError)          an argument out of range (batch size, shard, split, state)
+    ├── FileChangedError(OSError)        a file was truncated, replaced or deleted while it was being read
     └── WorkerError(RuntimeError)        a read or transform failed on a prefetch thread
 
 Every message names the file (when there is one), the field, the value found and what was expected.
@@ -13,7 +14,14 @@ Every message names the file (when there is one), the field, the value found and
 
 from __future__ import annotations
 
-__all__ = ["ColumnMismatchError", "ConfigError", "NpyFormatError", "NpyfeedError", "WorkerError"]
+__all__ = [
+    "ColumnMismatchError",
+    "ConfigError",
+    "FileChangedError",
+    "NpyFormatError",
+    "NpyfeedError",
+    "WorkerError",
+]
 
 
 class NpyfeedError(Exception):
@@ -30,6 +38,13 @@ class ColumnMismatchError(NpyfeedError, ValueError):
 
 class ConfigError(NpyfeedError, ValueError):
     """An argument is out of range or inconsistent (batch size, shard index, split, saved state)."""
+
+
+class FileChangedError(NpyfeedError, OSError):
+    """A file is no longer the version that was opened: truncated, rewritten, replaced or deleted under a reader.
+
+    Raised instead of returning bytes of another version (or dying of ``SIGBUS`` on a truncated mapping).
+    """
 
 
 class WorkerError(NpyfeedError, RuntimeError):

@@ -12,16 +12,15 @@ import ast
 import math
 import os
 import re
-import stat
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from npyfeed.errors import NpyFormatError
 
-__all__ = ["MAGIC", "MAX_HEADER_SIZE", "NpyHeader", "read_header"]
+__all__ = ["MAGIC", "MAX_HEADER_SIZE", "NpyHeader", "header_size", "load_header", "parse_header", "read_header"]
 
 MAGIC = b"\x93NUMPY"
 # NumPy refuses headers longer than this unless told otherwise (numpy.lib.format._MAX_HEADER_SIZE): a header is
@@ -77,22 +76,79 @@ def read_header(path: str | os.PathLike[str], *, max_header_size: int = MAX_HEAD
     not a regular file, bad magic or version, oversized or non-literal header, pickled (object) dtypes,
     malformed shapes, or a file shorter than its header says.
     """
-    name = os.fspath(path)
-    # O_NONBLOCK: opening a FIFO for reading must not wait for a writer; we refuse non-regular files below.
-    fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    from npyfeed.storage import LocalFile  # storage builds on errors only; imported here to keep layers one-way
+
+    with LocalFile(path) as storage:
+        return load_header(storage, max_header_size=max_header_size)
+
+
+class _Readable(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+    def read_into(self, offset: int, out: np.ndarray) -> None: ...
+
+
+# A first read this long holds the whole header of nearly every file (NumPy pads headers to 64 bytes; 128 is
+# typical), so an object store answers it with one ranged request.
+_FIRST_READ = 4096
+
+
+def load_header(storage: _Readable, *, max_header_size: int = MAX_HEADER_SIZE) -> NpyHeader:
+    """Read the first bytes of ``storage`` (any :class:`npyfeed.storage.Storage`) and validate its header."""
+    want = min(storage.size, _FIRST_READ)
+    while True:
+        prefix = np.empty(want, np.uint8)
+        storage.read_into(0, prefix)
+        try:
+            return _parse(storage.name, prefix.tobytes(), storage.size, max_header_size)
+        except _ShortPrefix as e:
+            want = e.needed
+
+
+def parse_header(prefix: bytes, size: int, name: str, *, max_header_size: int = MAX_HEADER_SIZE) -> NpyHeader:
+    """Validate the header in ``prefix``, the first bytes of an object of ``size`` bytes called ``name``.
+
+    ``prefix`` must hold the whole header (magic, version, length field and header text), or the whole object
+    if it is shorter; 4 KiB is enough for nearly every file, and ``header_size(prefix)`` tells the exact length
+    from the first 12 bytes. Raises :class:`NpyFormatError` naming ``name`` for anything invalid, exactly as
+    :func:`read_header` does for a local file.
+    """
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-            raise NpyFormatError(f"{name}: cannot read as .npy: it is {kind}")
-        return _parse(name, fd, info.st_size, max_header_size)
-    finally:
-        os.close(fd)
+        return _parse(name, bytes(prefix), size, max_header_size)
+    except _ShortPrefix as e:
+        raise ValueError(f"{name}: the header needs the first {e.needed} bytes, got {len(prefix)}") from None
 
 
-def _read_exact(name: str, fd: int, offset: int, size: int, what: str) -> bytes:
-    data = os.pread(fd, size, offset)
+def header_size(prefix: bytes, name: str = "<bytes>", *, max_header_size: int = MAX_HEADER_SIZE) -> int:
+    """Bytes before the data (magic, version, length field, header text), read from the first 12 bytes."""
+    data = bytes(prefix)
+    try:
+        version = _check_magic(name, _take(name, data, 1 << 62, 0, 8, "magic string and version"))
+        length_format = _LENGTH_FIELD[version]
+        length_size = struct.calcsize(length_format)
+        (header_len,) = struct.unpack(length_format, _take(name, data, 1 << 62, 8, length_size, "header length"))
+    except _ShortPrefix as e:
+        raise ValueError(f"{name}: the header length needs the first {e.needed} bytes, got {len(data)}") from None
+    _check_length(name, header_len, max_header_size)
+    return 8 + length_size + int(header_len)
+
+
+class _ShortPrefix(Exception):
+    def __init__(self, needed: int) -> None:
+        super().__init__(needed)
+        self.needed = needed
+
+
+def _take(name: str, prefix: bytes, file_bytes: int, offset: int, size: int, what: str) -> bytes:
+    """``size`` bytes at ``offset`` of the object, from its first bytes ``prefix``."""
+    data = prefix[offset : offset + size]
     if len(data) != size:
+        if len(prefix) < file_bytes:
+            raise _ShortPrefix(min(file_bytes, offset + size))
         raise NpyFormatError(
             f"{name}: invalid .npy: file ends inside the {what} "
             f"(needed {size} bytes at offset {offset}, the file has {offset + len(data)} bytes)"
@@ -100,16 +156,16 @@ def _read_exact(name: str, fd: int, offset: int, size: int, what: str) -> bytes:
     return data
 
 
-def _parse(name: str, fd: int, file_bytes: int, max_header_size: int) -> NpyHeader:
-    magic = _read_exact(name, fd, 0, 8, "magic string and version")
+def _check_magic(name: str, magic: bytes) -> tuple[int, int]:
     if magic[:6] != MAGIC:
         raise _fail(name, "magic string", magic[:6], repr(MAGIC))
     version = (magic[6], magic[7])
     if version not in _LENGTH_FIELD:
         raise _fail(name, "format version", f"{version[0]}.{version[1]}", "1.0, 2.0 or 3.0")
-    length_format = _LENGTH_FIELD[version]
-    length_size = struct.calcsize(length_format)
-    (header_len,) = struct.unpack(length_format, _read_exact(name, fd, 8, length_size, "header length"))
+    return version
+
+
+def _check_length(name: str, header_len: int, max_header_size: int) -> None:
     if header_len > max_header_size:
         raise _fail(
             name,
@@ -117,10 +173,18 @@ def _parse(name: str, fd: int, file_bytes: int, max_header_size: int) -> NpyHead
             header_len,
             f"at most {max_header_size} bytes (pass a larger max_header_size if the file is trusted)",
         )
+
+
+def _parse(name: str, prefix: bytes, file_bytes: int, max_header_size: int) -> NpyHeader:
+    version = _check_magic(name, _take(name, prefix, file_bytes, 0, 8, "magic string and version"))
+    length_format = _LENGTH_FIELD[version]
+    length_size = struct.calcsize(length_format)
+    (header_len,) = struct.unpack(length_format, _take(name, prefix, file_bytes, 8, length_size, "header length"))
+    _check_length(name, header_len, max_header_size)
     data_offset = 8 + length_size + header_len
     if data_offset > file_bytes:
         raise _fail(name, "header length", header_len, f"a header that fits in the file's {file_bytes} bytes")
-    raw = _read_exact(name, fd, 8 + length_size, header_len, "header")
+    raw = _take(name, prefix, file_bytes, 8 + length_size, header_len, "header")
     try:
         text = raw.decode(_ENCODING[version])
     except UnicodeDecodeError as e:
