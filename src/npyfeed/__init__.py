@@ -20,6 +20,7 @@ from npyfeed.format import NpyHeader, read_header
 from npyfeed.loader import Loader
 from npyfeed.order import BlockShuffle, GlobalShuffle, Order, Sequential
 from npyfeed.shard import Shard
+from npyfeed.writer import NpyWriter
 
 __version__ = "0.1.0"
 
@@ -35,6 +36,7 @@ __all__ = [
     "NpyArray",
     "NpyFormatError",
     "NpyHeader",
+    "NpyWriter",
     "NpyfeedError",
     "Order",
     "RowSlice",

@@ -18,6 +18,7 @@ import numpy as np
 
 from npyfeed.errors import NpyfeedError
 from npyfeed.format import MAX_HEADER_SIZE, NpyHeader, read_header
+from npyfeed.writer import describe_partial
 
 __all__ = ["main"]
 
@@ -82,7 +83,8 @@ def _inspect(args: argparse.Namespace) -> int:
         try:
             header = read_header(path, max_header_size=args.max_header_size)
         except NpyfeedError as e:  # its message starts with the path
-            error = str(e)
+            partial = describe_partial(path)
+            error = str(e) if partial is None else f"{path}: {partial}"
         except OSError as e:
             error = f"{path}: cannot open: {e.strerror or e}"
         else:
