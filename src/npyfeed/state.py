@@ -51,9 +51,10 @@ def _order_geometry(loader: Loader) -> list[int]:
     return list(loader._block_geometry()) if loader.shuffle == "block" else []
 
 
-def loader_state(loader: Loader) -> dict[str, Any]:
-    """Where the consumer is (the batches it received, not those read ahead), as a global position."""
-    epoch, batch = loader._position
+def loader_state(loader: Loader, progress: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Where the consumer is, as a global position: after ``progress = (epoch, batches received)`` (default: what
+    ``iter(loader)`` delivered, not what was read ahead)."""
+    epoch, batch = loader._position if progress is None else progress
     position = loader.layout(epoch).consumed(batch)
     if position is None:
         epoch, position = epoch + 1, 0

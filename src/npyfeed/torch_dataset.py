@@ -13,6 +13,11 @@ Every ``iter()`` over the DataLoader is the next epoch, starting at ``start_epoc
 or without workers, persistent or not: the epoch counters live in shared memory, one per worker, so fresh worker
 processes continue the count. ``set_epoch(e)`` makes the next iteration epoch ``e`` (``DistributedSampler`` style).
 
+``state_dict()`` / ``load_state_dict()`` (the protocol of torchdata's ``StatefulDataLoader``, with
+``num_workers=0``) save and restore the position after the last batch delivered, as :meth:`Loader.get_state`
+does: restored on another shard count (``shard="auto"`` under another ``WORLD_SIZE``), the rest of the epoch is
+shared out among the new ranks.
+
 JAX users need none of this: ``for batch in loader`` yields NumPy batches (``jax.device_put`` takes them as is).
 """
 
@@ -27,6 +32,7 @@ import numpy as np
 
 from npyfeed._adapters import EpochReader, native_byte_order, rebuild
 from npyfeed.errors import ConfigError
+from npyfeed.state import loader_state
 
 if TYPE_CHECKING:
     from npyfeed.loader import Loader
@@ -76,6 +82,7 @@ def _dataset_class() -> type:
             # Slot 0: iterations in the main process; slot w + 1: iterations of worker w. Shared memory, so a
             # worker started for a later epoch (non-persistent workers) sees how many its predecessors ran.
             self._epochs = multiprocessing.Array("q", [start_epoch] * (_MAX_WORKERS + 1))
+            self._progress: tuple[int, int] | None = None  # (epoch, batches delivered) in the main process
 
         def __len__(self) -> int:
             return len(self.loader)
@@ -91,6 +98,7 @@ def _dataset_class() -> type:
                 raise ConfigError(f"epoch must be a non-negative int, got {epoch!r}")
             with self._epochs.get_lock():
                 self._epochs[:] = [int(epoch)] * len(self._epochs)
+            self._progress = None
 
         def _claim(self, slot: int) -> int:
             with self._epochs.get_lock():
@@ -101,19 +109,22 @@ def _dataset_class() -> type:
         def __iter__(self) -> Iterator[Any]:
             info = torch.utils.data.get_worker_info()
             if info is None:
-                epoch, indices = self._claim(0), range(len(self.loader))
+                epoch = self._claim(0)
+                indices = range(self.loader.num_batches(epoch))
+                self._progress = (epoch, 0)
             else:
                 if info.num_workers > _MAX_WORKERS:
                     raise ConfigError(f"at most {_MAX_WORKERS} DataLoader workers, got {info.num_workers}")
                 epoch = self._claim(info.id + 1)
-                indices = range(info.id, len(self.loader), info.num_workers)
+                indices = range(info.id, self.loader.num_batches(epoch), info.num_workers)
             return self._batches(epoch, indices, threaded=info is None)
 
         def _batches(self, epoch: int, indices: range, threaded: bool) -> Iterator[Any]:
             if threaded:
                 reader = EpochReader(self.loader, epoch, indices, self._prefetch)
                 try:
-                    for batch in reader:
+                    for done, batch in enumerate(reader, 1):
+                        self._progress = (epoch, done)  # what the consumer holds once this yield returns
                         yield _as_tensors(batch) if self.as_tensors else batch
                 finally:
                     reader.close()
@@ -121,6 +132,18 @@ def _dataset_class() -> type:
                 for index in indices:
                     batch = self.loader.read_batch(epoch, index)
                     yield _as_tensors(batch) if self.as_tensors else batch
+
+        # -- the torchdata StatefulDataLoader protocol (num_workers=0) ------------------------------------------
+        def state_dict(self) -> dict[str, Any]:
+            """The loader state after the last batch this dataset delivered (see :meth:`Loader.get_state`)."""
+            if torch.utils.data.get_worker_info() is not None:
+                raise ConfigError("state_dict() needs DataLoader(num_workers=0): batches are read ahead on threads")
+            return loader_state(self.loader, self._progress or (self.epoch, 0))
+
+        def load_state_dict(self, state: dict[str, Any]) -> None:
+            """Continue after the batch ``state`` was taken at, on this or another shard count."""
+            self.loader.set_state(state)
+            self.set_epoch(self.loader.epoch)
 
         def __reduce__(self) -> tuple[Any, ...]:
             # The class is made on first use (torch is imported lazily), so pickle by a module-level function;
