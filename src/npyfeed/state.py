@@ -33,7 +33,8 @@ def _describe(source: Any) -> Any:
     if base is not None:  # RowSlice
         return {"slice": [source.start, source.stop], "of": _describe(base)}
     path = source.paths[0] if len(source.paths) == 1 else list(source.paths)
-    size = getattr(source, "file_size", None)
+    storage = getattr(source, "storage", None)  # NpyArray: the bytes' backend knows their size, local or remote
+    size = getattr(storage, "size", None)
     if size is None and isinstance(path, str) and Path(path).is_file():
         size = Path(path).stat().st_size
     fortran = bool(getattr(source, "fortran_order", False))
