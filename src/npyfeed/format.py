@@ -9,10 +9,12 @@ overflow) is compared with the file size before a single data byte is read.
 from __future__ import annotations
 
 import ast
+import io
 import math
 import os
 import re
 import struct
+import tokenize
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,9 +34,9 @@ _ENCODING = {(1, 0): "latin1", (2, 0): "latin1", (3, 0): "utf8"}
 _MAX_INDEX = np.iinfo(np.intp).max
 # NumPy's NPY_MAXDIMS: an ndarray has at most 64 dimensions (32 before NumPy 2.0).
 _MAX_DIMS = 64 if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else 32
+# A number token followed by `L` ends in a (hex) digit: only then can the tokenizer-based filter change anything.
+_MAYBE_PY2_LONG = re.compile(r"[0-9A-Fa-f]L")
 _KEYS = frozenset({"descr", "fortran_order", "shape"})
-# Files written by NumPy under Python 2 may spell ints as `10L`; NumPy accepts them in versions 1.0 and 2.0.
-_PY2_LONG = re.compile(r"\b(\d+)L\b")
 
 
 @dataclass(frozen=True)
@@ -218,11 +220,12 @@ def _literal_dict(name: str, text: str, version: tuple[int, int]) -> dict[str, A
         try:
             value = ast.literal_eval(text)
         except SyntaxError:
-            if version >= (3, 0) or not _PY2_LONG.search(text):
+            # Files written by NumPy under Python 2 may spell ints as `10L`; like NumPy, accept them in versions
+            # 1.0 and 2.0, only when the header does not parse as it is.
+            filtered = _without_py2_longs(text) if version < (3, 0) else None
+            if filtered is None:
                 raise
-            # Like NumPy, rewrite `10L` only when the header does not parse as it is, so that a string such as
-            # a field name holding "10L" is never changed.
-            value = ast.literal_eval(_PY2_LONG.sub(r"\1", text))
+            value = ast.literal_eval(filtered)
     # literal_eval raises all of these on hostile text (deep nesting, huge ints, null bytes, odd tokens).
     except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as e:
         raise _fail(name, "header", text, f"a Python dict literal ({type(e).__name__}: {_shorten(str(e))})") from e
@@ -232,6 +235,26 @@ def _literal_dict(name: str, text: str, version: tuple[int, int]) -> dict[str, A
     if keys != _KEYS:
         raise _fail(name, "header keys", sorted(keys, key=_show), f"exactly {sorted(_KEYS)}")
     return value
+
+
+def _without_py2_longs(text: str) -> str | None:
+    """``text`` with the ``L`` after each number token dropped (``10L`` -> ``10``), as NumPy's tokenizer-based
+    filter does: an ``L`` inside a string literal (a field named ``'x 2L'``) is part of a string token and is
+    kept. None if ``text`` has no such ``L`` or does not tokenize."""
+    if not _MAYBE_PY2_LONG.search(text):
+        return None  # cheap: tokenizing a hostile 10 MB header that cannot need the filter is not
+    kept: list[tokenize.TokenInfo] = []
+    dropped, after_number = False, False
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(text).readline):
+            if after_number and token.type == tokenize.NAME and token.string == "L":
+                dropped = True
+                continue  # the flag stays: NumPy drops every `L` that follows a number, `10L L` included
+            kept.append(token)
+            after_number = token.type == tokenize.NUMBER
+        return tokenize.untokenize(kept) if dropped else None
+    except (tokenize.TokenError, SyntaxError, ValueError):
+        return None
 
 
 def _dtype(name: str, descr: object) -> np.dtype[Any]:

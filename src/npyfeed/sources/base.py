@@ -6,6 +6,7 @@ loader's threads call; ``__getitem__`` gives the ``np.load(path, mmap_mode="r")[
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from npyfeed.storage.base import AccessPattern
 
-__all__ = ["AccessPattern", "RowSource", "index_rows"]
+__all__ = ["AccessPattern", "RowSource", "index_rows", "row_bytes"]
 
 
 @runtime_checkable
@@ -121,4 +122,18 @@ def _read_any_order(source: RowSource, rows: np.ndarray) -> np.ndarray:
     unique, inverse = np.unique(rows, return_inverse=True)
     unique_out = np.empty((unique.size, *source.shape[1:]), source.dtype)
     source.read_rows(unique, unique_out)
-    return unique_out[inverse.reshape(-1)]
+    out = np.empty((rows.size, *source.shape[1:]), source.dtype)
+    np.take(row_bytes(unique_out), inverse.reshape(-1), axis=0, out=row_bytes(out))
+    return out
+
+
+def row_bytes(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous array's rows as a ``(rows, row_bytes)`` uint8 view.
+
+    Moving rows through this view copies every byte, where NumPy copies a structured dtype field by field and
+    leaves its padding bytes as the destination held them.
+    """
+    size = a.itemsize * math.prod(a.shape[1:])
+    if a.size == 0 or size == 0:
+        return np.zeros((len(a), size), np.uint8)  # no bytes to move
+    return a.reshape(-1).view(np.uint8).reshape(len(a), size)

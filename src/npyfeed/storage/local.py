@@ -1,7 +1,12 @@
 """A local file as :class:`~npyfeed.storage.Storage`: one descriptor held from open, reads through ``mmap``.
 
-The descriptor is opened once, so the header and every row come from the same inode even if the path is replaced
-later. Gathers view the mapping as ``(records, record_bytes)`` bytes and use ``np.take`` (memmove per record, GIL
+The descriptor is opened once, so the header and every row come from the same inode. Every gather first checks
+that the file is still the version opened (``fstat``: size and mtime; ``stat`` of the path: the same inode, not
+deleted) and checks again after copying, so a batch is never made of two versions; a page that vanishes during
+the copy (the file truncated, its filesystem gone) is caught by :mod:`npyfeed.storage.sigbus` instead of
+killing the process. Any change raises :class:`~npyfeed.FileChangedError` naming the file.
+
+Gathers view the mapping as ``(records, record_bytes)`` bytes and use ``np.take`` (memmove per record, GIL
 released, padding bytes copied as they are), with kernel hints: ``advise("random")`` stops the 8 MB read-around a
 random page fault would otherwise trigger, ``advise("sequential")`` doubles read-ahead, and ``will_need`` queues
 reads without waiting, so a cold random batch keeps the device's queue deep instead of faulting page by page.
@@ -19,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from npyfeed.errors import FileChangedError, NpyFormatError
+from npyfeed.storage import sigbus
 from npyfeed.storage.base import AccessPattern
 
 __all__ = ["LocalFile"]
@@ -53,6 +59,7 @@ class LocalFile:
         self._version = _version(info)
         self._lock = threading.Lock()
         self._mmap: mmap.mmap | None = None
+        self._watch: sigbus.Watch | None = None
         self._records: dict[tuple[int, int], np.ndarray] = {}
 
     @property
@@ -91,17 +98,27 @@ class LocalFile:
     def check(self) -> None:
         """Raise :class:`FileChangedError` if the open file was truncated or rewritten, or the path now names
         another file (replaced or deleted)."""
+        self._check_open()
+        try:
+            at_path = os.stat(self._name)  # noqa: PTH116 (no Path object per check)
+        except FileNotFoundError as e:
+            raise FileChangedError(f"{self._name}: the file was deleted since it was opened") from e
+        if (at_path.st_dev, at_path.st_ino) != self._version[:2]:
+            raise FileChangedError(
+                f"{self._name}: the path now names another file (replaced since it was opened: inode "
+                f"{at_path.st_ino} of {at_path.st_size} bytes, expected inode {self._version[1]} of "
+                f"{self._version[2]} bytes)"
+            )
+
+    def _check_open(self) -> None:
+        """The open file (whatever the path names now) is still the version opened, and no page of it vanished."""
         found = _version(os.fstat(self.fd))
         if found != self._version:
             raise FileChangedError(f"{self._name}: {_describe(self._version, found)} since it was opened")
-        try:
-            at_path = _version(os.stat(self._name))  # noqa: PTH116 (no Path object per check)
-        except FileNotFoundError as e:
-            raise FileChangedError(f"{self._name}: the file was deleted since it was opened") from e
-        if at_path[:2] != self._version[:2]:
+        if self._watch is not None and self._watch.faulted:
             raise FileChangedError(
-                f"{self._name}: the path now names another file (replaced since it was opened: inode "
-                f"{at_path[1]} of {at_path[2]} bytes, expected inode {self._version[1]} of {self._version[2]} bytes)"
+                f"{self._name}: a page of the file could not be read (an I/O error, or its filesystem went away) "
+                f"after it was opened"
             )
 
     # -- reading -------------------------------------------------------------------------------------------------
@@ -124,7 +141,11 @@ class LocalFile:
                     found = _version(os.fstat(self.fd))
                     if found != self._version:
                         raise FileChangedError(f"{self._name}: {_describe(self._version, found)} since it was opened")
-                    self._mmap = mmap.mmap(self.fd, self.size, access=mmap.ACCESS_READ)
+                    mapping = mmap.mmap(self.fd, self.size, access=mmap.ACCESS_READ)
+                    if sigbus.enabled():
+                        address = np.frombuffer(mapping, np.uint8, count=1).ctypes.data
+                        self._watch = sigbus.watch(mapping, address, self.size)
+                    self._mmap = mapping
         return self._mmap
 
     def records(self, base: int, record_bytes: int) -> np.ndarray:
@@ -150,15 +171,29 @@ class LocalFile:
     def gather(self, base: int, record_bytes: int, indices: np.ndarray, out: np.ndarray) -> None:
         if indices.size == 0 or record_bytes == 0:
             return
-        records = self.records(base, record_bytes)
+        self.check()
         out2 = out.reshape(indices.size, record_bytes)
-        first, last = int(indices[0]), int(indices[-1])
-        if last - first == indices.size - 1 and (indices.size == 1 or (np.diff(indices) == 1).all()):
-            # One run of consecutive records: a plain slice copy (memcpy speed, GIL released).
-            np.copyto(out2, records[first : last + 1])
+        if not sigbus.enabled():
+            self._pread_gather(base, record_bytes, indices, out2)
         else:
-            # mode="clip" skips NumPy's buffered bounds check (indices are validated by the caller).
-            np.take(records, indices, axis=0, out=out2, mode="clip")
+            records = self.records(base, record_bytes)
+            first, last = int(indices[0]), int(indices[-1])
+            if last - first == indices.size - 1 and (indices.size == 1 or (np.diff(indices) == 1).all()):
+                # One run of consecutive records: a plain slice copy (memcpy speed, GIL released).
+                np.copyto(out2, records[first : last + 1])
+            else:
+                # mode="clip" skips NumPy's buffered bounds check (indices are validated by the caller).
+                np.take(records, indices, axis=0, out=out2, mode="clip")
+        self._check_open()  # changed while copying: the batch may hold bytes of two versions
+
+    def _pread_gather(self, base: int, record_bytes: int, indices: np.ndarray, out: np.ndarray) -> None:
+        """The same gather with ``pread``, one call per run of consecutive records (safe without the guard)."""
+        breaks = np.flatnonzero(np.diff(indices) != 1) + 1
+        starts = np.concatenate(([0], breaks)).tolist()
+        stops = np.concatenate((breaks, [indices.size])).tolist()
+        flat = out.reshape(-1)
+        for a, b in zip(starts, stops, strict=True):
+            self.read_into(base + int(indices[a]) * record_bytes, flat[a * record_bytes : b * record_bytes])
 
     # -- hints ---------------------------------------------------------------------------------------------------
     def will_need(self, ranges: Sequence[tuple[int, int]]) -> None:
