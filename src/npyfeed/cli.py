@@ -2,7 +2,9 @@
 
 ``npyfeed inspect FILE...`` validates ``.npy`` headers and prints what npyfeed sees in each file, without reading
 any array data. An invalid or missing file is reported in one line on stderr and makes the exit status 1; the
-other files are still inspected.
+other files are still inspected; a Fortran-order or non-native file gets advice on what ``convert`` would improve.
+
+``npyfeed convert SOURCE... DEST`` rewrites data in the layout that reads fastest (see :mod:`npyfeed.convert`).
 """
 
 from __future__ import annotations
@@ -72,7 +74,47 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-sweep", action="store_true", help="skip the short thread-count trials")
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
     bench.set_defaults(run=_bench)
+
+    convert = commands.add_parser(
+        "convert",
+        help="rewrite .npy data in the layout that reads fastest (C order, .npy, shards, dtype)",
+        description="Convert SOURCE to DEST in bounded memory, written atomically: a Fortran-order file to C order, "
+        "a member of an .npz archive (data.npz:images, stored or deflated) to .npy, many shards (a glob or "
+        "several SOURCEs) to one file, or anything to shards (--shard-size), optionally casting (--dtype).",
+    )
+    convert.add_argument("paths", nargs="+", metavar="SOURCE... DEST", help="source(s), then the output path")
+    convert.add_argument("--dtype", default=None, help="cast to this dtype, e.g. float32 or '<f4'")
+    convert.add_argument(
+        "--casting",
+        choices=["no", "equiv", "safe", "same_kind", "unsafe"],
+        default="same_kind",
+        help="NumPy casting rule for --dtype (default same_kind: float64->float32 yes, float->int no)",
+    )
+    convert.add_argument(
+        "--shard-size", type=_size, default=None, metavar="SIZE", help="write DEST_000.npy... of at most SIZE (64M)"
+    )
+    convert.add_argument(
+        "--memory", type=_size, default=64 << 20, metavar="SIZE", help="rows held in memory at once (default 64M)"
+    )
+    convert.add_argument("--no-progress", action="store_true", help="no progress bar")
+    convert.add_argument("--max-header-size", type=int, default=MAX_HEADER_SIZE, metavar="BYTES")
+    convert.set_defaults(run=_convert)
     return parser
+
+
+def _size(text: str) -> int:
+    """``"64M"`` -> 67108864 (K, M, G, T are powers of 1024; a plain number is bytes)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, unit = text.strip().upper().removesuffix("IB").removesuffix("B"), ""
+    if number and number[-1] in units:
+        number, unit = number[:-1], number[-1]
+    try:
+        value = int(float(number) * units[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 2G, 1048576)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return value
 
 
 # -- inspect ------------------------------------------------------------------------------------------------------
@@ -120,8 +162,27 @@ def _describe(h: NpyHeader) -> dict[str, Any]:
         "data_bytes": h.data_bytes,
         "file_bytes": h.file_bytes,
         "trailing_bytes": h.trailing_bytes,
+        "advice": _advice(h),
         "valid": True,
     }
+
+
+def _advice(h: NpyHeader) -> list[str]:
+    """What ``npyfeed convert`` would improve for reading by rows."""
+    advice = []
+    if h.fortran_order and len(h.shape) > 1:
+        advice.append(
+            "Fortran order is slow to read by rows: each row is scattered over the whole file, one element per "
+            f"column; `npyfeed convert {h.path} OUT.npy` rewrites it in C order (one contiguous read per row)"
+        )
+    if _byte_order(h.dtype) == ("big-endian" if sys.byteorder == "little" else "little-endian"):
+        native = h.dtype.newbyteorder("=")
+        advice.append(
+            "non-native byte order: every batch is byte-swapped before a framework can use it; "
+            f"`npyfeed convert {h.path} OUT.npy --dtype '{native.str if native.fields is None else native}'` "
+            "stores it natively"
+        )
+    return advice
 
 
 def _format_text(report: dict[str, Any]) -> str:
@@ -141,6 +202,7 @@ def _format_text(report: dict[str, Any]) -> str:
     ]
     if report["trailing_bytes"]:
         lines.append(("trailing bytes", f"{report['trailing_bytes']} (after the array data, ignored)"))
+    lines.extend(("advice", line) for line in report["advice"])
     lines.append(("valid", "yes"))
     return "\n".join(line if isinstance(line, str) else f"  {line[0]:<15} {line[1]}" for line in lines)
 
@@ -217,4 +279,38 @@ def _bench(args: argparse.Namespace) -> int:
     for trial in result.trials:
         print(f"  trial         threads={trial['num_threads']}: {trial['rows_per_s']:,.0f} rows/s")
     print(f"recommended     {'; '.join(recommend(result))}")
+    return 0
+
+
+# -- convert ------------------------------------------------------------------------------------------------------
+def _convert(args: argparse.Namespace) -> int:
+    from npyfeed.convert import convert
+
+    if len(args.paths) < 2:
+        print("npyfeed convert: give a SOURCE and a DEST", file=sys.stderr)
+        return 2
+    *sources, dest = args.paths
+    try:
+        result = convert(
+            sources[0] if len(sources) == 1 else sources,
+            dest,
+            dtype=args.dtype,
+            casting=args.casting,
+            shard_bytes=args.shard_size,
+            memory_bytes=args.memory,
+            progress=not args.no_progress and sys.stderr.isatty(),
+            max_header_size=args.max_header_size,
+        )
+    except NpyfeedError as e:
+        print(f"npyfeed convert: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"npyfeed convert: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    files = result.outputs[0] if len(result.outputs) == 1 else f"{len(result.outputs)} shards {result.outputs[0]}..."
+    rate = result.bytes_read / max(result.seconds, 1e-9) / 1e6
+    print(
+        f"wrote {files}: {result.rows:,} rows of {result.dtype} ({result.kind}), {result.bytes_written:,} data "
+        f"bytes in {result.seconds:.2f} s ({rate:,.0f} MB/s read)"
+    )
     return 0

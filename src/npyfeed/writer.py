@@ -212,6 +212,8 @@ class NpyWriter:
         self._closed = False
         self.rows_written = 0
         """Rows appended so far."""
+        self.outputs: tuple[str, ...] = ()
+        """The files put in place by :meth:`close` (the target, or its shards in order)."""
         self._parts.append(self._new_part())
 
     def _new_part(self) -> _Part:
@@ -276,6 +278,7 @@ class NpyWriter:
             targets = [self.path] if self.shard_bytes is None else shard_paths(self.path, len(parts))
             for part, target in zip(parts, targets, strict=True):
                 Path(part.temp).replace(target)
+            self.outputs = tuple(targets)
         except BaseException:
             for part in parts:
                 part.discard()
