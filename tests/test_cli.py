@@ -186,12 +186,14 @@ def test_json_output(good, bad, tmp_path, capsys):
         "data_bytes": 240,
         "file_bytes": 368,
         "trailing_bytes": 0,
+        "advice": [],
         "valid": True,
     }
     assert reports[1]["path"] == str(bad)
     assert reports[1]["error"].startswith(f"{bad}: truncated .npy")
     assert err.splitlines() == [f"npyfeed inspect: {reports[1]['error']}"]
     assert (reports[2]["version"], reports[2]["byte_order"], reports[2]["descr"]) == ("2.0", "big-endian", ">u2")
+    assert [a.split(":")[0] for a in reports[2]["advice"]] == ["non-native byte order"]
 
 
 def test_json_all_valid_exits_0(good, capsys):
