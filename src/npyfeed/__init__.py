@@ -20,6 +20,7 @@ from npyfeed.format import NpyHeader, read_header
 from npyfeed.loader import Loader
 from npyfeed.order import BlockShuffle, GlobalShuffle, Order, Sequential
 from npyfeed.shard import Shard
+from npyfeed.sources.mix import Mix, mix
 from npyfeed.writer import NpyWriter
 
 __version__ = "0.1.0"
@@ -33,6 +34,7 @@ __all__ = [
     "FileChangedError",
     "GlobalShuffle",
     "Loader",
+    "Mix",
     "NpyArray",
     "NpyFormatError",
     "NpyHeader",
@@ -45,6 +47,7 @@ __all__ = [
     "Shard",
     "WorkerError",
     "__version__",
+    "mix",
     "open",
     "read_header",
     "split",

@@ -161,6 +161,10 @@ class Loader:
 
     def _make_order(self, block_rows: int, window_blocks: int) -> Order:
         n = len(self.source)
+        make_order = getattr(self.source, "make_order", None)  # a source that defines its own order (a Mix)
+        if make_order is not None:
+            order: Order = make_order(self.shuffle, self.seed, block_rows, window_blocks)
+            return order
         if self.shuffle == "global":
             return ChunkCache(GlobalShuffle(n, self.seed))
         if self.shuffle == "block":
