@@ -134,3 +134,24 @@ def test_a_pickled_array_reopens_only_the_version_it_read(tmp_path: Path) -> Non
     (tmp_path / "other.npy").replace(path)
     with pytest.raises(npyfeed.FileChangedError, match=re.escape(str(path))):
         pickle.loads(pickle.dumps(arr))
+
+
+@pytest.mark.parametrize("cap", [True, -1, 1.5, "100", None])
+def test_bad_max_header_size_is_a_config_error(tmp_path: Path, cap: object) -> None:
+    path = _save(tmp_path, np.arange(3))
+    for call in (
+        lambda: npyfeed.NpyArray(path, max_header_size=cap),  # type: ignore[arg-type]
+        lambda: read_header(path, max_header_size=cap),  # type: ignore[arg-type]
+        lambda: parse_header(path.read_bytes(), 200, "a", max_header_size=cap),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(npyfeed.ConfigError, match="max_header_size must be a non-negative int"):
+            call()
+    assert npyfeed.NpyArray(path, max_header_size=np.int64(200)).shape == (3,)
+
+
+def test_npy_array_refuses_what_is_neither_a_path_nor_a_storage(tmp_path: Path) -> None:
+    for bad in (3, b"x.npy", ["x.npy"], np.arange(3)):
+        with pytest.raises(TypeError, match=r"a path or a npyfeed\.storage\.Storage"):
+            npyfeed.NpyArray(bad)  # type: ignore[arg-type]
+    with pytest.raises(npyfeed.ConfigError, match="size must be a non-negative int"):
+        parse_header(b"\x93NUMPY", -1, "a")

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from npyfeed.errors import NpyFormatError
+from npyfeed.errors import ConfigError, NpyFormatError
 
 __all__ = ["MAGIC", "MAX_HEADER_SIZE", "NpyHeader", "header_size", "load_header", "parse_header", "read_header"]
 
@@ -80,6 +80,7 @@ def read_header(path: str | os.PathLike[str], *, max_header_size: int = MAX_HEAD
     """
     from npyfeed.storage import LocalFile  # storage builds on errors only; imported here to keep layers one-way
 
+    _check_cap(max_header_size)
     with LocalFile(path) as storage:
         return load_header(storage, max_header_size=max_header_size)
 
@@ -101,6 +102,7 @@ _FIRST_READ = 4096
 
 def load_header(storage: _Readable, *, max_header_size: int = MAX_HEADER_SIZE) -> NpyHeader:
     """Read the first bytes of ``storage`` (any :class:`npyfeed.storage.Storage`) and validate its header."""
+    max_header_size = _check_cap(max_header_size)
     want = min(storage.size, _FIRST_READ)
     while True:
         prefix = np.empty(want, np.uint8)
@@ -119,8 +121,11 @@ def parse_header(prefix: bytes, size: int, name: str, *, max_header_size: int = 
     from the first 12 bytes. Raises :class:`NpyFormatError` naming ``name`` for anything invalid, exactly as
     :func:`read_header` does for a local file.
     """
+    max_header_size = _check_cap(max_header_size)
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0:
+        raise ConfigError(f"{name}: size must be a non-negative int (the object's bytes), got {size!r}")
     try:
-        return _parse(name, bytes(prefix), size, max_header_size)
+        return _parse(name, bytes(prefix), int(size), max_header_size)
     except _ShortPrefix as e:
         raise ValueError(f"{name}: the header needs the first {e.needed} bytes, got {len(prefix)}") from None
 
@@ -143,6 +148,12 @@ class _ShortPrefix(Exception):
     def __init__(self, needed: int) -> None:
         super().__init__(needed)
         self.needed = needed
+
+
+def _check_cap(max_header_size: object) -> int:
+    if isinstance(max_header_size, bool) or not isinstance(max_header_size, (int, np.integer)) or max_header_size < 0:
+        raise ConfigError(f"max_header_size must be a non-negative int (bytes), got {max_header_size!r}")
+    return int(max_header_size)
 
 
 def _take(name: str, prefix: bytes, file_bytes: int, offset: int, size: int, what: str) -> bytes:

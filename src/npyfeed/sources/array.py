@@ -43,7 +43,14 @@ class NpyArray:
     """
 
     def __init__(self, source: str | os.PathLike[str] | Storage, *, max_header_size: int = MAX_HEADER_SIZE) -> None:
-        storage = open_storage(source) if isinstance(source, (str, os.PathLike)) else source
+        if isinstance(source, (str, os.PathLike)):
+            storage = open_storage(source)
+        elif isinstance(source, Storage):
+            storage = source
+        else:
+            raise TypeError(
+                f"NpyArray reads a path or a npyfeed.storage.Storage, not {type(source).__name__}: {source!r:.80}"
+            )
         try:
             self.header: NpyHeader = load_header(storage, max_header_size=max_header_size)
             if not self.header.shape:
