@@ -159,3 +159,47 @@ def test_a_mapping_that_loses_its_pages_raises_instead_of_dying(tmp_path: Path) 
     with pytest.raises(npyfeed.FileChangedError, match="truncated to 8192 bytes"):
         a[0:4]  # ...and every read after says why, even of rows that are still in the file
     assert first[0, 1] == 1
+
+
+FOREIGN = """
+import mmap, os, sys, faulthandler
+import numpy as np
+import npyfeed
+path, other, handler = sys.argv[1:4]
+faulthandler.enable() if handler == "faulthandler" else faulthandler.disable()
+a = npyfeed.NpyArray(path)
+assert a[0:2].sum() >= 0  # npyfeed's mapping exists: the guard is installed
+if handler == "late-faulthandler":
+    faulthandler.enable()  # replaces the guard; the next file npyfeed maps puts it back
+    np.save(path + ".2.npy", np.arange(1 << 16))
+    b = npyfeed.NpyArray(path + ".2.npy")
+    records = b.storage.records(b.header.data_offset, 8)
+    os.truncate(path + ".2.npy", 4096)
+    records[40000:40008].copy()  # in npyfeed's mapping: zeros, no SIGBUS
+    try:
+        b[0:1]
+    except npyfeed.FileChangedError as e:
+        print("guarded", e, flush=True)
+with open(other, "wb") as f:
+    f.write(b"x" * (1 << 20))
+fd = os.open(other, os.O_RDONLY)
+m = mmap.mmap(fd, 1 << 20, access=mmap.ACCESS_READ)
+os.truncate(other, 0)
+print("read", m[500000], flush=True)  # not npyfeed's mapping: must die of SIGBUS as without npyfeed
+"""
+
+
+@pytest.mark.parametrize("handler", ["default", "faulthandler", "late-faulthandler"])
+def test_a_fault_outside_npyfeed_still_kills_the_process(tmp_path: Path, handler: str) -> None:
+    # The guard hands faults it does not own to the handler that was there before it.
+    np.save(tmp_path / "x.npy", np.arange(10))
+    proc = subprocess.run(
+        [sys.executable, "-c", FOREIGN, str(tmp_path / "x.npy"), str(tmp_path / "other.bin"), handler],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == -7, (proc.returncode, proc.stdout, proc.stderr[-1000:])  # SIGBUS, as before
+    assert "read" not in proc.stdout
+    assert ("Fatal Python error: Bus error" in proc.stderr) == (handler != "default"), proc.stderr[-1000:]
+    assert ("guarded" in proc.stdout) == (handler == "late-faulthandler"), proc.stdout

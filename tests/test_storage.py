@@ -155,3 +155,20 @@ def test_npy_array_refuses_what_is_neither_a_path_nor_a_storage(tmp_path: Path) 
             npyfeed.NpyArray(bad)  # type: ignore[arg-type]
     with pytest.raises(npyfeed.ConfigError, match="size must be a non-negative int"):
         parse_header(b"\x93NUMPY", -1, "a")
+
+
+def test_the_pread_gather_is_the_mapped_gather(tmp_path: Path) -> None:
+    # The path taken without the SIGBUS guard (NPYFEED_SIGBUS_GUARD=0): one pread per run of records.
+    path = tmp_path / "b.bin"
+    path.write_bytes(np.random.default_rng(0).bytes(10_000))
+    rng = np.random.default_rng(1)
+    with LocalFile(path) as s:
+        for indices in (np.arange(5, 60), rng.integers(0, 300, 40), np.array([7, 7, 8, 9, 2, 3])):
+            mapped, pread = np.empty(indices.size * 33, np.uint8), np.empty(indices.size * 33, np.uint8)
+            s.gather(17, 33, indices, mapped)
+            s._pread_gather(17, 33, indices, pread.reshape(indices.size, 33))
+            assert (
+                mapped.tobytes()
+                == pread.tobytes()
+                == b"".join(path.read_bytes()[17 + i * 33 : 17 + (i + 1) * 33] for i in indices)
+            )

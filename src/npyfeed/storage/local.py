@@ -142,7 +142,7 @@ class LocalFile:
                     if found != self._version:
                         raise FileChangedError(f"{self._name}: {_describe(self._version, found)} since it was opened")
                     mapping = mmap.mmap(self.fd, self.size, access=mmap.ACCESS_READ)
-                    if sigbus.enabled():
+                    if sigbus.enabled(recheck=True):
                         address = np.frombuffer(mapping, np.uint8, count=1).ctypes.data
                         self._watch = sigbus.watch(mapping, address, self.size)
                     self._mmap = mapping

@@ -62,6 +62,7 @@ class Watch:
 _lock = threading.Lock()
 _watches: dict[int, Watch] = {}
 _state: dict[str, object] = {}
+_kept: list[object] = []  # every handler ever installed (one already replaced may still be running)
 
 
 def _on_sigbus(signum: int, info: int, context: int) -> None:
@@ -76,17 +77,32 @@ def _on_sigbus(signum: int, info: int, context: int) -> None:
                 w.faulted = True
                 return
         libc = _state["libc"]
-        libc.sigaction(_SIGBUS, ctypes.byref(_state["previous"]), None)  # type: ignore[attr-defined, arg-type]
+        if _state.get("handed_over"):
+            # The previous handler gave the fault back (faulthandler re-installs the one before it, us, then
+            # re-raises): end with the default action, not a loop between the two.
+            libc.signal(_SIGBUS, 0)  # type: ignore[attr-defined]
+        else:
+            _state["handed_over"] = True
+            libc.sigaction(_SIGBUS, ctypes.byref(_state["previous"]), None)  # type: ignore[attr-defined, arg-type]
     except BaseException:  # never let an exception escape into C; the access faults again and dies as before
         with contextlib.suppress(BaseException):
             _state["libc"].sigaction(_SIGBUS, ctypes.byref(_state["previous"]), None)  # type: ignore[attr-defined, arg-type]
 
 
-def enabled() -> bool:
-    """Install the handler (once); False where it cannot be (not 64-bit Linux, or ``NPYFEED_SIGBUS_GUARD=0``)."""
+def enabled(recheck: bool = False) -> bool:
+    """Install the handler (once); False where it cannot be (not 64-bit Linux, or ``NPYFEED_SIGBUS_GUARD=0``).
+
+    ``recheck``: also put it back if someone replaced it since (``faulthandler.enable()`` after npyfeed mapped a
+    file, say), keeping theirs as the one faults outside npyfeed's mappings go to. Called for each new mapping.
+    """
     with _lock:
         if "ok" not in _state:
             _state["ok"] = _install()
+        elif recheck and _state["ok"]:
+            current = _Sigaction()
+            libc = _state["libc"]
+            if libc.sigaction(_SIGBUS, None, ctypes.byref(current)) == 0 and current.handler != _state["address"]:  # type: ignore[attr-defined]
+                _state["ok"] = _install()
         return bool(_state["ok"])
 
 
@@ -98,11 +114,15 @@ def _install() -> bool:
         libc.mmap.restype = ctypes.c_void_p
         libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
         libc.sigaction.argtypes = [ctypes.c_int, ctypes.POINTER(_Sigaction), ctypes.POINTER(_Sigaction)]
+        libc.signal.restype = ctypes.c_void_p
+        libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
         handler = _HANDLER_TYPE(_on_sigbus)
         action, previous = _Sigaction(), _Sigaction()
         action.handler = ctypes.cast(handler, ctypes.c_void_p).value
         action.flags = _SA_SIGINFO
-        _state.update(libc=libc, handler=handler, previous=previous)  # kept alive for the process's lifetime
+        # Kept alive for the process's lifetime: the handler may run at any time from now on.
+        _state.update(libc=libc, handler=handler, previous=previous, address=action.handler)
+        _kept.append(handler)
         return libc.sigaction(_SIGBUS, ctypes.byref(action), ctypes.byref(previous)) == 0
     except (OSError, AttributeError):
         return False
