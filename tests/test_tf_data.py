@@ -256,7 +256,28 @@ def test_read_errors_surface_with_the_batch(files: dict[str, str]) -> None:
         return batch
 
     loader = npyfeed.Loader(files["x"], batch_size=10, transform=fail)
-    with pytest.raises(tf.errors.OpError, match="disk on fire"):
+    got = []
+    with pytest.raises(tf.errors.OpError, match="disk on fire") as raised:
+        for batch in to_tf_dataset(loader, start_epoch=2):
+            got.append(batch)
+    assert len(got) == 5  # every good batch first
+    assert f"reading batch 5 of epoch 2 ({files['x']}) failed: OSError: disk on fire" in str(raised.value)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_stop_iteration_from_a_read_is_an_error_not_the_end_of_the_epoch(
+    files: dict[str, str], monkeypatch: pytest.MonkeyPatch, chunked: bool
+) -> None:
+    def stop(batch: np.ndarray) -> np.ndarray:
+        if batch[0, 0] >= 500:
+            raise StopIteration  # tf.data would take it for the end of the epoch, and drop the rest silently
+        return batch
+
+    loader = npyfeed.Loader(files["x"], batch_size=10, transform=None if chunked else stop)
+    if chunked:
+        real = loader.read_batches
+        monkeypatch.setattr(loader, "read_batches", lambda e, a, b: [stop(x) for x in real(e, a, b)])
+    with pytest.raises(tf.errors.OpError, match=r"of epoch 0 \(.*x\.npy\) failed: StopIteration"):
         list(to_tf_dataset(loader))
 
 

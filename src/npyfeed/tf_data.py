@@ -5,9 +5,9 @@ The dataset is a ``range`` mapped through a parallel, stateless ``tf.numpy_funct
 ``from_generator``, so:
 
 - ``cardinality()`` is ``len(loader)`` (Keras shows ``N/N`` and an ETA from the first epoch);
-- reads run on tf.data's thread pool (``os.preadv`` releases the GIL), ordered, and are prefetched. Without a
-  transform, one call reads a chunk of about 4 MiB of batches (``loader.batches_per_read``) in one pass and
-  ``unbatch()`` splits it: a ``numpy_function`` call costs about 100 us, as much as reading a 256 KiB batch;
+- reads run on tf.data's thread pool (NumPy's gathers from the file's mapping release the GIL), ordered, and are
+  prefetched. Without a transform, one call reads a chunk of about 4 MiB of batches (``loader.batches_per_read``)
+  in one pass and ``unbatch()`` splits it: a ``numpy_function`` call costs about 100 us, as much as reading a 256 KiB batch;
 - ``element_spec`` comes from the ``.npy`` headers (the file's dtype in native byte order, its row shape, a static
   batch dimension when every batch is full), shaped like the source: one tensor, a tuple or a dict;
 - an iterator saved with ``tf.train.Checkpoint(iterator=it)`` holds a few hundred bytes (its epoch and position,
@@ -33,6 +33,11 @@ batch to batch (beyond the batch dimension), or a loader with no batch to probe,
 Batches of a transform, or read under a user's ``output_signature``, are checked against the spec, and a
 mismatch names the batch, the field, and what was expected.
 
+**Errors and exit.** A failed read or transform reaches the consumer after every good batch before it, as a
+``tf.errors.OpError`` naming the batch, its epoch, the files and the original error. Every read passes through
+:data:`npyfeed.tf_calls.GATE`, drained at interpreter exit, so a script that ends (or is interrupted) with a live
+iterator exits instead of hanging in tf.data's teardown.
+
 Options downstream: symbolic checkpointing is switched on for the pipeline; a later transformation that does not
 support it (``.cache()``) makes saving fail with ``UNIMPLEMENTED``, in which case set
 ``tf.data.Options().experimental_symbolic_checkpoint = False`` (saving then stores buffered batches) and
@@ -47,7 +52,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from npyfeed.errors import ConfigError
+from npyfeed.errors import ConfigError, NpyfeedError, WorkerError
+from npyfeed.tf_calls import GATE
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -222,15 +228,36 @@ class _Reader:
         return out
 
     def batch(self, epoch: np.int64, index: np.int64) -> list[np.ndarray]:
-        """Batch ``index`` of ``epoch``."""
+        """Batch ``index`` of ``epoch`` (through the exit gate, see :mod:`npyfeed.tf_calls`)."""
         e, i = int(epoch), int(index)
-        where = f"batch {i} of epoch {e}"
-        return self._checked(self._leaves(self.loader.read_batch(e, i), where), where, ())
+        return GATE.call(self._guarded, self._batch, e, i, i + 1)
 
     def chunk(self, epoch: np.int64, chunk: np.int64) -> list[np.ndarray]:
         """Batches ``starts[chunk]`` to ``starts[chunk + 1] - 1`` of ``epoch``, stacked: ``[k, batch, ...]``."""
         e, c = int(epoch), int(chunk)
-        start, stop = int(self.starts[c]), int(self.starts[c + 1])
+        return GATE.call(self._guarded, self._chunk, e, int(self.starts[c]), int(self.starts[c + 1]))
+
+    def _guarded(self, read: Callable[[int, int, int], list[np.ndarray]], e: int, start: int, stop: int) -> Any:
+        """``read(e, start, stop)``, with any failure re-raised naming the batch, the epoch and the files.
+
+        Our own errors keep their type (a ``ConfigError`` is tf's ``InvalidArgumentError``); anything else, from a
+        transform or a read, becomes a :class:`WorkerError` caused by it. A ``StopIteration`` from a transform
+        must not escape as such: tf.data would take it for the end of the epoch and silently drop the rest.
+        """
+        try:
+            return read(e, start, stop)
+        except NpyfeedError:
+            raise
+        except Exception as err:
+            batches = f"batch {start}" if stop - start == 1 else f"batches {start}-{stop - 1}"
+            paths = ", ".join(self.loader.source.paths[:3])
+            raise WorkerError(f"reading {batches} of epoch {e} ({paths}) failed: {type(err).__name__}: {err}") from err
+
+    def _batch(self, e: int, i: int, _stop: int) -> list[np.ndarray]:
+        where = f"batch {i} of epoch {e}"
+        return self._checked(self._leaves(self.loader.read_batch(e, i), where), where, ())
+
+    def _chunk(self, e: int, start: int, stop: int) -> list[np.ndarray]:
         batches = self.loader.read_batches(e, start, stop)
         where = f"batch {start} of epoch {e}" if stop - start == 1 else f"batches {start}-{stop - 1} of epoch {e}"
         self._leaves(batches[0], where)  # untransformed batches all have the source's structure
@@ -301,6 +328,7 @@ def to_tf_dataset(
     >>> model.fit(ds, epochs=3)  # doctest: +SKIP
     """
     tf = _tf()
+    GATE.install()
     start = loader.epoch if start_epoch is None else start_epoch
     if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
         raise ConfigError(f"start_epoch must be a non-negative int, got {start_epoch!r}")
