@@ -7,7 +7,8 @@ The dataset is a ``range`` mapped through a parallel, stateless ``tf.numpy_funct
 - ``cardinality()`` is ``len(loader)`` (Keras shows ``N/N`` and an ETA from the first epoch);
 - reads run on tf.data's thread pool (NumPy's gathers from the file's mapping release the GIL), ordered, and are
   prefetched. Without a transform, one call reads a chunk of about 4 MiB of batches (``loader.batches_per_read``)
-  in one pass and ``unbatch()`` splits it: a ``numpy_function`` call costs about 100 us, as much as reading a 256 KiB batch;
+  in one pass and ``unbatch()`` splits it: a ``numpy_function`` call costs about 100 us, as much as reading a
+  256 KiB batch;
 - ``element_spec`` comes from the ``.npy`` headers (the file's dtype in native byte order, its row shape, a static
   batch dimension when every batch is full), shaped like the source: one tensor, a tuple or a dict;
 - an iterator saved with ``tf.train.Checkpoint(iterator=it)`` holds a few hundred bytes (its epoch and position,
