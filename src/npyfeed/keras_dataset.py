@@ -95,7 +95,12 @@ def _dataset_class() -> type:
                         )
                     indices = range(index, len(self))
                     stream = self._stream = EpochReader(self.loader, self.epoch, indices, self._prefetch)
-                batch = stream.take()
+                try:
+                    batch = stream.take()
+                except BaseException:
+                    # The failed batch is asked for again on the next call, from a fresh stream.
+                    self._drop_stream()
+                    raise
                 self._seen.add(index)
                 if len(self._seen) == len(self):
                     self.epoch += 1

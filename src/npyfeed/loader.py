@@ -19,15 +19,20 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from npyfeed import arguments as args
+from npyfeed.arguments import ShuffleMode
+from npyfeed.budget import PAGE, Plan, drop_page_tables, hint_ranges, plan, read_windows
 from npyfeed.buffers import BufferPool
 from npyfeed.columns import Columns, Source
-from npyfeed.errors import ConfigError
+from npyfeed.errors import ConfigError, NpyfeedError, WorkerError
 from npyfeed.order import BlockShuffle, ChunkCache, GlobalShuffle, Order, Sequential
-from npyfeed.prefetch import PrefetchStats, prefetch_ordered
+from npyfeed.prefetch import PrefetchStats, Stopped, prefetch_ordered, stopping
 from npyfeed.shard import Layout, Shard
 from npyfeed.state import loader_state, restore_state
 from npyfeed.system import available_memory, cpu_count
@@ -37,7 +42,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Loader", "ShuffleMode"]
 
-ShuffleMode = Literal["none", "global", "block"]
 Batch = Any
 """One batch: an ndarray, a tuple or a dict of ndarrays, shaped like the source (or what ``transform`` returns)."""
 
@@ -46,28 +50,7 @@ Batch = Any
 _HINT_BELOW_BYTES_PER_S = 300e6
 _BLOCK_BYTES = 1 << 20  # default block-shuffle block: 1 MiB of rows, one efficient sequential read
 _WINDOW_BLOCKS = 16  # default blocks mixed together: a 16 MiB window (measured best cold under a 256 MiB cap)
-_PREFETCH_BYTES = 256 << 20  # read-ahead memory bound when the user sets no depth
 _READ_BYTES = 4 << 20  # one read task fetches about this much (several small batches at once)
-
-
-def _shuffle_mode(shuffle: bool | str) -> ShuffleMode:
-    if shuffle is True:
-        return "global"
-    if shuffle is False or shuffle is None:
-        return "none"
-    if shuffle in ("none", "global", "block"):
-        return shuffle  # type: ignore[return-value]
-    raise ConfigError(f"shuffle must be True, False, 'global' or 'block', got {shuffle!r}")
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _optional_positive_int(name: str, value: Any) -> int | None:
-    return None if value is None else _positive_int(name, value)
 
 
 class Loader:
@@ -91,7 +74,8 @@ class Loader:
         io_threads: reads waiting on storage at once when the data is cold (default: ``4 x num_threads``, at
             most 16): a read blocked on disk holds no core, so more of them keep the device's queue deep.
         prefetch: batches read ahead (default: grows from ``2 x num_threads`` while the consumer waits,
-            bounded by 256 MiB of batches).
+            within a memory budget: a quarter of what this process may still use, container limits included,
+            counting the pages and page tables reads touch; see :mod:`npyfeed.budget`).
         io_hints: ask the kernel to queue each batch's rows before reading them: ``None`` decides from the read
             speed it sees (on when reads are slow, i.e. the data is not in page cache).
         epoch: the epoch the first ``iter()`` starts.
@@ -119,45 +103,68 @@ class Loader:
         epoch: int = 0,
     ) -> None:
         self.source = Columns.of(source)
-        self.batch_size = _positive_int("batch_size", batch_size)
-        self.shuffle: ShuffleMode = _shuffle_mode(shuffle)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise ConfigError(f"seed must be an int or None, got {seed!r}")
+        self.batch_size = args.positive_int("batch_size", batch_size)
+        self.shuffle: ShuffleMode = args.shuffle_mode(shuffle)
+        if seed is not None and not args._is_int(seed):
+            raise ConfigError(f"seed must be an int or None, got {seed!r} ({type(seed).__name__})")
         self.seed = int(seed) if seed is not None else secrets.randbits(63)
-        self.drop_remainder = bool(drop_remainder)
+        self.drop_remainder = args.flag("drop_remainder", drop_remainder)
         if transform is not None and not callable(transform):
             raise ConfigError(f"transform must be callable, got {transform!r}")
         self.transform = transform
-        self.shard = Shard.of(shard)
-        self.num_threads = _optional_positive_int("num_threads", num_threads) or min(16, max(2, cpu_count()))
+        self.shard = Shard.of(args.shard_arg(shard))
+        self.num_threads = args.optional_positive_int("num_threads", num_threads) or min(16, max(2, cpu_count()))
         self.io_threads = max(
-            self.num_threads, _optional_positive_int("io_threads", io_threads) or min(16, 4 * self.num_threads)
+            self.num_threads, args.optional_positive_int("io_threads", io_threads) or min(16, 4 * self.num_threads)
         )
         self._cpu_slots = threading.BoundedSemaphore(self.num_threads)
-        self.prefetch = _optional_positive_int("prefetch", prefetch)
-        self.io_hints = io_hints
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ConfigError(f"epoch must be a non-negative int, got {epoch!r}")
+        self.prefetch = args.optional_positive_int("prefetch", prefetch)
+        self.io_hints = args.optional_flag("io_hints", io_hints)
+        epoch = args.integer("epoch", epoch)
         row_bytes = max(1, self.source.row_bytes)
-        block = _optional_positive_int("block_rows", block_rows) or max(1, _BLOCK_BYTES // row_bytes)
-        window = _optional_positive_int("window_blocks", window_blocks) or _WINDOW_BLOCKS
+        block = args.optional_positive_int("block_rows", block_rows) or max(1, _BLOCK_BYTES // row_bytes)
+        window = args.optional_positive_int("window_blocks", window_blocks) or _WINDOW_BLOCKS
         self.order: Order = self._make_order(block, window)
         self._layout = Layout(
             len(self.source), self.batch_size, self.shard.count, self.shard.index, self.drop_remainder
         )
+        batches = -(-len(self.source) // self.batch_size)
+        if self.shard.count > 1 and len(self.source) > 0 and (self.shard.count > batches or not len(self._layout)):
+            raise ConfigError(
+                f"shard count {self.shard.count} is more than the {batches} batches per epoch of "
+                f"{len(self.source)} rows in batches of {self.batch_size}: use at most {batches} shards (or smaller "
+                "batches)"
+            )
         self._resumed = self._layout  # the layout of epoch `_resumed_epoch`, the rest of an epoch after set_state
         self._resumed_epoch = -1
         self._next_epoch, self._next_batch = epoch, 0
         self._position = (epoch, 0)
         # Block shuffles always hint: once per window of blocks, it costs nothing and turns reads sequential.
-        self._hinting = io_hints is not False and (bool(io_hints) or self.shuffle == "block")
+        self._hinting = self.io_hints is not False and (bool(self.io_hints) or self.shuffle == "block")
         self._hinted: set[tuple[int, int]] = set()
         self._prepared: set[int] = set()
         self._streamed = False
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
-        self._buffers = BufferPool(self._depths(self.batches_per_read)[1] + self.num_threads + 2)
+        self._plan = self._make_plan()
+        self._rows_mapped = 0  # rows read since the page tables were last dropped
+        self._buffers = BufferPool(self._plan.buffers)
         self.stats = PrefetchStats()
+
+    def _make_plan(self, batches_per_read: int | None = None, prefetch: int | None = None) -> Plan:
+        """The read geometry within the memory budget (see :mod:`npyfeed.budget`)."""
+        row_bytes = [int(np.prod(a.shape[1:], dtype=np.int64)) * a.dtype.itemsize for a in self.source.arrays]
+        return plan(
+            batch_size=self.batch_size,
+            row_bytes=row_bytes,
+            file_bytes=[len(self.source) * b for b in row_bytes],
+            random=self.shuffle == "global",
+            num_threads=self.num_threads,
+            io_threads=self.io_threads,
+            read_bytes=_READ_BYTES,
+            batches_per_read=batches_per_read,
+            prefetch=self.prefetch if prefetch is None else prefetch,
+        )
 
     def _make_order(self, block_rows: int, window_blocks: int) -> Order:
         n = len(self.source)
@@ -218,31 +225,105 @@ class Loader:
         """Batches ``start..stop-1`` of ``epoch``, read in one pass into one buffer per column, transformed.
 
         Each batch's rows are sorted (file order) and the batches laid end to end, so a sequential epoch is one
-        contiguous copy and a shuffled one a single gather: NumPy's per-call cost is paid once per chunk.
+        contiguous copy and a shuffled one a single gather: NumPy's per-call cost is paid once per chunk. A
+        failure raises an error naming the batch that failed, its epoch, the files and the original cause.
         """
+        chunk = self._read_chunk(epoch, start, stop)
+        if chunk.error is not None:
+            raise chunk.error
+        return chunk.batches
+
+    def _read_chunk(self, epoch: int, start: int, stop: int, stop_event: threading.Event | None = None) -> _Chunk:
+        """Like :meth:`read_batches`, but a failure is returned with the good batches before it, never raised."""
+        try:
+            columns, per_batch = self._read_rows(epoch, start, stop, stop_event)
+        except Stopped:
+            return _Chunk([])
+        except Exception as e:
+            if stop - start == 1:
+                return _Chunk([], self._batch_error(epoch, start, "read", e))
+            # Which batch failed? Read them one by one (the rare path), delivering those before it.
+            batches: list[Batch] = []
+            for index in range(start, stop):
+                one = self._read_chunk(epoch, index, index + 1, stop_event)
+                batches += one.batches
+                if one.error is not None or not one.batches:
+                    return _Chunk(batches, one.error)
+            return _Chunk(batches)
+        batches = []
+        offset = 0
+        for index, batch_rows in zip(range(start, stop), per_batch, strict=True):
+            if stopping(stop_event):
+                break  # nobody waits for these any more: exit must not wait for a whole chunk of transforms
+            end = offset + batch_rows.size
+            batch = self.source.pack([column[offset:end] for column in columns])
+            offset = end
+            if self.transform is not None:
+                try:
+                    batch = self.transform(batch)
+                    _check_rows(batch, batch_rows.size, epoch, index, self.source.paths)
+                except Exception as e:
+                    return _Chunk(batches, self._batch_error(epoch, index, "transform", e))
+            batches.append(batch)
+        return _Chunk(batches)
+
+    def _read_rows(
+        self, epoch: int, start: int, stop: int, stop_event: threading.Event | None
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """(one array per column holding the rows of batches ``start..stop-1``, each batch's sorted rows)."""
         if epoch not in self._prepared:
             self._prepare(epoch)
         per_batch = [self.batch_rows(epoch, i) for i in range(start, stop)]
         rows = per_batch[0] if len(per_batch) == 1 else np.concatenate(per_batch)
         hinting = self._hinting
-        if hinting:
-            self._hint(epoch, start, stop, rows)
+        hint = None
+        if hinting and self.shuffle == "block":
+            self._hint(epoch, start, stop)
+        elif hinting:
+            hint = self._hint_rows
+        arrays = self.source.arrays
+        outs = [self._buffers.empty((rows.size, *a.shape[1:]), a.dtype) for a in arrays]
         # Cold data: the rows were queued with the kernel at once, and this read may wait on storage alongside
         # up to `io_threads` others, since waiting holds no core. Warm data: at most `num_threads` copy at once.
         with contextlib.nullcontext() if hinting else self._cpu_slots:
             started = time.perf_counter()
-            columns = self.source.read_rows(rows, self._buffers)
+            read_windows(
+                arrays, rows, outs, self._plan.window_rows, hint, lambda: stopping(stop_event), self._count_mapped
+            )
             elapsed = time.perf_counter() - started
         if self.io_hints is None and self.shuffle != "block" and not self._streamed:
             self._hinting = rows.size * self.source.row_bytes < _HINT_BELOW_BYTES_PER_S * elapsed
-        batches = []
-        offset = 0
-        for batch_rows in per_batch:
-            end = offset + batch_rows.size
-            batch = self.source.pack([column[offset:end] for column in columns])
-            batches.append(self.transform(batch) if self.transform is not None else batch)
-            offset = end
-        return batches
+        return outs, per_batch
+
+    def _count_mapped(self, rows: int) -> None:
+        """Drop the mappings' page tables once the rows read since the last drop could have filled their share."""
+        trim = self._plan.trim_rows
+        if not trim:
+            return
+        with self._lock:
+            self._rows_mapped += rows
+            due = self._rows_mapped >= trim
+            if due:
+                self._rows_mapped = 0
+        if due:
+            drop_page_tables(self.source)
+
+    def _batch_error(self, epoch: int, index: int, stage: str, error: Exception) -> Exception:
+        """The error the consumer gets for batch ``index``: what failed where, the original as ``__cause__``."""
+        paths = ", ".join(self.source.paths[:3]) + (", ..." if len(self.source.paths) > 3 else "")
+        where = f"batch {index} of epoch {epoch} ({paths})"
+        wrapped: Exception | None = None
+        if isinstance(error, ConfigError) and f"batch {index} of epoch {epoch}" in str(error):
+            wrapped = error  # already names the batch (a transform returning other rows)
+        elif isinstance(error, NpyfeedError) and not isinstance(error, WorkerError):
+            with contextlib.suppress(Exception):
+                wrapped = type(error)(f"{error} (reading {where})")
+        if wrapped is None:
+            wrapped = WorkerError(f"{stage} of {where} failed: {type(error).__name__}: {error}")
+        if wrapped is not error:
+            wrapped.__cause__ = error
+        wrapped.epoch, wrapped.batch = epoch, index  # type: ignore[attr-defined]
+        return wrapped
 
     def _prepare(self, epoch: int) -> None:
         """Once per epoch, before its first read: set the kernel's read-ahead policy for this access pattern.
@@ -269,8 +350,9 @@ class Loader:
             if self.io_hints is None:
                 self._hinting = False  # row hints would only scatter the stream with random reads
 
-    def _hint(self, epoch: int, start: int, stop: int, rows: np.ndarray) -> None:
-        if self.shuffle == "block" and self.shard.count == 1:
+    def _hint(self, epoch: int, start: int, stop: int) -> None:
+        """Block shuffles: whole blocks, once per window of blocks, and the next window too."""
+        if self.shard.count == 1:
             # Whole blocks, once per window, and the next window too, so storage streams across window edges.
             window_rows = self._block_geometry()[0] * self._block_geometry()[1]
             layout = self.layout(epoch)
@@ -286,12 +368,13 @@ class Loader:
                 lo = w * window_rows
                 ranges += self.order.hint_ranges(epoch, lo, min(lo + window_rows, len(self.source)))
         else:
-            ordered = np.sort(rows)
-            breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
-            starts = ordered[np.concatenate(([0], breaks))]
-            stops = ordered[np.concatenate((breaks - 1, [ordered.size - 1]))] + 1
-            ranges = list(zip(starts.tolist(), stops.tolist(), strict=True))
+            ranges = []
         self.source.will_need(ranges)
+
+    def _hint_rows(self, rows: np.ndarray) -> None:
+        """Queue the reads of ``rows`` with the kernel; neighbours sharing a page are one request."""
+        widest = max(1, max(int(np.prod(a.shape[1:], dtype=np.int64)) * a.dtype.itemsize for a in self.source.arrays))
+        self.source.will_need(hint_ranges(rows, max(1, PAGE // widest)))
 
     # -- epochs -----------------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Batch]:
@@ -303,9 +386,9 @@ class Loader:
 
     @property
     def batches_per_read(self) -> int:
-        """Batches one read task fetches together: about 4 MiB at a time, so small batches amortize overheads."""
-        batch_bytes = max(1, self.batch_size * self.source.row_bytes)
-        return max(1, min(64, _READ_BYTES // batch_bytes))
+        """Batches one read task fetches together: about 4 MiB at a time, so small batches amortize overheads
+        (fewer when the memory budget is tight)."""
+        return self._plan.batches_per_read
 
     def _epoch_batches(self, epoch: int, start: int) -> Iterator[Batch]:
         count = self.num_batches(epoch)
@@ -327,34 +410,24 @@ class Loader:
             raise IndexError(f"batches {indices} are out of range for {count} batches in epoch {epoch}")
         step = self.batches_per_read if indices.step == 1 else 1
         stop = indices.stop if len(indices) else indices.start
+        stop_event = threading.Event()
         jobs = (
-            (i, _bound_read(self, epoch, i, min(i + step * indices.step, stop), indices.step)) for i in indices[::step]
+            (i, partial(self._read_chunk, epoch, i, min(i + step, stop) if step > 1 else i + 1, stop_event))
+            for i in indices[::step]
         )
-        depth, max_depth = self._depths(step, prefetch)
+        geometry = self._plan if step == self._plan.batches_per_read and prefetch is None else None
+        geometry = geometry or self._make_plan(step, prefetch)
         self.stats = PrefetchStats()
-        paths = ", ".join(self.source.paths[:3])
-        for first, batches in prefetch_ordered(
-            jobs,
-            self._executor(),
-            depth,
-            max_depth=max_depth,
-            describe=lambda i: f"batches from {i} of epoch {epoch} ({paths})",
-            stats=self.stats,
-        ):
-            yield from zip(range(first, first + len(batches) * indices.step, indices.step), batches, strict=True)
-
-    def _depths(self, batches_per_read: int, prefetch: int | None = None) -> tuple[int, int]:
-        """(initial, maximum) reads in flight, bounded by a memory budget for read-ahead."""
-        prefetch = self.prefetch if prefetch is None else prefetch
-        if prefetch is not None:
-            depth = max(1, -(-prefetch // batches_per_read))
-            return depth, depth
-        read_bytes = max(1, self.batch_size * self.source.row_bytes * batches_per_read)
-        budget = min(_PREFETCH_BYTES, available_memory() // 8)
-        ceiling = max(2, budget // read_bytes)
-        initial = min(2 * self.num_threads, ceiling)
-        # Growing past 2 reads per I/O thread buys nothing: reads are then the bottleneck, not the queue.
-        return initial, max(initial, min(2 * self.io_threads, ceiling))
+        try:
+            for first, chunk in prefetch_ordered(
+                jobs, self._executor(), geometry.depth, max_depth=geometry.max_depth, stats=self.stats
+            ):
+                got = range(first, first + len(chunk.batches) * indices.step, indices.step)
+                yield from zip(got, chunk.batches, strict=True)
+                if chunk.error is not None:
+                    raise chunk.error
+        finally:
+            stop_event.set()  # reads still running stop at their next batch or window
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -408,7 +481,7 @@ class Loader:
         return 1, 1
 
     # -- pickling: worker processes get the configuration and position, not threads or buffers -----------------
-    _UNPICKLED = ("_lock", "_cpu_slots", "_pool", "_buffers", "stats")
+    _UNPICKLED = ("_lock", "_cpu_slots", "_pool", "_buffers", "stats", "_plan")
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in self._UNPICKLED}
@@ -418,7 +491,8 @@ class Loader:
         self._lock = threading.Lock()
         self._cpu_slots = threading.BoundedSemaphore(self.num_threads)
         self._pool = None
-        self._buffers = BufferPool(self._depths(self.batches_per_read)[1] + self.num_threads + 2)
+        self._plan = self._make_plan()  # this machine's budget, not the one the loader was pickled on
+        self._buffers = BufferPool(self._plan.buffers)
         self.stats = PrefetchStats()
 
     # -- framework adapters (each imports its framework lazily) -----------------------------------------------
@@ -441,7 +515,32 @@ class Loader:
         return to_torch(self, **kwargs)
 
 
-def _bound_read(loader: Loader, epoch: int, start: int, stop: int, step: int) -> Callable[[], list[Batch]]:
-    if step == 1:
-        return lambda: loader.read_batches(epoch, start, stop)
-    return lambda: [loader.read_batch(epoch, start)]
+@dataclass
+class _Chunk:
+    """What one read task hands the consumer: the good batches, then the error of the first bad one."""
+
+    batches: list[Batch]
+    error: Exception | None = None
+
+
+def _leaves(batch: Any) -> Iterator[Any]:
+    if isinstance(batch, dict):
+        for value in batch.values():
+            yield from _leaves(value)
+    elif isinstance(batch, (tuple, list)):
+        for value in batch:
+            yield from _leaves(value)
+    else:
+        yield batch
+
+
+def _check_rows(batch: Batch, rows: int, epoch: int, index: int, paths: tuple[str, ...]) -> None:
+    """A transform must keep a batch's rows: every array it returns has ``rows`` entries along axis 0."""
+    for leaf in _leaves(batch):
+        shape = getattr(leaf, "shape", None)
+        if shape is not None and len(shape) >= 1 and shape[0] is not None and int(shape[0]) != rows:
+            raise ConfigError(
+                f"transform returned {int(shape[0])} rows for batch {index} of epoch {epoch} ({paths[0]}), "
+                f"expected {rows}: a transform maps a batch to a batch of the same rows (filter rows in the "
+                "training step, or return a mask column)"
+            )

@@ -5,10 +5,17 @@ file size. Results come back in submission order with the key they were submitte
 exactly which batch it holds (what a saved state must refer to, not what was read ahead). An exception on a
 thread is re-raised in the consumer as :class:`WorkerError` naming the batch, with the original as its cause.
 When the consumer starves (the next batch is not ready when asked for), ``depth`` grows up to ``max_depth``.
+
+Stopping: a consumer that goes away (``break``, a dropped iterator, garbage collection, ``KeyboardInterrupt``)
+cancels the reads not started and sets its stop event; reads already running check it between batches and
+windows (:func:`stopping`) and return early. At interpreter exit, before the thread pools are joined, every read
+stops the same way (:data:`EXITING`), so exit never waits for whole chunks of slow transforms.
 """
 
 from __future__ import annotations
 
+import atexit
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
@@ -17,7 +24,23 @@ from typing import Generic, TypeVar
 
 from npyfeed.errors import NpyfeedError, WorkerError
 
-__all__ = ["PrefetchStats", "prefetch_ordered"]
+__all__ = ["EXITING", "PrefetchStats", "Stopped", "prefetch_ordered", "stopping"]
+
+EXITING = threading.Event()
+"""Set when the interpreter exits: every read in flight stops at its next batch or window."""
+# threading's exit hooks run before concurrent.futures joins its workers (atexit hooks run only after), and the
+# last registered runs first: ours, registered after concurrent.futures.thread was imported, precedes its join.
+getattr(threading, "_register_atexit", atexit.register)(EXITING.set)
+
+
+class Stopped(Exception):
+    """Raised inside a read whose consumer is gone; never reaches the user."""
+
+
+def stopping(event: threading.Event | None) -> bool:
+    """Whether a read should stop: its consumer is gone (``event`` set) or the interpreter exits."""
+    return EXITING.is_set() or (event is not None and event.is_set())
+
 
 K = TypeVar("K")
 T = TypeVar("T")
