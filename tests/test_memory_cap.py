@@ -131,7 +131,7 @@ def test_default_loader_is_never_oom_killed_in_a_256mib_cap(
     tmp_path: Path, name: str, columns: list[tuple[str, tuple[int, ...]]], rows: int, batch_size: int, shuffle: str
 ) -> None:
     paths = [sparse_npy(tmp_path / f"{name}_{i}.npy", d, (rows, *shape)) for i, (d, shape) in enumerate(columns)]
-    file_bytes = sum(os.path.getsize(p) for p in paths)
+    file_bytes = sum(Path(p).stat().st_size for p in paths)
     assert file_bytes > 8 * CAP
     spec = {
         "source": paths[0] if len(paths) == 1 else paths,
