@@ -397,6 +397,9 @@ def to_tf_dataset(
     # Checkpoints record positions, not buffered batches; reads are pure functions of (epoch, index), so what
     # was read ahead is simply read again after a restore.
     options.experimental_symbolic_checkpoint = True
+    # The Loader shards itself (shard=InputContext or "auto"): tf.data's AutoShard would fall back to DATA
+    # sharding here (every worker reading everything and dropping most of it), so it is switched off.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     if threads is not None:
         options.threading.private_threadpool_size = threads
     return dataset.with_options(options)
