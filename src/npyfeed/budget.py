@@ -89,10 +89,12 @@ def plan(
     budget = budget_bytes() if budget is None else budget
     batch_out = max(1, batch_size * sum(row_bytes))
     buffers_budget = budget // 2
+    cache_row = page_cache_per_row(row_bytes, random)
     if batches_per_read is not None:
         per_read = batches_per_read
     else:
-        per_read = max(1, min(_MAX_BATCHES_PER_READ, read_bytes // batch_out))
+        # About read_bytes per read, counted in what the read touches: random 8-byte rows cost a page each.
+        per_read = max(1, min(_MAX_BATCHES_PER_READ, read_bytes // max(batch_out, batch_size * cache_row)))
         # At least a few reads must fit, or read-ahead would be one read deep: cut reads rather than depth.
         per_read = max(1, min(per_read, buffers_budget // (4 * batch_out)))
     read_out = per_read * batch_out
@@ -104,7 +106,6 @@ def plan(
         # Growing past 2 reads per I/O thread buys nothing: reads are then the bottleneck, not the queue.
         max_depth = max(depth, min(2 * io_threads, ceiling))
     running = min(max_depth, io_threads)
-    cache_row = page_cache_per_row(row_bytes, random)
     # Two windows per running read: the one being copied and the next one, already hinted.
     window = max(_MIN_WINDOW_ROWS, (budget // 4) // (2 * running * cache_row))
     return Plan(

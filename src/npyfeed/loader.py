@@ -51,6 +51,7 @@ _HINT_BELOW_BYTES_PER_S = 300e6
 _BLOCK_BYTES = 1 << 20  # default block-shuffle block: 1 MiB of rows, one efficient sequential read
 _WINDOW_BLOCKS = 16  # default blocks mixed together: a 16 MiB window (measured best cold under a 256 MiB cap)
 _READ_BYTES = 4 << 20  # one read task fetches about this much (several small batches at once)
+_REPLAN_SECONDS = 0.5  # how often reads re-measure the memory left (a few /proc and cgroup files)
 
 
 class Loader:
@@ -147,6 +148,7 @@ class Loader:
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._plan = self._make_plan()
+        self._planned_at = time.monotonic()
         self._rows_mapped = 0  # rows read since the page tables were last dropped
         self._buffers = BufferPool(self._plan.buffers)
         self.stats = PrefetchStats()
@@ -288,12 +290,27 @@ class Loader:
         with contextlib.nullcontext() if hinting else self._cpu_slots:
             started = time.perf_counter()
             read_windows(
-                arrays, rows, outs, self._plan.window_rows, hint, lambda: stopping(stop_event), self._count_mapped
+                arrays,
+                rows,
+                outs,
+                self._current_plan().window_rows,
+                hint,
+                lambda: stopping(stop_event),
+                self._count_mapped,
             )
             elapsed = time.perf_counter() - started
         if self.io_hints is None and self.shuffle != "block" and not self._streamed:
             self._hinting = rows.size * self.source.row_bytes < _HINT_BELOW_BYTES_PER_S * elapsed
         return outs, per_batch
+
+    def _current_plan(self) -> Plan:
+        """The plan, re-measured against the memory left at most every ``_REPLAN_SECONDS``: what the application
+        allocates after the loader was made shrinks the windows of the reads that follow."""
+        now = time.monotonic()
+        if now - self._planned_at > _REPLAN_SECONDS:
+            self._planned_at = now
+            self._plan = self._make_plan()
+        return self._plan
 
     def _count_mapped(self, rows: int) -> None:
         """Drop the mappings' page tables once the rows read since the last drop could have filled their share."""
@@ -492,6 +509,7 @@ class Loader:
         self._cpu_slots = threading.BoundedSemaphore(self.num_threads)
         self._pool = None
         self._plan = self._make_plan()  # this machine's budget, not the one the loader was pickled on
+        self._planned_at = time.monotonic()
         self._buffers = BufferPool(self._plan.buffers)
         self.stats = PrefetchStats()
 
