@@ -74,7 +74,8 @@ class FailingRows:
 def expect(error: BaseException, cause: type[BaseException], stage: str) -> None:
     assert isinstance(error.__cause__, cause)
     message = str(error)
-    assert f"{stage} of batch {BAD} of epoch 0" in message and "ids.npy" in message, message
+    assert f"reading batch {BAD} of epoch 0" in message and "ids.npy" in message, message
+    assert f"(in the {stage})" in message, message
     assert getattr(error, "batch", None) == BAD and getattr(error, "epoch", None) == 0
 
 

@@ -336,7 +336,7 @@ class Loader:
             with contextlib.suppress(Exception):
                 wrapped = type(error)(f"{error} (reading {where})")
         if wrapped is None:
-            wrapped = WorkerError(f"{stage} of {where} failed: {type(error).__name__}: {error}")
+            wrapped = WorkerError(f"reading {where} failed: {type(error).__name__}: {error} (in the {stage})")
         if wrapped is not error:
             wrapped.__cause__ = error
         wrapped.epoch, wrapped.batch = epoch, index  # type: ignore[attr-defined]
