@@ -128,3 +128,22 @@ def test_tf_mirrored_strategy_model_fit(data: Path) -> None:
     assert result["replicas"] == 2
     assert result["steps"] == 2 * result["batches"] == 2 * 32  # ceil(1000 / 32) batches per epoch
     assert all(np.isfinite(result["loss"]))
+
+
+def test_jax_distributed_global_arrays(data: Path, tmp_path: Path) -> None:
+    pytest.importorskip("jax")
+    (port,) = free_ports(1)
+    commands = [
+        [sys.executable, str(ENGINES / "jax_processes.py"), str(port), str(i), str(tmp_path), str(data)]
+        for i in range(2)
+    ]
+    env = environment(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    run_all(commands, [env, env], timeout=240)
+    results = [json.loads((tmp_path / f"process{i}.json").read_text()) for i in range(2)]
+    check_shares(results, expected_rows=N // 32 * 32)  # drop_remainder: 31 global batches of 2 x 16 rows
+    assert [r["shard"] for r in results] == [[0, 2, "jax.distributed"], [1, 2, "jax.distributed"]]
+    assert [r["shapes"] for r in results] == [[[32, 4]], [[32, 4]]]  # one global batch of both processes' rows
+    # The jitted step saw both processes' rows: the global sums add up to every row id read.
+    assert results[0]["sums"] == results[1]["sums"]
+    assert sum(results[0]["sums"]) == sum(results[0]["ids"]) + sum(results[1]["ids"])
+    assert results[0]["w"] == results[1]["w"]
