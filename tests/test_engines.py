@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +149,41 @@ def test_jax_distributed_global_arrays(data: Path, tmp_path: Path) -> None:
     assert results[0]["sums"] == results[1]["sums"]
     assert sum(results[0]["sums"]) == sum(results[0]["ids"]) + sum(results[1]["ids"])
     assert results[0]["w"] == results[1]["w"]
+
+
+def test_keras_loader_checkpoint_survives_sigkill(tmp_path: Path) -> None:
+    pytest.importorskip("keras")
+    pytest.importorskip("torch")
+    rows = 300
+    d = tmp_path / "data"
+    d.mkdir()
+    np.save(d / "x.npy", np.random.default_rng(0).random((rows, 4), dtype=np.float32))
+    np.save(d / "y.npy", np.arange(rows, dtype=np.float32))  # row ids as the target
+    log, ckpt = tmp_path / "log.jsonl", tmp_path / "ckpt"
+    command = [sys.executable, str(ENGINES / "keras_fit.py"), str(d), str(ckpt), str(log)]
+    env = environment(KERAS_BACKEND="torch", OMP_NUM_THREADS="1")
+    output = tmp_path / "first.out"
+    with open(output, "w") as out:
+        first = subprocess.Popen([*command, "0.05"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while not (log.exists() and len(log.read_text().splitlines()) >= 17):  # past the checkpoint at batch 15
+            assert first.poll() is None and time.monotonic() < deadline, output.read_text()[-5000:]
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.kill()
+        first.wait()
+    index = json.loads((ckpt / "checkpoint.json").read_text())
+    epoch, batch = index["keras"]["epoch"], index["keras"]["batch"]
+    assert epoch == 0 and 15 <= batch < 30, index["keras"]  # mid-epoch (an epoch is 30 batches)
+    before = [json.loads(line)["ids"] for line in log.read_text().splitlines()]
+    assert len(before) > batch  # batches trained after the checkpoint were lost with the process
+    log.unlink()
+    second = subprocess.run([*command, "0"], env=env, capture_output=True, text=True, timeout=180)
+    assert second.returncode == 0 and "done" in second.stdout, second.stderr[-5000:]
+    after = [json.loads(line)["ids"] for line in log.read_text().splitlines()]
+    assert len(after) == (30 - batch) + 30  # the rest of epoch 0, then epoch 1 whole
+    epoch0 = sorted(i for ids in before[:batch] + after[: 30 - batch] for i in ids)
+    assert epoch0 == list(range(rows))  # rows seen up to the checkpoint + after the restart = one epoch
+    assert sorted(i for ids in after[30 - batch :] for i in ids) == list(range(rows))

@@ -93,7 +93,7 @@ def _dataset_class() -> type:
                             UserWarning,
                             stacklevel=2,
                         )
-                    indices = range(index, len(self))
+                    indices = range(index, self.loader.num_batches(self.epoch))
                     stream = self._stream = EpochReader(self.loader, self.epoch, indices, self._prefetch)
                 try:
                     batch = stream.take()
@@ -102,7 +102,7 @@ def _dataset_class() -> type:
                     self._drop_stream()
                     raise
                 self._seen.add(index)
-                if len(self._seen) == len(self):
+                if len(self._seen) == self.loader.num_batches(self.epoch):
                     self.epoch += 1
                     self._seen.clear()
                     self._drop_stream()
