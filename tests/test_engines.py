@@ -187,3 +187,30 @@ def test_keras_loader_checkpoint_survives_sigkill(tmp_path: Path) -> None:
     epoch0 = sorted(i for ids in before[:batch] + after[: 30 - batch] for i in ids)
     assert epoch0 == list(range(rows))  # rows seen up to the checkpoint + after the restart = one epoch
     assert sorted(i for ids in after[30 - batch :] for i in ids) == list(range(rows))
+
+
+def test_ray_train_torch_trainer_restores_the_loader_state(tmp_path: Path) -> None:
+    pytest.importorskip("ray.train")
+    rows = 200
+    d = tmp_path / "data"
+    d.mkdir()
+    np.save(d / "x.npy", np.zeros((rows, 4), dtype=np.float32))
+    np.save(d / "y.npy", np.arange(rows, dtype=np.int64))
+    env = environment(RAY_DISABLE_USAGE_STATS="1", RAY_ADDRESS="", OMP_NUM_THREADS="1")
+    out = subprocess.run(
+        [sys.executable, str(ENGINES / "ray_train.py"), str(d), str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, (out.stdout + out.stderr)[-5000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1])["error"] is None
+    read = {}
+    for attempt in ("first", "resumed"):
+        read[attempt] = [
+            [json.loads(line) for line in (tmp_path / f"{attempt}-rank{r}.jsonl").read_text().splitlines()]
+            for r in range(2)
+        ]
+    # The first attempt failed right after its checkpoint at step 5 (of 10); the restart continued after it.
+    assert [len(b) for b in read["first"]] == [5, 5]
+    assert [len(b) for b in read["resumed"]] == [5, 5]
+    seen = [i for r in range(2) for attempt in ("first", "resumed") for b in read[attempt][r] for i in b]
+    assert sorted(seen) == list(range(rows))  # 200 rows = 2 x 10 steps x 10 rows: one epoch, each row once
