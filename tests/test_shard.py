@@ -80,6 +80,7 @@ def _epoch_rows(loader: Loader) -> list[np.ndarray]:
     return [np.asarray(b) for b in loader]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("old", "new"), [(4, 3), (4, 8), (2, 1), (1, 2), (3, 3), (5, 2)])
 @pytest.mark.parametrize("shuffle", [False, True, "block"])
 @pytest.mark.parametrize("drop_remainder", [False, True])
