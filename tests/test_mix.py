@@ -191,3 +191,27 @@ def test_bad_mixes_are_refused_clearly(sources: dict[str, Any], tmp_path: Path) 
         npyfeed.split(m, 0.5)
     with pytest.raises(ConfigError, match="not 'block'"):
         Loader(m, 10, shuffle="block")
+
+
+@pytest.mark.parametrize(("old", "new"), [(2, 3), (3, 1)])
+def test_elastic_resume_of_a_mixture(sources: dict[str, Any], old: int, new: int) -> None:
+    def make(shard: tuple[int, int]) -> Loader:
+        return Loader(npyfeed.mix(sources, WEIGHTS), 50, shuffle=True, seed=6, shard=shard, epoch=1)
+
+    whole = Counter(np.concatenate([b[1] for b in make((0, 1))]).tolist())
+    before = [make((i, old)) for i in range(old)]
+    seen: Counter[int] = Counter()
+    for shard in before:
+        it = iter(shard)
+        for _ in range(5):
+            seen.update(next(it)[1].tolist())
+    states = [json.loads(json.dumps(s.get_state())) for s in before]
+    after = [make((i, new)) for i in range(new)]
+    for i, shard in enumerate(after):
+        shard.set_state(states[i % old])
+    for shard in after:
+        assert shard.epoch == 1
+        for batch in shard:
+            seen.update(batch[1].tolist())
+    assert seen <= whole  # the rest of the same epoch of the same mixture, nothing read twice
+    assert sum(whole.values()) - sum(seen.values()) < new  # only the new job's tail may be left out
