@@ -68,6 +68,17 @@ CHILD = textwrap.dedent(
     import numpy as np
     import npyfeed
 
+    import threading
+    peak = [0]
+    def anon():
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) << 10
+    def sample():
+        while True:
+            peak[0] = max(peak[0], anon())
+            time.sleep(0.01)
+    threading.Thread(target=sample, daemon=True).start()
     spec = json.loads(sys.argv[2])
     source = spec["source"] if isinstance(spec["source"], str) else tuple(spec["source"])
     loader = npyfeed.Loader(source, batch_size=spec["batch_size"], shuffle=spec["shuffle"], seed=1)
@@ -81,7 +92,7 @@ CHILD = textwrap.dedent(
             break
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
     print(json.dumps({"rows": rows, "bytes": delivered, "seconds": time.perf_counter() - start,
-                      "pte": int(status["VmPTE"].split()[0]) << 10, "hwm_anon": int(status["RssAnon"].split()[0]) << 10,
+                      "pte": int(status["VmPTE"].split()[0]) << 10, "hwm_anon": max(peak[0], anon()),
                       "majflt": resource.getrusage(resource.RUSAGE_SELF).ru_majflt,
                       "batches_per_read": loader.batches_per_read, "depth": loader.stats.depth}))
     """
@@ -147,3 +158,17 @@ def test_default_loader_is_never_oom_killed_in_a_256mib_cap(
     assert report["hwm_anon"] < 160 << 20, report
     print(f"\n{name} {shuffle}: {report['rows']} rows in {report['seconds']:.1f} s, peak cgroup {peak >> 20} MiB, "
           f"page tables {report['pte'] >> 20} MiB, anon {report['hwm_anon'] >> 20} MiB")  # fmt: skip
+
+
+@pytest.mark.parametrize("shuffle", ["none", "global"])
+def test_peak_anonymous_memory_does_not_grow_with_the_file(tmp_path: Path, shuffle: str) -> None:
+    """The same reads from a 0.5 GiB and a 20 GiB file of 1 KiB rows peak at the same anonymous memory."""
+    peaks = []
+    for gib in (0.5, 20):
+        path = sparse_npy(tmp_path / f"f{gib}.npy", "<f4", (int(gib * (1 << 20)), 256))
+        spec = {"source": path, "batch_size": 256, "shuffle": shuffle, "bytes": 320 << 20, "seconds": 8}
+        report, _ = run_capped(spec)
+        peaks.append(report["hwm_anon"])
+        Path(path).unlink()
+    print(f"\npeak anonymous memory, 0.5 vs 20 GiB, {shuffle}: {peaks[0] / 2**20:.1f} vs {peaks[1] / 2**20:.1f} MiB")
+    assert abs(peaks[1] - peaks[0]) < 8 << 20, peaks
