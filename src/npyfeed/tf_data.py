@@ -311,6 +311,8 @@ def to_tf_dataset(
     num_parallel_calls: int | None = None,
     threads: int | None = None,
     prefetch: int | None = None,
+    native: bool = False,
+    epochs: int | None = 1,
 ) -> tf.data.Dataset:
     """A ``tf.data.Dataset`` of ``loader``'s batches: one epoch per iterator, ``len(loader)`` elements.
 
@@ -324,6 +326,10 @@ def to_tf_dataset(
         threads: a private tf.data thread pool of this size for the reads (default: tf.data's shared pool, one
             thread per core). Cold, random reads wait on storage, not CPU: 8 to 16 threads read faster there.
         prefetch: batches read ahead of the consumer (default ``tf.data.AUTOTUNE``).
+        native: build the pipeline from TensorFlow ops only, with no Python in the graph (tf.data service, TPU
+            hosts); byte-identical batches, for sequential and block orders. See :mod:`npyfeed.tf_native`.
+        epochs: with ``native=True``, the consecutive epochs from ``start_epoch`` the dataset holds (``None``:
+            endless); a native dataset has no epoch counter, so every iterator starts at ``start_epoch``.
 
     >>> ds = loader.to_tf_dataset()  # doctest: +SKIP
     >>> model.fit(ds, epochs=3)  # doctest: +SKIP
@@ -337,6 +343,18 @@ def to_tf_dataset(
     for name, value in (("num_parallel_calls", num_parallel_calls), ("threads", threads), ("prefetch", prefetch)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{name} must be a positive int or None, got {value!r}")
+    if not isinstance(native, bool):
+        raise ConfigError(f"native must be True or False, got {native!r}")
+    if native:
+        if output_signature is not None:
+            raise ConfigError("native=True derives the element spec from the .npy headers; drop output_signature=")
+        from npyfeed.tf_native import native_dataset
+
+        return native_dataset(
+            loader, start_epoch=start, epochs=epochs, num_parallel_calls=num_parallel_calls, spec=_header_spec(loader)
+        )
+    if epochs != 1:
+        raise ConfigError(f"epochs= applies to native=True (got {epochs!r}); repeat the dataset with .repeat()")
     spec = _check_signature(output_signature) if output_signature is not None else element_spec(loader, epoch=start)
     flat_specs = tf.nest.flatten(spec)
     num_batches = len(loader)
