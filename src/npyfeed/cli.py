@@ -20,6 +20,7 @@ import numpy as np
 
 from npyfeed.errors import NpyfeedError
 from npyfeed.format import MAX_HEADER_SIZE, NpyHeader, read_header
+from npyfeed.storage.urls import is_url
 from npyfeed.writer import describe_partial
 
 __all__ = ["main"]
@@ -123,7 +124,7 @@ def _inspect(args: argparse.Namespace) -> int:
     reports: list[dict[str, Any]] = []
     for path in args.files:
         try:
-            header = read_header(path, max_header_size=args.max_header_size)
+            header = _read_header(path, args.max_header_size)
         except NpyfeedError as e:  # its message starts with the path
             partial = describe_partial(path)
             error = str(e) if partial is None else f"{path}: {partial}"
@@ -142,6 +143,20 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(reports, indent=2))
     return status
+
+
+def _read_header(name: str, max_header_size: int) -> NpyHeader:
+    """The header of a local file, or of an object at a URL (one small ranged GET)."""
+    if not is_url(name):
+        return read_header(name, max_header_size=max_header_size)
+    from npyfeed.format import load_header
+    from npyfeed.storage import open_storage
+
+    storage = open_storage(name)
+    try:
+        return load_header(storage, max_header_size=max_header_size)
+    finally:
+        storage.close()
 
 
 def _describe(h: NpyHeader) -> dict[str, Any]:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,8 @@ from npyfeed.array import AccessPattern, ConcatArray, NpyArray, RowSlice, RowSou
 from npyfeed.buffers import BufferPool
 from npyfeed.errors import ColumnMismatchError, ConfigError
 from npyfeed.format import MAX_HEADER_SIZE
+from npyfeed.storage import open_storage
+from npyfeed.storage.urls import has_glob, is_url, local_path, parse_url
 
 __all__ = ["Columns", "Source", "open", "split"]
 
@@ -26,14 +29,23 @@ Source: TypeAlias = "ArraySpec | tuple[ArraySpec, ...] | Mapping[str, ArraySpec]
 """What ``open`` and ``Loader`` accept: a path or glob, a list of shard paths, an opened array, or a tuple or
 dict of those (aligned columns)."""
 
+StorageOptions: TypeAlias = Mapping[str, Any] | None
+"""Object-store configuration (endpoint, credentials, request tuning): see docs/object-storage.md."""
+
 _GLOB_CHARS = frozenset("*?[")
 
 
-def _open_array(spec: ArraySpec, max_header_size: int) -> RowSource:
+def _open_array(spec: ArraySpec, max_header_size: int, storage_options: StorageOptions = None) -> RowSource:
     if isinstance(spec, RowSource) and not isinstance(spec, (str, bytes, list, tuple)):
         return spec
     if isinstance(spec, (str, os.PathLike)):
         path = os.fspath(spec)
+        if is_url(path) and not path.startswith("file://"):
+            if has_glob(parse_url(path).key):
+                return _open_parts(_glob_urls(path, storage_options), max_header_size, storage_options)
+            return _open_one(path, max_header_size, storage_options)
+        if path.startswith("file://"):
+            path = local_path(path)
         if not os.path.exists(path) and _GLOB_CHARS & set(path):
             matches = sorted(glob.glob(path))
             if not matches:
@@ -41,19 +53,52 @@ def _open_array(spec: ArraySpec, max_header_size: int) -> RowSource:
             return _open_array(matches, max_header_size)
         return NpyArray(path, max_header_size=max_header_size)
     if isinstance(spec, list):
-        parts = [NpyArray(p, max_header_size=max_header_size) for p in spec]
-        return parts[0] if len(parts) == 1 else ConcatArray(parts)
+        return _open_parts([(p, None) for p in spec], max_header_size, storage_options)
     raise TypeError(
-        f"cannot open {type(spec).__name__!s} as an array: expected a path, a glob pattern, a list of shard "
-        "paths, or an opened npyfeed array"
+        f"cannot open {type(spec).__name__!s} as an array: expected a path or URL, a glob pattern, a list of "
+        "shard paths, or an opened npyfeed array"
     )
 
 
-def open(source: Source, *, max_header_size: int = MAX_HEADER_SIZE) -> RowSource | Columns:
+def _open_one(name: PathLike, max_header_size: int, storage_options: StorageOptions, meta: Any = None) -> NpyArray:
+    if isinstance(name, str) and is_url(name):
+        return NpyArray(open_storage(name, storage_options=storage_options, meta=meta), max_header_size=max_header_size)
+    return NpyArray(name, max_header_size=max_header_size)
+
+
+def _open_parts(names: Sequence[tuple[PathLike, Any]], max_header_size: int, options: StorageOptions) -> RowSource:
+    if len(names) > 1 and all(isinstance(n, str) and is_url(n) for n, _ in names):
+        # Remote shards: open them concurrently (a header read each is one round trip).
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(16, len(names)), thread_name_prefix="npyfeed-open") as pool:
+            parts = list(pool.map(lambda nm: _open_one(nm[0], max_header_size, options, nm[1]), names))
+    else:
+        parts = [_open_one(n, max_header_size, options, m) for n, m in names]
+    return parts[0] if len(parts) == 1 else ConcatArray(parts)
+
+
+def _glob_urls(pattern: str, storage_options: StorageOptions) -> list[tuple[PathLike, Any]]:
+    from npyfeed.storage.object_store import glob_objects
+
+    matches = glob_objects(pattern, storage_options)
+    if not matches:
+        raise FileNotFoundError(errno.ENOENT, f"{pattern}: no object matches the pattern", pattern)
+    return list(matches)
+
+
+def open(
+    source: Source, *, max_header_size: int = MAX_HEADER_SIZE, storage_options: StorageOptions = None
+) -> RowSource | Columns:
     """Open ``.npy`` data by rows without loading it.
 
     - a path: an :class:`NpyArray`; a glob (``"x_*.npy"``) or a list of paths: a :class:`ConcatArray` of shards;
     - a tuple or dict of those: :class:`Columns`, aligned arrays that must all have the same number of rows.
+
+    Paths may be URLs, read in place without a download: ``s3://bucket/x.npy``, ``gs://...``, ``https://...``
+    (a server that honours ``Range``), ``file://...``; globs work over bucket prefixes (``s3://b/train/x_*.npy``).
+    ``storage_options`` configure the store (credentials, endpoint, ...; default: the standard environment such
+    as ``AWS_ENDPOINT_URL``); see docs/object-storage.md.
 
     Indexing with an int, slice, int array or bool mask returns what ``np.load(path, mmap_mode="r")[key]``
     returns, as an in-memory array. Headers are validated at open (see :mod:`npyfeed.format`).
@@ -61,8 +106,8 @@ def open(source: Source, *, max_header_size: int = MAX_HEADER_SIZE) -> RowSource
     if isinstance(source, Columns):
         return source
     if isinstance(source, (tuple, Mapping)):
-        return Columns(source, max_header_size=max_header_size)
-    return _open_array(source, max_header_size)
+        return Columns(source, max_header_size=max_header_size, storage_options=storage_options)
+    return _open_array(source, max_header_size, storage_options)
 
 
 class Columns:
@@ -84,6 +129,7 @@ class Columns:
         source: ArraySpec | tuple[ArraySpec, ...] | Mapping[str, ArraySpec],
         *,
         max_header_size: int = MAX_HEADER_SIZE,
+        storage_options: StorageOptions = None,
     ) -> None:
         if isinstance(source, Mapping):
             if not source:
@@ -101,7 +147,7 @@ class Columns:
         else:
             self.kind, self.keys = "array", (0,)
             specs = [source]
-        self.arrays: tuple[RowSource, ...] = tuple(_open_array(s, max_header_size) for s in specs)
+        self.arrays: tuple[RowSource, ...] = tuple(_open_array(s, max_header_size, storage_options) for s in specs)
         lengths = [len(a) for a in self.arrays]
         for name, array, n in zip(self.keys, self.arrays, lengths, strict=True):
             if n != lengths[0]:
@@ -112,9 +158,13 @@ class Columns:
                 )
 
     @classmethod
-    def of(cls, source: Source, *, max_header_size: int = MAX_HEADER_SIZE) -> Columns:
+    def of(
+        cls, source: Source, *, max_header_size: int = MAX_HEADER_SIZE, storage_options: StorageOptions = None
+    ) -> Columns:
         """``source`` as Columns (returned unchanged if it already is)."""
-        return source if isinstance(source, Columns) else cls(source, max_header_size=max_header_size)
+        if isinstance(source, Columns):
+            return source
+        return cls(source, max_header_size=max_header_size, storage_options=storage_options)
 
     @classmethod
     def _from_arrays(cls, template: Columns, arrays: Sequence[RowSource]) -> Columns:

@@ -7,6 +7,7 @@
     ├── ColumnMismatchError(ValueError)  aligned inputs disagree (row counts, row shapes of shards)
     ├── ConfigError(ValueError)          an argument out of range (batch size, shard, split, state)
     ├── FileChangedError(OSError)        a file was truncated, replaced or deleted while it was being read
+    │   └── ObjectChangedError(NpyFormatError)  the same for a remote object (its size or ETag changed)
     └── WorkerError(RuntimeError)        a read or transform failed on a prefetch thread
 
 Every message names the file (when there is one), the field, the value found and what was expected.
@@ -20,6 +21,7 @@ __all__ = [
     "FileChangedError",
     "NpyFormatError",
     "NpyfeedError",
+    "ObjectChangedError",
     "WorkerError",
 ]
 
@@ -44,6 +46,12 @@ class FileChangedError(NpyfeedError, OSError):
     """A file is no longer the version that was opened: truncated, rewritten, replaced or deleted under a reader.
 
     Raised instead of returning bytes of another version (or dying of ``SIGBUS`` on a truncated mapping).
+    """
+
+
+class ObjectChangedError(FileChangedError, NpyFormatError):
+    """A remote object no longer holds the bytes its header described: truncated, or rewritten (a new ETag)
+    between the header read and a data read. Both an ``OSError`` and an :class:`NpyFormatError` (``ValueError``).
     """
 
 

@@ -17,7 +17,7 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -80,6 +80,8 @@ class Loader:
         io_hints: ask the kernel to queue each batch's rows before reading them: ``None`` decides from the read
             speed it sees (on when reads are slow, i.e. the data is not in page cache).
         epoch: the epoch the first ``iter()`` starts.
+        storage_options: object-store configuration for URL sources (credentials, endpoint, request tuning);
+            see docs/object-storage.md.
 
     Each ``iter(loader)`` is the next epoch. Within a batch, rows come in file order: the shuffle decides which
     rows form each batch, and the rows of a batch are read in one sorted, coalesced pass.
@@ -102,8 +104,9 @@ class Loader:
         prefetch: int | None = None,
         io_hints: bool | None = None,
         epoch: int = 0,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
-        self.source = Columns.of(source)
+        self.source = Columns.of(source, storage_options=storage_options)
         self.batch_size = args.positive_int("batch_size", batch_size)
         self.shuffle: ShuffleMode = args.shuffle_mode(shuffle)
         if seed is not None and not args._is_int(seed):

@@ -32,11 +32,14 @@ def _describe(source: Any) -> Any:
     base = getattr(source, "base", None)
     if base is not None:  # RowSlice
         return {"slice": [source.start, source.stop], "of": _describe(base)}
-    path = source.paths[0] if len(source.paths) == 1 else list(source.paths)
+    # File names without their directory or URL prefix: the same files copied to a bucket (or another mount)
+    # are the same data, so a state saved reading them locally resumes reading them from s3://... and back.
+    names = [p.replace("\\", "/").rsplit("/", 1)[-1] for p in source.paths]
+    path = names[0] if len(names) == 1 else names
     storage = getattr(source, "storage", None)  # NpyArray: the bytes' backend knows their size, local or remote
     size = getattr(storage, "size", None)
-    if size is None and isinstance(path, str) and Path(path).is_file():
-        size = Path(path).stat().st_size
+    if size is None and len(source.paths) == 1 and Path(source.paths[0]).is_file():
+        size = Path(source.paths[0]).stat().st_size
     fortran = bool(getattr(source, "fortran_order", False))
     return {"path": path, "size": size, "dtype": source.dtype.str, "shape": list(source.shape), "fortran": fortran}
 

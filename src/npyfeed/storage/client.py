@@ -1,0 +1,332 @@
+"""One connection pool per store (bucket or server), on one asyncio loop per process: ranged GETs with retries.
+
+Built on `obstore <https://developmentseed.org/obstore>`_ (Rust ``object_store``: S3, GCS, HTTP; credentials and
+endpoints from the standard environment, ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``GOOGLE_APPLICATION_
+CREDENTIALS``...). Reader threads hand a list of byte ranges to :meth:`StoreClient.fetch`, which runs them
+concurrently on the process's loop thread, at most ``max_concurrency`` requests in flight per store: latency is
+hidden by requests in flight, not by threads.
+
+Every range GET carries ``If-Match: <ETag seen at open>``, so a replaced object is refused by the server (412)
+instead of mixing two versions, and is checked for its exact length. Transient failures (5xx, resets, timeouts,
+bodies cut short by the network) are retried with jittered exponential backoff; a range is written to its own
+slice of the destination on every attempt, so a retry can never duplicate or drop a row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+import os
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import numpy as np
+
+from npyfeed.errors import ConfigError, ObjectChangedError
+from npyfeed.storage.urls import ObjectUrl
+
+__all__ = ["ClientOptions", "RequestStats", "StoreClient", "get_client", "import_obstore"]
+
+T = TypeVar("T")
+
+# npyfeed's own keys in `storage_options`; every other key goes to obstore as store configuration.
+_OWN_KEYS = (
+    "max_concurrency",
+    "request_bytes",
+    "gap_bytes",
+    "retries",
+    "prefetch_bytes",
+    "client_options",
+    "retry_config",
+)
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How npyfeed talks to a store; set any of these through ``storage_options``."""
+
+    max_concurrency: int = 32
+    """Range requests in flight per store and process (tens hide a 20 ms latency at hundreds of MB/s)."""
+    request_bytes: int = 2 << 20
+    """Largest single range request; bounds the memory in flight to about ``max_concurrency x request_bytes``."""
+    gap_bytes: int = 256 << 10
+    """Rows closer than this share one request (a request costs about as much as this much transfer)."""
+    retries: int = 6
+    """Attempts after the first for a transient failure (5xx, reset, timeout, short body), with backoff."""
+    prefetch_bytes: int = 96 << 20
+    """Memory for ranges fetched ahead of use (``will_need``: the blocks of the next block-shuffle windows)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_concurrency", "request_bytes", "prefetch_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"storage_options[{name!r}] must be a positive int, got {value!r}")
+        for name in ("gap_bytes", "retries"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"storage_options[{name!r}] must be a non-negative int, got {value!r}")
+
+
+@dataclass
+class RequestStats:
+    """What a store's requests cost so far (``npyfeed bench`` reports it)."""
+
+    requests: int = 0
+    bytes: int = 0
+    retries: int = 0
+    seconds: float = 0.0
+    """Sum of request latencies (first byte sent to last byte received)."""
+    latencies: list[float] = field(default_factory=list)
+
+    def record(self, nbytes: int, seconds: float) -> None:
+        self.requests += 1
+        self.bytes += nbytes
+        self.seconds += seconds
+        if len(self.latencies) < 100_000:
+            self.latencies.append(seconds)
+
+    def snapshot(self) -> dict[str, float]:
+        lat = np.array(self.latencies or [0.0])
+        return {
+            "requests": self.requests,
+            "bytes": self.bytes,
+            "retries": self.retries,
+            "latency_p50_ms": float(np.percentile(lat, 50) * 1e3),
+            "latency_p99_ms": float(np.percentile(lat, 99) * 1e3),
+        }
+
+
+def import_obstore() -> Any:
+    try:
+        import obstore
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("reading s3://, gs:// or https:// URLs needs obstore: pip install 'npyfeed[remote]'") from e
+    return obstore
+
+
+class _Loop:
+    """One asyncio event loop on a daemon thread, per process (recreated in a forked child)."""
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+    _pid = -1
+
+    @classmethod
+    def get(cls) -> asyncio.AbstractEventLoop:
+        with cls._lock:
+            if cls._loop is None or cls._pid != os.getpid():
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="npyfeed-remote", daemon=True).start()
+                cls._loop, cls._pid = loop, os.getpid()
+            return cls._loop
+
+
+class _Transient(Exception):
+    """A failure worth retrying (the message says what happened)."""
+
+
+class StoreClient:
+    """Requests to one store: a bucket (``s3://b``, ``gs://b``) or a server (``https://host``)."""
+
+    def __init__(self, url: ObjectUrl, storage_options: Mapping[str, Any] | None = None) -> None:
+        obstore = import_obstore()
+        from obstore.store import from_url
+
+        options = dict(storage_options or {})
+        own = {k: options.pop(k) for k in _OWN_KEYS if k in options}
+        client_options = dict(own.pop("client_options", None) or {})
+        retry_config = own.pop("retry_config", None)
+        self.options = ClientOptions(**own)
+        self.url = url
+        self.stats = RequestStats()
+        endpoint = str(options.get("endpoint") or options.get("aws_endpoint") or os.environ.get("AWS_ENDPOINT_URL", ""))
+        if url.scheme == "http" or (url.scheme == "s3" and endpoint.startswith("http://")):
+            client_options.setdefault("allow_http", True)  # an http:// endpoint is asked for by name
+        if url.scheme == "gs" and "STORAGE_EMULATOR_HOST" in os.environ:
+            options.setdefault("base_url", os.environ["STORAGE_EMULATOR_HOST"])
+            client_options.setdefault("allow_http", True)
+        client_options.setdefault("timeout", "60s")
+        client_options.setdefault("connect_timeout", "5s")
+        if retry_config is None:
+            # obstore retries connection-level failures itself; a body cut mid-transfer comes back to us.
+            retry_config = {
+                "max_retries": 3,
+                "backoff": {"init_backoff": timedelta(milliseconds=50), "max_backoff": timedelta(seconds=2)},
+                "retry_timeout": timedelta(seconds=60),
+            }
+        self._obstore = obstore
+        try:
+            make_store: Any = from_url  # its overloads are per store kind; options are checked by obstore itself
+            self.store = make_store(url.store_url, client_options=client_options, retry_config=retry_config, **options)
+        except Exception as e:
+            raise ConfigError(f"{url.store_url}: cannot configure the store: {_first_line(e)}") from e
+        self._semaphore: asyncio.Semaphore | None = None
+
+    # -- running on the loop ------------------------------------------------------------------------------------
+    def run(self, make: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
+        """Run the coroutine ``make()`` on the loop thread and wait for it (from any other thread)."""
+
+        async def wrapped() -> T:
+            return await make()
+
+        future = asyncio.run_coroutine_threadsafe(wrapped(), _Loop.get())
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"{self.url.store_url}: no answer in {timeout} s") from None
+
+    def submit(self, make: Callable[[], Awaitable[T]]) -> concurrent.futures.Future[T]:
+        async def wrapped() -> T:
+            return await make()
+
+        return asyncio.run_coroutine_threadsafe(wrapped(), _Loop.get())
+
+    def _slots(self) -> asyncio.Semaphore:
+        if self._semaphore is None:  # created on the loop thread, the only one that touches it
+            self._semaphore = asyncio.Semaphore(self.options.max_concurrency)
+        return self._semaphore
+
+    # -- metadata -----------------------------------------------------------------------------------------------
+    def head(self, key: str) -> dict[str, Any]:
+        """Size, ETag and modification time of ``key``; ``FileNotFoundError`` naming the URL if it is missing."""
+        name = str(self.url.with_key(key))
+
+        async def go() -> Any:
+            return await self._obstore.head_async(self.store, key)
+
+        try:
+            return dict(self.run(go))
+        except Exception as e:
+            raise self._error(e, name, "cannot read the object's metadata") from e
+
+    def list(self, prefix: str) -> list[dict[str, Any]]:
+        """Every object under the directory ``prefix`` (recursively), as obstore's metadata dicts."""
+        name = f"{self.url.store_url}/{prefix}"
+
+        async def go() -> list[dict[str, Any]]:
+            found: list[dict[str, Any]] = []
+            async for chunk in self._obstore.list(self.store, prefix or None, chunk_size=1000):
+                found.extend(dict(m) for m in chunk)
+            return found
+
+        try:
+            return self.run(go)
+        except Exception as e:
+            raise self._error(e, name, "cannot list the objects") from e
+
+    # -- data ---------------------------------------------------------------------------------------------------
+    def fetch(self, key: str, etag: str | None, ranges: Sequence[tuple[int, int]], sink: Callable[..., None]) -> None:
+        """Fetch the byte ranges ``[start, end)`` of ``key`` concurrently; ``sink(i, data)`` gets range ``i``'s
+        bytes (an exact-length buffer) on the loop thread, as each arrives. Raises the first failure."""
+        if not ranges:
+            return
+        self.run(lambda: self.fetch_async(key, etag, ranges, sink))
+
+    async def fetch_async(
+        self, key: str, etag: str | None, ranges: Sequence[tuple[int, int]], sink: Callable[..., None]
+    ) -> None:
+        tasks = [asyncio.ensure_future(self._get(key, etag, i, a, b, sink)) for i, (a, b) in enumerate(ranges)]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def _get(self, key: str, etag: str | None, i: int, start: int, end: int, sink: Callable[..., None]) -> None:
+        name = str(self.url.with_key(key))
+        options: dict[str, Any] = {"range": (start, end)}
+        if etag:
+            options["if_match"] = etag
+        delay = 0.05
+        for attempt in range(self.options.retries + 1):
+            async with self._slots():
+                began = time.perf_counter()
+                try:
+                    result = await self._obstore.get_async(self.store, key, options=options)
+                    data = await result.bytes_async()
+                    if len(data) != end - start:
+                        # If-Match makes a changed object fail with 412; a short body of the same version means the
+                        # object is shorter than it said (or a server without ETags whose object shrank).
+                        raise ObjectChangedError(
+                            f"{name}: the object ended early: asked for bytes [{start}, {end}), got {len(data)} "
+                            "bytes (truncated or replaced since it was opened)"
+                        )
+                    self.stats.record(len(data), time.perf_counter() - began)
+                    sink(i, data)
+                    return
+                except ObjectChangedError:
+                    raise
+                except Exception as e:
+                    error = self._error(e, name, f"cannot read bytes [{start}, {end})", changed=True)
+                    if not isinstance(error, _Transient) or attempt == self.options.retries:
+                        if isinstance(error, _Transient):
+                            raise OSError(
+                                errno.EIO,
+                                f"{name}: reading bytes [{start}, {end}) failed {attempt + 1} times; last: {error}",
+                            ) from e
+                        raise error from e
+            self.stats.retries += 1
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+
+    def _error(self, e: BaseException, name: str, what: str, *, changed: bool = False) -> BaseException:
+        """Our error for an obstore failure: FileNotFoundError, PermissionError, ObjectChangedError, ConfigError,
+        or a :class:`_Transient` one worth retrying."""
+        exc = self._obstore.exceptions
+        text = _first_line(e)
+        if isinstance(e, exc.PreconditionError) or (changed and isinstance(e, exc.NotFoundError)):
+            state = "deleted" if isinstance(e, exc.NotFoundError) else "replaced (its ETag changed)"
+            return ObjectChangedError(f"{name}: the object was {state} since it was opened: {text}")
+        if isinstance(e, exc.NotFoundError | FileNotFoundError):
+            return FileNotFoundError(errno.ENOENT, f"{name}: no such object or bucket ({text})", name)
+        if isinstance(e, exc.PermissionDeniedError | exc.UnauthenticatedError | PermissionError):
+            return PermissionError(errno.EACCES, f"{name}: {what}: access denied by the store ({text})", name)
+        if isinstance(e, exc.UnknownConfigurationKeyError | exc.InvalidPathError):
+            return ConfigError(f"{name}: {text}")
+        if "non-partial response" in str(e) or (isinstance(e, exc.NotSupportedError) and "Range" in str(e)):
+            return OSError(
+                errno.EIO,
+                f"{name}: the server ignored the HTTP Range header (it answered the whole object to a ranged "
+                f"GET); npyfeed reads in place only from servers that honour Range ({text})",
+            )
+        status = _status(str(e))
+        if status is not None and 400 <= status < 500 and status not in (408, 429):
+            return OSError(errno.EIO, f"{name}: {what}: the store answered HTTP {status} ({text})")
+        return _Transient(f"{what}: {text}")
+
+
+def _status(message: str) -> int | None:
+    marker = "Server returned non-2xx status code: "
+    at = message.find(marker)
+    if at < 0:
+        return None
+    digits = message[at + len(marker) : at + len(marker) + 3]
+    return int(digits) if digits.isdigit() else None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+_clients: dict[tuple[int, str, str], StoreClient] = {}
+_clients_lock = threading.Lock()
+
+
+def get_client(url: ObjectUrl, storage_options: Mapping[str, Any] | None = None) -> StoreClient:
+    """The process's client for ``url``'s store with these options (clients are shared: one pool per store)."""
+    key = (os.getpid(), url.store_url, repr(sorted((storage_options or {}).items())))
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = _clients[key] = StoreClient(url, storage_options)
+        return client

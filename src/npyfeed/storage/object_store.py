@@ -1,0 +1,278 @@
+"""An object in S3, GCS or behind HTTP(S) as :class:`~npyfeed.storage.Storage`: read in place by ranged GETs.
+
+``ObjectFile(url)`` asks for the object's size and ETag once (a HEAD, or the listing that found it), pins that
+version (every later GET carries ``If-Match``), and reads what NpyArray asks for:
+
+- ``read_into``: one byte range (the header, a run of rows), split into ``request_bytes`` pieces fetched at once;
+- ``gather``: records (rows) at sorted indices, merged into requests across gaps under ``gap_bytes``
+  (:func:`~npyfeed.storage.ranges.plan_requests`), all in flight together, each copied into the caller's buffer;
+- ``will_need``: ranges fetched ahead into a bounded memory pool (``prefetch_bytes``): the Loader announces the
+  blocks of each block-shuffle window ahead of use, so every block is downloaded once, in MiB-sized requests,
+  however its rows are spread over batches.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from npyfeed.errors import ObjectChangedError
+from npyfeed.storage.base import AccessPattern
+from npyfeed.storage.client import StoreClient, get_client
+from npyfeed.storage.ranges import plan_requests
+from npyfeed.storage.urls import match_key, parse_url
+
+__all__ = ["ObjectFile", "glob_objects"]
+
+# Prefetched ranges smaller than this are left to the gathers (merged with their neighbours there).
+_MIN_PREFETCH = 64 << 10
+
+
+class ObjectFile:
+    """The bytes of one remote object, pinned to the version (ETag, size) seen when it was opened."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._url = parse_url(url)
+        self._name = str(self._url)
+        self._storage_options = dict(storage_options or {})
+        self.client: StoreClient = get_client(self._url, self._storage_options)
+        info = meta if meta is not None else self.client.head(self._url.key)
+        self._size = int(info["size"])
+        self._etag: str | None = info.get("e_tag") or None
+        self._modified = info.get("last_modified")
+        self._lock = threading.Lock()
+        # (start, end) -> Future[np.ndarray]: ranges fetched ahead of use, oldest first.
+        self._ahead: OrderedDict[tuple[int, int], concurrent.futures.Future[np.ndarray]] = OrderedDict()
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def version(self) -> tuple[int, str]:
+        return (self._size, self._etag or str(self._modified))
+
+    @property
+    def options(self) -> Any:
+        return self.client.options
+
+    def __repr__(self) -> str:
+        return f"ObjectFile({self._name!r}, size={self._size})"
+
+    # -- pickling: a worker process reconnects and checks it is still the same version ---------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self._name, "storage_options": self._storage_options, "version": self.version}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["url"], storage_options=state["storage_options"])  # type: ignore[misc]
+        if self.version != tuple(state["version"]):
+            raise ObjectChangedError(
+                f"{self._name}: the object changed since it was opened: now {self._describe(self.version)}, "
+                f"expected {self._describe(tuple(state['version']))}"
+            )
+
+    @staticmethod
+    def _describe(version: tuple[Any, ...]) -> str:
+        return f"{version[0]} bytes with ETag {version[1]}"
+
+    def check(self) -> None:
+        """Raise :class:`ObjectChangedError` if the object was deleted, resized or rewritten since it was opened."""
+        try:
+            info = self.client.head(self._url.key)
+        except FileNotFoundError as e:
+            raise ObjectChangedError(f"{self._name}: the object was deleted since it was opened") from e
+        found = (int(info["size"]), info.get("e_tag") or str(info.get("last_modified")))
+        if found != self.version:
+            raise ObjectChangedError(
+                f"{self._name}: the object changed since it was opened: now {self._describe(found)}, "
+                f"expected {self._describe(self.version)}"
+            )
+
+    # -- reading ------------------------------------------------------------------------------------------------
+    def _check_bounds(self, start: int, end: int) -> None:
+        if start < 0 or end > self._size:
+            raise ObjectChangedError(
+                f"{self._name}: reading bytes [{start}, {end}) past the end of the object ({self._size} bytes)"
+            )
+
+    def read_into(self, offset: int, out: np.ndarray) -> None:
+        flat = out.reshape(-1).view(np.uint8)
+        self._check_bounds(offset, offset + flat.size)
+        step = self.options.request_bytes
+        pieces = [(a, min(a + step, offset + flat.size)) for a in range(offset, offset + flat.size, step)]
+
+        def sink(i: int, data: Any) -> None:
+            a = pieces[i][0] - offset
+            flat[a : a + len(data)] = np.frombuffer(data, np.uint8)
+
+        self.client.fetch(self._url.key, self._etag, pieces, sink)
+
+    def gather(self, base: int, record_bytes: int, indices: np.ndarray, out: np.ndarray) -> None:
+        n = int(indices.size)
+        if n == 0 or record_bytes == 0:
+            return
+        out2 = out.reshape(n, record_bytes)
+        if n > 1 and not (np.diff(indices) >= 0).all():
+            order = np.argsort(indices, kind="stable")
+            ordered = np.empty_like(out2)
+            self.gather(base, record_bytes, indices[order], ordered)
+            out2[order] = ordered
+            return
+        first, last = int(indices[0]), int(indices[-1])
+        self._check_bounds(base + first * record_bytes, base + (last + 1) * record_bytes)
+        todo = self._from_ahead(base, record_bytes, indices, out2)
+        if todo is None:
+            positions, wanted = np.arange(n), indices
+        elif todo.size == 0:
+            return
+        else:
+            positions, wanted = todo, indices[todo]
+        self._fetch_records(base, record_bytes, wanted, positions, out2)
+
+    def _fetch_records(
+        self, base: int, record_bytes: int, wanted: np.ndarray, positions: np.ndarray, out2: np.ndarray
+    ) -> None:
+        opts = self.options
+        plan = plan_requests(wanted, record_bytes, opts.gap_bytes, opts.request_bytes)
+        contiguous = positions.size == out2.shape[0]  # positions are 0..n-1: out rows line up with `wanted`
+        ranges: list[tuple[int, int]] = []
+        owner: list[tuple[int, int]] = []  # (plan index, byte offset in the request's records)
+        for p, req in enumerate(plan):
+            start, end = base + req.first * record_bytes, base + req.stop * record_bytes
+            # A record larger than a request is split by bytes; the pieces land side by side.
+            for a in range(start, end, opts.request_bytes):
+                ranges.append((a, min(a + opts.request_bytes, end)))
+                owner.append((p, a - start))
+        parts: dict[int, list[tuple[int, Any]]] = {}
+        lock = threading.Lock()
+
+        def place(p: int, pieces: list[tuple[int, Any]]) -> None:
+            req = plan[p]
+            if len(pieces) == 1:
+                data = np.frombuffer(pieces[0][1], np.uint8)
+            else:
+                data = np.empty(req.records * record_bytes, np.uint8)
+                for offset, piece in pieces:
+                    data[offset : offset + len(piece)] = np.frombuffer(piece, np.uint8)
+            records = data.reshape(req.records, record_bytes)
+            rows = wanted[req.start : req.end] - req.first
+            if contiguous:
+                np.take(records, rows, axis=0, out=out2[req.start : req.end], mode="clip")
+            else:
+                out2[positions[req.start : req.end]] = records[rows]
+
+        pieces_per_plan = np.bincount([p for p, _ in owner], minlength=len(plan))
+
+        def sink(i: int, data: Any) -> None:
+            p, offset = owner[i]
+            if pieces_per_plan[p] == 1:
+                place(p, [(0, data)])
+                return
+            with lock:
+                got = parts.setdefault(p, [])
+                got.append((offset, data))
+                complete = len(got) == pieces_per_plan[p]
+            if complete:
+                place(p, parts.pop(p))
+
+        self.client.fetch(self._url.key, self._etag, ranges, sink)
+
+    # -- read-ahead ----------------------------------------------------------------------------------------------
+    def will_need(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """Start fetching these byte ranges into the read-ahead pool (bounded by ``prefetch_bytes``; never waits)."""
+        step = self.options.request_bytes
+        with self._lock:
+            held = sum(b - a for a, b in self._ahead)
+            for start, end in ranges:
+                start, end = max(0, start), min(end, self._size)
+                if end - start < _MIN_PREFETCH:
+                    continue
+                for a in range(start, end, step):
+                    piece = (a, min(a + step, end))
+                    if piece in self._ahead:
+                        self._ahead.move_to_end(piece)
+                        continue
+                    size = piece[1] - piece[0]
+                    while self._ahead and held + size > self.options.prefetch_bytes:
+                        (old_a, old_b), _ = self._ahead.popitem(last=False)
+                        held -= old_b - old_a
+                    if held + size > self.options.prefetch_bytes:
+                        return
+                    self._ahead[piece] = self.client.submit(functools.partial(self._fetch_piece, *piece))
+                    held += size
+
+    async def _fetch_piece(self, start: int, end: int) -> np.ndarray:
+        buffer = np.empty(end - start, np.uint8)
+
+        def sink(_: int, data: Any) -> None:
+            buffer[:] = np.frombuffer(data, np.uint8)
+
+        await self.client.fetch_async(self._url.key, self._etag, [(start, end)], sink)
+        return buffer
+
+    def _from_ahead(self, base: int, record_bytes: int, indices: np.ndarray, out2: np.ndarray) -> np.ndarray | None:
+        """Copy the records that lie inside fetched-ahead ranges; return the positions still to fetch (None: all)."""
+        with self._lock:
+            if not self._ahead:
+                return None
+            entries = list(self._ahead.items())
+        offsets = base + indices * record_bytes
+        todo = np.ones(indices.size, bool)
+        hit = False
+        for (start, end), future in entries:
+            lo = int(np.searchsorted(offsets, start, "left"))
+            hi = int(np.searchsorted(offsets, end - record_bytes, "right"))
+            if hi <= lo:
+                continue
+            try:
+                buffer = future.result()
+            except Exception:
+                with self._lock:
+                    self._ahead.pop((start, end), None)
+                continue  # the gather fetches these rows itself (and reports the error if it persists)
+            shift = (offsets[lo] - start) % record_bytes
+            count = (buffer.size - shift) // record_bytes
+            records = buffer[shift : shift + count * record_bytes].reshape(count, record_bytes)
+            out2[lo:hi] = records[(offsets[lo:hi] - start - shift) // record_bytes]
+            todo[lo:hi] = False
+            hit = True
+        return np.flatnonzero(todo) if hit else None
+
+    def advise(self, pattern: AccessPattern) -> None:
+        """Nothing to tune remotely: the read pattern shows in the requests themselves."""
+
+    def close(self) -> None:
+        with self._lock:
+            self._ahead.clear()
+
+    def __enter__(self) -> ObjectFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def glob_objects(pattern: str, storage_options: Mapping[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """``(url, metadata)`` of every object matching the glob ``pattern`` (``s3://b/train/x_*.npy``), sorted."""
+    url = parse_url(pattern)
+    if url.scheme in ("http", "https"):
+        raise ValueError(f"{pattern}: an HTTP server cannot be listed; give each URL (a list of URLs is accepted)")
+    client = get_client(url, storage_options)
+    found = [(str(url.with_key(m["path"])), m) for m in client.list(url.list_prefix) if match_key(url.key, m["path"])]
+    return sorted(found)

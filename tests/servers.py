@@ -1,0 +1,342 @@
+"""Real servers on 127.0.0.1 for the object-storage tests and benchmarks, each on a free port, stopped on exit.
+
+- :class:`MotoS3`: moto's S3 server (``ThreadedMotoServer``), reached through the standard ``AWS_*`` environment;
+  uploads with boto3.
+- :class:`RangeServer`: a small HTTP server over a directory (``GET``/``HEAD``, single ``Range``, ``ETag`` and
+  ``If-Match``, the body sent with ``sendfile``). Path-style (``/bucket/key``), so it also answers obstore's S3
+  reads; ``honour_range=False`` makes it answer every GET with the whole file (a server npyfeed must refuse).
+- :class:`FaultProxy`: an HTTP proxy in front of either that answers a share of requests 503, resets a share of
+  connections halfway through the body, and delays requests, from a seeded random stream; it counts what it did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.server
+import os
+import random
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FaultProxy", "MotoS3", "RangeServer", "free_port"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class MotoS3:
+    """moto's S3 server on 127.0.0.1; ``env`` is what a client needs (endpoint and fake credentials)."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.port = free_port()
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def start(self) -> MotoS3:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
+
+    def __enter__(self) -> MotoS3:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _RangeHTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _file(self) -> Path | None:
+        path = self.path.split("?", 1)[0]
+        target = (self.server.root / path.lstrip("/")).resolve()
+        if self.server.root not in target.parents or not target.is_file():
+            return None
+        return target
+
+    def _send_error(self, status: int, reason: str) -> None:
+        body = f"<?xml version='1.0'?><Error><Code>{reason}</Code><Message>{reason}</Message></Error>".encode()
+        self.send_response(status, reason)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        self.server.requests += 1
+        target = self._file()
+        if target is None:
+            self._send_error(404, "NoSuchKey")
+            return
+        info = target.stat()
+        etag = '"' + hashlib.md5(f"{info.st_ino}-{info.st_size}-{info.st_mtime_ns}".encode()).hexdigest() + '"'
+        match = self.headers.get("If-Match")
+        if match is not None and match not in ("*", etag):
+            self._send_error(412, "PreconditionFailed")
+            return
+        start, end = 0, info.st_size
+        ranged = self.headers.get("Range")
+        if ranged and self.server.honour_range and self.command == "GET":
+            spec = ranged.removeprefix("bytes=")
+            first, _, last = spec.partition("-")
+            if first:
+                start, end = int(first), min(info.st_size, int(last) + 1 if last else info.st_size)
+            else:
+                start, end = max(0, info.st_size - int(last)), info.st_size
+            if start >= info.st_size or start >= end:
+                self._send_error(416, "InvalidRange")
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{info.st_size}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(end - start))
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("ETag", etag)
+        self.send_header("Accept-Ranges", "bytes" if self.server.honour_range else "none")
+        self.send_header("Last-Modified", self.date_time_string(int(info.st_mtime)))
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        with target.open("rb") as f, contextlib.suppress(ConnectionError):
+            self.wfile.flush()
+            self.connection.sendfile(f, start, end - start)  # a client that hangs up early is not an error
+
+
+class _RangeHTTPServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    root: Path
+    honour_range: bool
+    requests: int
+
+
+class RangeServer:
+    """Serve the files under ``root`` over HTTP on 127.0.0.1 (``url`` is the base), honouring ``Range``."""
+
+    def __init__(self, root: str | os.PathLike[str], *, honour_range: bool = True) -> None:
+        self._server = _RangeHTTPServer(("127.0.0.1", 0), _RangeHandler)
+        self._server.root = Path(root).resolve()
+        self._server.honour_range = honour_range
+        self._server.requests = 0
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def requests(self) -> int:
+        return self._server.requests
+
+    def start(self) -> RangeServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+    def __enter__(self) -> RangeServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class FaultProxy:
+    """An HTTP/1.1 proxy to ``upstream`` (``host:port``) that injects faults into a share of requests.
+
+    ``error_rate``: answered ``503 Slow Down`` without reaching the server; ``reset_rate``: forwarded, then the
+    connection is reset (RST) after half the response body; ``delay``: seconds added before every request is
+    forwarded (a slow link). Decisions come from ``random.Random(seed)``; ``counts`` says what was done.
+    """
+
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        error_rate: float = 0.0,
+        reset_rate: float = 0.0,
+        delay: float = 0.0,
+        seed: int = 0,
+        fault_after: int = 0,
+    ) -> None:
+        host, _, port = upstream.rpartition(":")
+        self.upstream = (host, int(port))
+        self.error_rate, self.reset_rate, self.delay = error_rate, reset_rate, delay
+        self.fault_after = fault_after  # the first requests pass untouched (headers at open)
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+        self.counts = {"requests": 0, "errors": 0, "resets": 0}
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.port = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def start(self) -> FaultProxy:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _decide(self) -> str:
+        with self._lock:
+            self.counts["requests"] += 1
+            if self.counts["requests"] <= self.fault_after:
+                return "pass"
+            x = self._random.random()
+            if x < self.error_rate:
+                self.counts["errors"] += 1
+                return "error"
+            if x < self.error_rate + self.reset_rate:
+                self.counts["resets"] += 1
+                return "reset"
+            return "pass"
+
+    def _serve(self, conn: socket.socket) -> None:
+        upstream: socket.socket | None = None
+        conn.settimeout(30)
+        reader = conn.makefile("rb")
+        try:
+            while not self._stop.is_set():
+                head = _read_head(reader)
+                if head is None:
+                    return
+                body = reader.read(_content_length(head)) if _content_length(head) else b""
+                action = self._decide()
+                if self.delay:
+                    time.sleep(self.delay)
+                if action == "error":
+                    msg = b"<Error><Code>SlowDown</Code><Message>injected</Message></Error>"
+                    conn.sendall(
+                        b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: "
+                        + str(len(msg)).encode()
+                        + b"\r\n\r\n"
+                        + msg
+                    )
+                    continue
+                # One upstream connection per request: servers that close after each answer (HTTP/1.0) work too.
+                upstream = socket.create_connection(self.upstream, timeout=30)
+                up_reader = upstream.makefile("rb")
+                upstream.sendall(head + body)
+                response = _read_head(up_reader)
+                if response is None:
+                    return
+                length = 0 if head.startswith(b"HEAD ") else _content_length(response)
+                if action == "reset":
+                    conn.sendall(response + up_reader.read(length // 2))
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return  # closing with linger 0 sends RST
+                conn.sendall(response)
+                remaining = length
+                while remaining:
+                    chunk = up_reader.read(min(remaining, 1 << 20))
+                    if not chunk:
+                        return
+                    conn.sendall(chunk)
+                    remaining -= len(chunk)
+                upstream.close()
+                upstream = None
+                if b"connection: close" in response.lower():
+                    return
+        except OSError:
+            return
+        finally:
+            with contextlib.suppress(OSError):
+                conn.close()
+            if upstream is not None:
+                with contextlib.suppress(OSError):
+                    upstream.close()
+
+
+def _read_head(reader: Any) -> bytes | None:
+    lines = []
+    while True:
+        line = reader.readline(65536)
+        if not line:
+            return None
+        lines.append(line)
+        if line in (b"\r\n", b"\n"):
+            return b"".join(lines)
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value.strip())
+    return 0
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the block, restoring the old values after."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
