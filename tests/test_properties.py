@@ -179,6 +179,19 @@ def test_open_matches_np_load(array, how, data):
         assert_same(a[:], np.asarray(oracle))
 
 
+@pytest.mark.parametrize("dtype", ["S1", "U3", "f8", "V4"])
+@pytest.mark.parametrize("key", [(0,), (-1,), (0, ...), (np.int64(1),)])
+def test_int_first_in_a_tuple_key_on_a_1d_array(tmp_path: Path, dtype: str, key: tuple[Any, ...]) -> None:
+    """A row of a 1-d array is a scalar (``np.bytes_`` for 'S'); found by the property above: ``a[(0,)]`` raised."""
+    path = tmp_path / "a.npy"
+    np.save(path, np.zeros(2, dtype=dtype))
+    expected = np.load(path, mmap_mode="r")[key]
+    got = npyfeed.open(path)[key]
+    assert isinstance(got, np.ndarray) == isinstance(expected, np.ndarray)  # np.load's are memmaps, ours copies
+    assert np.asarray(got).dtype == np.asarray(expected).dtype and np.shape(got) == np.shape(expected)
+    assert np.asarray(got).tobytes() == np.asarray(expected).tobytes()
+
+
 @SETTINGS
 @given(array=arrays(), data=st.data())
 def test_out_of_range_ints_raise_index_error(array, data):

@@ -94,11 +94,13 @@ def _index_tuple(source: RowSource, key: tuple[Any, ...]) -> Any:
     if not key:
         return index_rows(source, slice(None))  # a[()] is the whole array
     first, rest = key[0], key[1:]
+    if _is_integer(first):
+        # One row read as a one-row array: a row of a 1-d array is a scalar (np.bytes_ for 'S' dtypes), which
+        # cannot take the rest of the key.
+        return index_rows(source, np.array([first], np.int64))[(0, *rest)]
     block = index_rows(source, first)
     if isinstance(first, slice):
         return block[(slice(None), *rest)]
-    if _is_integer(first):
-        return block[np.newaxis][(0, *rest)]
     index = np.asarray(first)
     if index.dtype == np.bool_:
         return block[(np.ones(len(block), dtype=bool), *rest)]
