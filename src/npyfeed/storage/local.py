@@ -15,6 +15,7 @@ reads without waiting, so a cold random batch keeps the device's queue deep inst
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import stat
@@ -41,13 +42,61 @@ def _version(info: os.stat_result) -> Version:
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
+_LIMIT_LOCK = threading.Lock()
+
+
+def _raise_open_file_limit() -> bool:
+    """Raise this process's soft limit of open files to its hard limit; whether the soft limit went up.
+
+    A descriptor is held per file from open (see the module docstring), so a glob of thousands of shards needs more
+    than the usual soft limit of 1,024; the hard limit is usually far higher, and raising the soft one up to it
+    needs no privilege (servers and Python's own test suite do the same).
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return False
+    with _LIMIT_LOCK:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        if soft != resource.RLIM_INFINITY and soft >= target:
+            return False
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError):
+            return False
+        return True
+
+
+def _open_readonly(name: str) -> int:
+    # O_NONBLOCK: opening a FIFO for reading must not wait for a writer; non-regular files are refused by the caller.
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        return os.open(name, flags)
+    except OSError as e:
+        if e.errno != errno.EMFILE:
+            raise
+        if _raise_open_file_limit():
+            with contextlib.suppress(OSError):
+                return os.open(name, flags)
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        raise OSError(
+            errno.EMFILE,
+            f"{name}: cannot open: this process has {soft} open files, its limit (ulimit -n; hard limit {hard}). "
+            "npyfeed holds one descriptor per .npy file it opens: raise the limit, or merge shards into fewer, "
+            "larger files (npyfeed convert 'x_*.npy' x.npy)",
+            name,
+        ) from e
+
+
 class LocalFile:
     """The bytes of one regular file, pinned to the inode and version opened."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._name = os.fspath(path)
-        # O_NONBLOCK: opening a FIFO for reading must not wait for a writer; non-regular files are refused below.
-        fd = os.open(self._name, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = _open_readonly(self._name)
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
