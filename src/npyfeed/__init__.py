@@ -14,6 +14,7 @@ from npyfeed.errors import (
     FileChangedError,
     NpyfeedError,
     NpyFormatError,
+    ObjectChangedError,
     WorkerError,
 )
 from npyfeed.format import NpyHeader, read_header
@@ -40,6 +41,7 @@ __all__ = [
     "NpyHeader",
     "NpyWriter",
     "NpyfeedError",
+    "ObjectChangedError",
     "Order",
     "RowSlice",
     "RowSource",
