@@ -14,7 +14,7 @@ import tensorflow as tf
 from benchmarks.data import open_memmaps
 from benchmarks.spec import Batch, Job, as_pair
 
-__all__ = ["fixed_length", "index_shuffle", "recipe"]
+__all__ = ["fixed_length", "index_shuffle", "recipe", "recipe_dataset"]
 
 
 def _x_spec(job: Job) -> tf.TensorSpec:
@@ -40,17 +40,22 @@ def recipe(job: Job) -> Iterator[Batch]:
 
     Shuffling fancy-indexes the memmap with slices of a fresh permutation, as the usual recipe does.
     """
+    return numpy_batches(recipe_dataset(job))
+
+
+def recipe_dataset(job: Job) -> tf.data.Dataset:
+    """The dataset of :func:`recipe` (each iterator is one epoch; a shuffled one draws a new permutation)."""
     x, y = open_memmaps(job.files)
+    rng = np.random.default_rng(job.seed)
     n, b = job.files.num_rows, job.batch_size
 
     def generate() -> Iterator[Any]:
-        order = np.random.default_rng(job.seed).permutation(n) if job.shuffle else None
+        order = rng.permutation(n) if job.shuffle else None
         for start in range(0, n, b):
             rows: Any = slice(start, start + b) if order is None else order[start : start + b]
             yield x[rows] if y is None else (x[rows], y[rows])
 
-    ds = tf.data.Dataset.from_generator(generate, output_signature=_signature(job))
-    return numpy_batches(ds.prefetch(tf.data.AUTOTUNE))
+    return tf.data.Dataset.from_generator(generate, output_signature=_signature(job)).prefetch(tf.data.AUTOTUNE)
 
 
 def fixed_length(job: Job) -> Iterator[Batch]:

@@ -57,6 +57,21 @@ class EpochChecker:
             self._keep_sample(x, y)
         self.batches += 1
 
+    def add_ids(self, ids: np.ndarray, labels_ok: bool) -> None:
+        """One batch checked where it was consumed (inside a ``tf.function``): its row ids, and whether its
+        labels equalled them. Contents are compared on the batches given to :meth:`keep`."""
+        if self.problem is None:
+            if not labels_ok:
+                self._fail("labels do not match the rows")
+            else:
+                self._store_ids(np.asarray(ids, dtype=np.int64).reshape(-1))
+        self.batches += 1
+
+    def keep(self, x: np.ndarray, y: np.ndarray | None) -> None:
+        """Keep a copy of this batch (already counted by :meth:`add_ids`) for the content check, if room is left."""
+        if len(self.samples) < _MAX_SAMPLES and x.shape[1:] == self.kind.row_shape and len(x) <= self.batch_size:
+            self._keep_sample(x, y)
+
     def _keep_sample(self, x: np.ndarray, y: np.ndarray | None) -> None:
         """Copy a batch as delivered (a loader may reuse its buffers) into the preallocated room."""
         room = self._x_samples[len(self.samples), : len(x)]
@@ -65,10 +80,15 @@ class EpochChecker:
 
     def _check_ids(self, x: np.ndarray, y: np.ndarray | None) -> None:
         ids = row_ids(x)
+        if y is not None and not np.array_equal(np.asarray(y).reshape(-1), ids):
+            self._fail("labels do not match the rows")
+            self.rows += len(ids)
+        else:
+            self._store_ids(ids)
+
+    def _store_ids(self, ids: np.ndarray) -> None:
         if len(ids) == 0 or len(ids) > self.batch_size or self.rows + len(ids) > self.files.num_rows:
             self._fail(f"{len(ids)} rows after {self.rows}, expected 1..{self.batch_size} of {self.files.num_rows}")
-        elif y is not None and not np.array_equal(np.asarray(y).reshape(-1), ids):
-            self._fail("labels do not match the rows")
         else:
             self._ids[self.rows : self.rows + len(ids)] = ids
         self.rows += len(ids)
