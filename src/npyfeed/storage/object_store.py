@@ -9,6 +9,9 @@ version (every later GET carries ``If-Match``), and reads what NpyArray asks for
 - ``will_need``: ranges fetched ahead into a bounded memory pool (``prefetch_bytes``): the Loader announces the
   blocks of each block-shuffle window ahead of use, so every block is downloaded once, in MiB-sized requests,
   however its rows are spread over batches.
+
+With ``storage_options["cache_dir"]``, gathers and read-ahead go through a local chunk cache instead
+(:mod:`npyfeed.storage.cached`): data reused across epochs is fetched once.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -24,6 +28,8 @@ import numpy as np
 
 from npyfeed.errors import ObjectChangedError
 from npyfeed.storage.base import AccessPattern
+from npyfeed.storage.cache import get_cache, split_cache_options
+from npyfeed.storage.cached import CachedObject
 from npyfeed.storage.client import StoreClient, get_client
 from npyfeed.storage.ranges import plan_requests
 from npyfeed.storage.urls import match_key, parse_url
@@ -47,12 +53,32 @@ class ObjectFile:
         self._url = parse_url(url)
         self._name = str(self._url)
         self._storage_options = dict(storage_options or {})
-        self.client: StoreClient = get_client(self._url, self._storage_options)
+        cache_options, store_options = split_cache_options(self._storage_options)
+        self.client: StoreClient = get_client(self._url, store_options)
         info = meta if meta is not None else self.client.head(self._url.key)
         self._size = int(info["size"])
         self._etag: str | None = info.get("e_tag") or None
         self._modified = info.get("last_modified")
         self._lock = threading.Lock()
+        self.cache: CachedObject | None = None
+        """The object's chunks in the local cache, when ``storage_options`` name a ``cache_dir``."""
+        if cache_options is not None:
+            if self._etag is None and self._modified is None:
+                warnings.warn(
+                    f"{self._name}: not cached: the server gives no ETag or Last-Modified, so a replaced object "
+                    "could not be told from the cached one",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            else:
+                self.cache = CachedObject(
+                    get_cache(cache_options),
+                    self._name,
+                    self.version,
+                    self._size,
+                    functools.partial(self.client.fetch, self._url.key, self._etag),
+                    self.options.request_bytes,
+                )
         # (start, end) -> Future[np.ndarray]: ranges fetched ahead of use, oldest first.
         self._ahead: OrderedDict[tuple[int, int], concurrent.futures.Future[np.ndarray]] = OrderedDict()
 
@@ -114,6 +140,8 @@ class ObjectFile:
     def read_into(self, offset: int, out: np.ndarray) -> None:
         flat = out.reshape(-1).view(np.uint8)
         self._check_bounds(offset, offset + flat.size)
+        if self.cache is not None and flat.size and self.cache.read_cached(offset, flat):
+            return  # small reads (the header) never fetch whole chunks; they use them when they are there
         step = self.options.request_bytes
         pieces = [(a, min(a + step, offset + flat.size)) for a in range(offset, offset + flat.size, step)]
 
@@ -136,6 +164,13 @@ class ObjectFile:
             return
         first, last = int(indices[0]), int(indices[-1])
         self._check_bounds(base + first * record_bytes, base + (last + 1) * record_bytes)
+        if self.cache is not None:
+
+            def uncached(positions: np.ndarray) -> None:
+                self._fetch_records(base, record_bytes, indices[positions], positions, out2)
+
+            self.cache.gather(base, record_bytes, indices, out2, uncached)
+            return
         todo = self._from_ahead(base, record_bytes, indices, out2)
         if todo is None:
             positions, wanted = np.arange(n), indices
@@ -196,6 +231,10 @@ class ObjectFile:
     # -- read-ahead ----------------------------------------------------------------------------------------------
     def will_need(self, ranges: Sequence[tuple[int, int]]) -> None:
         """Start fetching these byte ranges into the read-ahead pool (bounded by ``prefetch_bytes``; never waits)."""
+        if self.cache is not None:
+            wanted = [(max(0, a), min(b, self._size)) for a, b in ranges]
+            self.cache.will_need([(a, b) for a, b in wanted if b - a >= _MIN_PREFETCH], self.options.prefetch_bytes)
+            return
         step = self.options.request_bytes
         with self._lock:
             held = sum(b - a for a, b in self._ahead)
@@ -273,6 +312,6 @@ def glob_objects(pattern: str, storage_options: Mapping[str, Any] | None = None)
     url = parse_url(pattern)
     if url.scheme in ("http", "https"):
         raise ValueError(f"{pattern}: an HTTP server cannot be listed; give each URL (a list of URLs is accepted)")
-    client = get_client(url, storage_options)
+    client = get_client(url, split_cache_options(storage_options)[1])
     found = [(str(url.with_key(m["path"])), m) for m in client.list(url.list_prefix) if match_key(url.key, m["path"])]
     return sorted(found)

@@ -1,0 +1,444 @@
+"""A local directory of fixed-size chunks of remote objects, shared by processes and kept under a size limit.
+
+``storage_options={"cache_dir": "/tmp/npyfeed-cache", "cache_size": "20GB"}`` (and optionally
+``"cache_chunk_bytes"``, 4 MiB by default) turns it on; :class:`npyfeed.storage.cached.CachedObject` reads rows
+through it. This module is the directory alone: names, space, writing and checking chunk files. Layout::
+
+    <cache_dir>/.lock                     flock'ed while space is reserved or freed
+    <cache_dir>/.used                     bytes held by chunk files (a counter; rebuilt by a scan when missing)
+    <cache_dir>/<sha256(url)[:32]>/<sha256(version)[:16]>-<chunk bytes>-<index>      a chunk: data + trailer
+
+- A chunk file is its data followed by a 32-byte trailer (magic, data length, CRC-32 of the data, a digest of the
+  key), so a truncated file, a file of another object, or bytes changed on disk (a power loss before the data was
+  flushed) are caught: such a file is deleted and the chunk fetched again. The CRC is checked once per process per
+  file (inode, size, mtime), a sequential read of the chunk.
+- One writer per chunk among all processes: the writer makes a temporary file, locks it (``flock``), and links it
+  to ``<name>.part``; a second process finds the ``.part``, waits for its lock, then uses the finished chunk. A
+  killed writer leaves an unlocked ``.part``, which the next claimant (or a scan) removes. A chunk is published by
+  ``rename``, so no reader ever sees half of one.
+- Space: before a chunk is written, its bytes are reserved in ``.used`` under ``.lock``; when they do not fit, a
+  scan deletes the least recently used chunks (``atime``, which a read sets explicitly, whatever the mount's
+  ``noatime``) until they do, or the chunk is not cached (its rows are read from the store instead). ``.part``
+  files count at their full size, so the directory stays under the limit while chunks are being written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import secrets
+import shutil
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from npyfeed.errors import ConfigError
+
+__all__ = ["CACHE_KEYS", "CacheOptions", "ChunkCache", "get_cache", "parse_size", "split_cache_options"]
+
+CACHE_KEYS = ("cache_dir", "cache_size", "cache_chunk_bytes")
+DEFAULT_CHUNK_BYTES = 4 << 20
+
+TRAILER = struct.Struct("<8sQI4x8s")  # magic, data length, crc32 of the data, (padding), key digest: 32 bytes
+_MAGIC = b"NPYFCHK1"
+_CHUNK_NAME = re.compile(r"^[0-9a-f]{16}-(\d+)-\d+$")
+_PART_NAME = re.compile(r"^[0-9a-f]{16}-(\d+)-\d+\.part$")
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_CRC_PIECE = 1 << 20  # checksums read the chunk in pieces of this size: bounded memory
+_ORPHAN_TMP_SECONDS = 600.0  # a claim's temporary file lives milliseconds; older ones were left by a killed process
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: object, field: str) -> int:
+    """Bytes from an int or a string such as ``"20GB"`` (10^9), ``"1.5GiB"`` (2^30) or ``"512MiB"``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        result = value
+    elif isinstance(value, str) and (match := _SIZE.match(value)) and match.group(2).lower() in _UNITS:
+        result = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    else:
+        raise ConfigError(
+            f"storage_options[{field!r}] must be a number of bytes (an int, or a string like '20GB', '512MiB'), "
+            f"got {value!r}"
+        )
+    if result < 1:
+        raise ConfigError(f"storage_options[{field!r}] must be at least 1 byte, got {value!r}")
+    return result
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    """Where the cache lives, how large it may grow, and the size of its chunks."""
+
+    directory: str
+    size: int
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+
+    def __post_init__(self) -> None:
+        if self.size < self.chunk_bytes + TRAILER.size:
+            raise ConfigError(
+                f"storage_options['cache_size'] is {self.size} bytes, smaller than one chunk "
+                f"(storage_options['cache_chunk_bytes'] = {self.chunk_bytes} bytes): nothing could be cached"
+            )
+
+
+def split_cache_options(storage_options: Mapping[str, Any] | None) -> tuple[CacheOptions | None, dict[str, Any]]:
+    """The cache's options (None without ``cache_dir``) and the remaining store options."""
+    options = dict(storage_options or {})
+    mine = {k: options.pop(k) for k in CACHE_KEYS if k in options}
+    if not mine:
+        return None, options
+    directory = mine.get("cache_dir")
+    if directory is None or not isinstance(directory, str | os.PathLike) or not os.fspath(directory):
+        raise ConfigError(
+            f"storage_options['cache_dir'] must be a directory path when cache options are given, got {directory!r}"
+        )
+    directory = str(Path(os.fspath(directory)).absolute())
+    chunk = parse_size(mine.get("cache_chunk_bytes", DEFAULT_CHUNK_BYTES), "cache_chunk_bytes")
+    size = parse_size(mine["cache_size"], "cache_size") if "cache_size" in mine else _default_size(directory)
+    return CacheOptions(directory, size, chunk), options
+
+
+def _default_size(directory: str) -> int:
+    """Half the free space of the filesystem holding ``directory`` (or its nearest existing parent)."""
+    probe = Path(directory)
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    return max(1, shutil.disk_usage(probe).free // 2)
+
+
+class ChunkCache:
+    """One cache directory: reserving space (evicting the least recently used chunks), claiming, publishing and
+    checking chunk files. Thread-safe; processes coordinate through ``flock``."""
+
+    def __init__(self, options: CacheOptions) -> None:
+        self.options = options
+        self.root = Path(options.directory)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".probe.{os.getpid()}.{secrets.token_hex(4)}"
+            probe.touch()
+            probe.unlink()
+            (self.root / ".lock").touch()
+        except OSError as e:
+            raise ConfigError(
+                f"storage_options['cache_dir'] = {options.directory!r}: cannot be used as a cache directory "
+                f"(it must be a writable directory): {e.strerror or e}"
+            ) from e
+        self._lock = threading.Lock()  # flock excludes other processes, not this process's other threads
+        self._verified: set[tuple[int, int, int, int]] = set()
+        self.evicted = 0
+        """Chunk files this process deleted to make room (for tests and ``npyfeed bench``)."""
+
+    @property
+    def limit(self) -> int:
+        return self.options.size
+
+    # -- space -------------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._lock:
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | _CLOEXEC, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the flock
+
+    def _read_used(self) -> int | None:
+        try:
+            text = (self.root / ".used").read_text()
+            return int(text) if text.strip() else None
+        except (OSError, ValueError):
+            return None
+
+    def _write_used(self, used: int) -> None:
+        tmp = self.root / f".used.{os.getpid()}.{threading.get_ident()}"
+        tmp.write_text(str(max(0, used)))
+        tmp.replace(self.root / ".used")
+
+    def reserve(self, nbytes: int, part: Path | None = None) -> bool:
+        """Count ``nbytes`` of a chunk about to be written (claimed as ``part``), evicting least recently used
+        chunks to make room; False if they cannot fit (the chunk is then not cached)."""
+        if nbytes > self.limit:
+            return False
+        with self._locked():
+            used = self._read_used()
+            if used is None or used + nbytes > self.limit:
+                used = self._evict(self.limit - nbytes, exclude=None if part is None else _part(part).name)
+                if used + nbytes > self.limit:
+                    self._write_used(used)
+                    return False
+            self._write_used(used + nbytes)
+            return True
+
+    def release(self, nbytes: int) -> None:
+        """Give back space reserved for a chunk that was not written, or held by a chunk file deleted."""
+        with self._locked():
+            used = self._read_used()
+            if used is not None:
+                self._write_used(used - nbytes)
+
+    def used(self) -> int:
+        """Bytes on disk now, by a scan (also rewrites the counter)."""
+        with self._locked():
+            used = self._evict(None)
+            self._write_used(used)
+            return used
+
+    def _evict(self, target: int | None, exclude: str | None = None) -> int:
+        """Scan the directory (under the lock); delete least recently used chunks until at most ``target`` bytes
+        remain (None: delete nothing but orphans). Returns the bytes left, not counting the ``.part`` named
+        ``exclude`` (the caller's own, reserved separately)."""
+        chunks: list[tuple[int, int, str]] = []  # (atime, size, path)
+        total = 0
+        now = time.time()
+        for sub in _scandir(self.root):
+            if not sub.is_dir(follow_symlinks=False):
+                continue
+            for entry in _scandir(sub.path):
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if _CHUNK_NAME.match(entry.name):
+                    chunks.append((info.st_atime_ns, info.st_size, entry.path))
+                    total += info.st_size
+                elif match := _PART_NAME.match(entry.name):
+                    if entry.name == exclude:
+                        continue
+                    if _unlocked(entry.path):  # its writer died
+                        _unlink_quietly(entry.path)
+                    else:
+                        total += max(info.st_size, int(match.group(1)) + TRAILER.size)
+                elif entry.name.endswith(".tmp") and now - info.st_mtime > _ORPHAN_TMP_SECONDS:
+                    _unlink_quietly(entry.path)
+        if target is not None and total > target:
+            chunks.sort()
+            for _, size, path in chunks:
+                if total <= target:
+                    break
+                if _unlink_quietly(path):
+                    self.evicted += 1
+                total -= size
+        return total
+
+    # -- writing ------------------------------------------------------------------------------------------------
+    def claim(self, path: Path) -> int | None:
+        """Become the one writer of chunk ``path``: an open, locked descriptor of ``<path>.part``, or None if
+        another live process is writing it (see :meth:`wait`)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = _part(path)
+        for _ in range(3):
+            tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # locked before it has the .part name: no one sees it unlocked
+                os.link(tmp, part)
+            except FileExistsError:
+                os.close(fd)
+                _unlink_quietly(tmp)
+                if not _remove_orphan(part):
+                    return None
+                continue
+            except BaseException:
+                os.close(fd)
+                _unlink_quietly(tmp)
+                raise
+            _unlink_quietly(tmp)
+            return fd
+        return None
+
+    def wait(self, path: Path, timeout: float) -> None:
+        """Wait (at most ``timeout`` seconds) until no process is writing chunk ``path``."""
+        part = _part(path)
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        while time.monotonic() < deadline:
+            if not part.exists() or _unlocked(part, shared=True):
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def publish(self, fd: int, path: Path, length: int, digest: bytes) -> bool:
+        """Finish the claimed chunk ``path`` whose ``length`` data bytes were written to ``fd``: append the
+        trailer and rename it in place. Closes ``fd``; False if the ``.part`` was taken away meanwhile."""
+        try:
+            crc = _crc(fd, length)
+            os.pwrite(fd, TRAILER.pack(_MAGIC, length, crc, digest), length)
+            info = os.fstat(fd)
+            _part(path).rename(path)
+        except FileNotFoundError:
+            return False
+        finally:
+            os.close(fd)
+        with self._lock:
+            self._verified.add((info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns))
+        return True
+
+    def abandon(self, fd: int, path: Path) -> None:
+        """Give up a claimed chunk: remove its ``.part`` (if still ours) and close ``fd``."""
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                if _part(path).stat().st_ino == os.fstat(fd).st_ino:
+                    _part(path).unlink()
+        finally:
+            os.close(fd)
+
+    # -- reading ------------------------------------------------------------------------------------------------
+    def open(self, path: Path, length: int, digest: bytes) -> int | None:
+        """An open descriptor of chunk ``path`` if it holds ``length`` good bytes of this key; else None (a file
+        found bad is deleted, so the chunk is fetched again). Marks it used (its atime) for eviction."""
+        try:
+            fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            info = os.fstat(fd)
+            identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+            good = info.st_size == length + TRAILER.size
+            if good:
+                magic, found, crc, key = TRAILER.unpack(os.pread(fd, TRAILER.size, length).ljust(TRAILER.size, b"\0"))
+                good = magic == _MAGIC and found == length and key == digest
+            if good and identity not in self._verified:
+                try:
+                    good = _crc(fd, length) == crc
+                except OSError:  # shortened while being checked
+                    good = False
+                if good:
+                    with self._lock:
+                        self._verified.add(identity)
+            if not good:
+                os.close(fd)
+                self._discard(path, info)
+                return None
+            with contextlib.suppress(OSError):
+                os.utime(fd, ns=(time.time_ns(), info.st_mtime_ns))  # last use, for LRU eviction
+            return fd
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+
+    def _discard(self, path: Path, info: os.stat_result) -> None:
+        """Delete a bad chunk file (if ``path`` still names it) and give back its space."""
+        with contextlib.suppress(FileNotFoundError):
+            now = path.stat()
+            if (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino):
+                path.unlink()
+                self.release(info.st_size)
+
+    def remove_other_versions(self, directory: Path, keep: str) -> None:
+        """Delete the chunk files in ``directory`` (one object) whose version is not ``keep`` (a replaced object's
+        old chunks: never served again), giving back their space."""
+        freed = 0
+        for entry in _scandir(directory):
+            if _CHUNK_NAME.match(entry.name) and not entry.name.startswith(keep + "-"):
+                with contextlib.suppress(FileNotFoundError):
+                    size = entry.stat(follow_symlinks=False).st_size
+                    Path(entry.path).unlink()
+                    freed += size
+        if freed:
+            self.release(freed)
+
+
+def _scandir(path: str | os.PathLike[str]) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as it:
+            return list(it)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _part(path: Path) -> Path:
+    return path.with_name(path.name + ".part")
+
+
+def _unlink_quietly(path: str | os.PathLike[str]) -> bool:
+    try:
+        Path(path).unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _unlocked(path: str | os.PathLike[str], *, shared: bool = False) -> bool:
+    """Whether no process holds the flock of ``path`` (a missing file counts as unlocked)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _remove_orphan(part: Path) -> bool:
+    """Remove ``part`` if its writer is gone (its lock is free); whether it is gone now."""
+    try:
+        fd = os.open(part, os.O_RDONLY | _CLOEXEC)
+    except FileNotFoundError:
+        return True
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            if part.stat().st_ino == os.fstat(fd).st_ino:
+                part.unlink()
+        return True
+    finally:
+        os.close(fd)
+
+
+def _crc(fd: int, length: int) -> int:
+    crc = 0
+    for offset in range(0, length, _CRC_PIECE):
+        piece = os.pread(fd, min(_CRC_PIECE, length - offset), offset)
+        if not piece:
+            raise OSError(errno.EIO, "a cache chunk file ended early")
+        crc = zlib.crc32(piece, crc)
+    return crc
+
+
+_caches: dict[tuple[int, CacheOptions], ChunkCache] = {}
+_caches_lock = threading.Lock()
+
+
+def get_cache(options: CacheOptions) -> ChunkCache:
+    """The process's :class:`ChunkCache` for these options (one per directory and settings)."""
+    key = (os.getpid(), options)
+    with _caches_lock:
+        cache = _caches.get(key)
+        if cache is None:
+            cache = _caches[key] = ChunkCache(options)
+        return cache

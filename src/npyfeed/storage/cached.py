@@ -1,0 +1,355 @@
+"""Rows of a remote object read through the local chunk cache (:mod:`npyfeed.storage.cache`).
+
+The object is cut into aligned chunks of ``cache_chunk_bytes``. A gather works out which chunks its rows touch,
+opens those on disk, fetches the missing ones whole (each chunk once, however many threads or processes ask for it
+at the same time; all of a batch's missing chunks in one set of concurrent range requests, written straight to
+disk, so memory stays at the requests in flight), then copies the rows out of the chunk files with ``pread``
+(neighbours within a few KiB in one call) into the caller's buffer. Rows in a chunk the cache has no room for are
+fetched from the store as without a cache. Chunks are keyed by URL, version (size and ETag) and index: a replaced
+object is a new key, and its old chunks are deleted when the new version is first cached.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from npyfeed.storage.cache import TRAILER, ChunkCache
+from npyfeed.storage.ranges import plan_requests
+
+__all__ = ["CachedObject"]
+
+# Rows in one chunk closer than this are read with one pread (reading a few KiB more from the page cache is cheaper
+# than another system call).
+_LOCAL_GAP = 16 << 10
+_WAIT_SECONDS = 300.0  # longest wait for another process's fetch of a chunk before fetching it here too
+
+Fetch = Callable[[Sequence[tuple[int, int]], Callable[[int, Any], None]], None]
+
+
+class CachedObject:
+    """One version of one object in a :class:`ChunkCache`.
+
+    ``fetch(ranges, sink)`` fetches byte ranges of that version from the store (``sink(i, data)`` per range, on
+    any thread); ``request_bytes`` bounds one range request.
+    """
+
+    def __init__(
+        self, cache: ChunkCache, name: str, version: object, size: int, fetch: Fetch, request_bytes: int
+    ) -> None:
+        self.cache = cache
+        self.name = name
+        self.size = size
+        self.chunk_bytes = cache.options.chunk_bytes
+        self.chunks = -(-size // self.chunk_bytes)
+        self._fetch = fetch
+        self._request_bytes = request_bytes
+        self.directory = cache.root / hashlib.sha256(name.encode()).hexdigest()[:32]
+        self._version = hashlib.sha256(repr(version).encode()).hexdigest()[:16]
+        self._key = f"{name}\0{version!r}\0{self.chunk_bytes}"
+        self._lock = threading.Lock()
+        self._inflight: dict[int, concurrent.futures.Future[bool]] = {}
+        self._cleaned = False
+        self._queued: set[int] = set()  # chunks waiting for the read-ahead threads
+
+    def path(self, k: int) -> Path:
+        return self.directory / f"{self._version}-{self.chunk_bytes}-{k}"
+
+    def length(self, k: int) -> int:
+        return min(self.chunk_bytes, self.size - k * self.chunk_bytes)
+
+    def digest(self, k: int) -> bytes:
+        """What a chunk file's trailer holds to say whose chunk it is (URL, version, chunk size and index)."""
+        return hashlib.sha256(f"{self._key}\0{k}".encode()).digest()[:8]
+
+    # -- chunks -------------------------------------------------------------------------------------------------
+    def open(self, k: int) -> int | None:
+        """A descriptor of chunk ``k`` on disk, or None."""
+        return self.cache.open(self.path(k), self.length(k), self.digest(k))
+
+    def acquire(self, ks: Iterable[int]) -> dict[int, int | None]:
+        """Descriptors of chunks ``ks`` (the caller closes them), fetching missing ones; None for a chunk the
+        cache had no room for."""
+        fds: dict[int, int | None] = {}
+        try:
+            missing = []
+            for k in ks:
+                fds[k] = self.open(k)
+                if fds[k] is None:
+                    missing.append(k)
+            if missing:
+                self._fill(missing)
+                for k in missing:
+                    fds[k] = self.open(k)
+            return fds
+        except BaseException:
+            _close(fds.values())
+            raise
+
+    def _fill(self, ks: list[int]) -> None:
+        """Fetch chunks ``ks`` into the cache: each once per process (other threads wait for it) and once among
+        processes (see :meth:`ChunkCache.claim`)."""
+        mine: dict[int, concurrent.futures.Future[bool]] = {}
+        theirs: list[concurrent.futures.Future[bool]] = []
+        with self._lock:
+            for k in ks:
+                if k in self._inflight:
+                    theirs.append(self._inflight[k])
+                else:
+                    mine[k] = self._inflight[k] = concurrent.futures.Future()
+        try:
+            if mine:
+                self._fill_claimed(list(mine))
+        except BaseException as e:
+            for future in mine.values():
+                future.set_exception(e)
+            raise
+        finally:
+            with self._lock:
+                for k in mine:
+                    self._inflight.pop(k, None)
+            for future in mine.values():
+                if not future.done():
+                    future.set_result(True)
+        for future in theirs:
+            future.result()
+
+    def _fill_claimed(self, ks: list[int]) -> None:
+        if not self._cleaned:
+            self._cleaned = True
+            self.cache.remove_other_versions(self.directory, self._version)
+        claimed: dict[int, int] = {}
+        waiting = []
+        try:
+            for k in ks:
+                fd = self._claim(k)
+                if fd is None:
+                    waiting.append(k)
+                elif fd < 0:
+                    continue  # published by another process meanwhile
+                elif self.cache.reserve(self.length(k) + TRAILER.size, self.path(k)):
+                    claimed[k] = fd
+                else:
+                    self.cache.abandon(fd, self.path(k))  # no room: its rows are fetched without the cache
+            self._download(claimed)
+        except BaseException:
+            for k, fd in claimed.items():
+                self.cache.abandon(fd, self.path(k))
+                self.cache.release(self.length(k) + TRAILER.size)
+            raise
+        for k, fd in claimed.items():
+            if not self.cache.publish(fd, self.path(k), self.length(k), self.digest(k)):
+                self.cache.release(self.length(k) + TRAILER.size)
+        for k in waiting:  # another process is fetching them: wait, then take over if it gave up
+            self.cache.wait(self.path(k), _WAIT_SECONDS)
+            fd = self.open(k)
+            if fd is not None:
+                _close([fd])
+            elif (fd := self._claim(k)) is not None and fd >= 0:
+                if self.cache.reserve(self.length(k) + TRAILER.size, self.path(k)):
+                    claimed = {k: fd}
+                    try:
+                        self._download(claimed)
+                    except BaseException:
+                        self.cache.abandon(fd, self.path(k))
+                        self.cache.release(self.length(k) + TRAILER.size)
+                        raise
+                    if not self.cache.publish(fd, self.path(k), self.length(k), self.digest(k)):
+                        self.cache.release(self.length(k) + TRAILER.size)
+                else:
+                    self.cache.abandon(fd, self.path(k))
+
+    def _claim(self, k: int) -> int | None:
+        """Claim chunk ``k`` for writing: a descriptor, None if another process is writing it, or -1 if it was
+        published between our look and our claim."""
+        fd = self.cache.claim(self.path(k))
+        if fd is not None and (done := self.open(k)) is not None:
+            _close([done])
+            self.cache.abandon(fd, self.path(k))
+            return -1
+        return fd
+
+    def _download(self, claimed: dict[int, int]) -> None:
+        """Fetch the claimed chunks whole, concurrently, each range written to its chunk file as it arrives."""
+        ranges: list[tuple[int, int]] = []
+        targets: list[tuple[int, int]] = []  # (descriptor, offset in the chunk)
+        for k, fd in claimed.items():
+            start = k * self.chunk_bytes
+            end = start + self.length(k)
+            for a in range(start, end, self._request_bytes):
+                ranges.append((a, min(a + self._request_bytes, end)))
+                targets.append((fd, a - start))
+
+        def sink(i: int, data: Any) -> None:
+            fd, offset = targets[i]
+            view = memoryview(data).cast("B")
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view, offset = view[written:], offset + written
+
+        if ranges:
+            self._fetch(ranges, sink)
+
+    # -- reading ------------------------------------------------------------------------------------------------
+    def gather(
+        self,
+        base: int,
+        record_bytes: int,
+        indices: np.ndarray,
+        out2: np.ndarray,
+        fallback: Callable[[np.ndarray], None],
+    ) -> None:
+        """Copy the records at sorted ``indices`` into the rows of ``out2`` (``(n, record_bytes)`` uint8); the
+        positions whose chunks cannot be cached go to ``fallback(positions)``."""
+        n = int(indices.size)
+        offsets = base + indices.astype(np.int64) * record_bytes
+        first = offsets // self.chunk_bytes
+        last = (offsets + record_bytes - 1) // self.chunk_bytes
+        single = first == last
+        if single.all():
+            needed = np.unique(first)
+        else:  # records spanning chunks: mark first..last of each
+            lo = int(first[0])
+            marks = np.zeros(int(last.max()) - lo + 2, np.int64)
+            np.add.at(marks, first - lo, 1)
+            np.add.at(marks, last - lo + 1, -1)
+            needed = np.flatnonzero(np.cumsum(marks)[:-1] > 0) + lo
+        fds = self.acquire(needed.tolist())
+        missed = np.zeros(n, bool)
+        try:
+            positions = np.flatnonzero(single)
+            if positions.size:
+                chunk_of = first[positions]
+                cuts = np.flatnonzero(np.diff(chunk_of)) + 1
+                for group in np.split(positions, cuts):
+                    k = int(first[group[0]])
+                    fd = fds[k]
+                    if fd is None or not self._read_records(fd, offsets[group] - k * self.chunk_bytes, group, out2):
+                        missed[group] = True
+            for i in np.flatnonzero(~single).tolist():
+                ks = range(int(first[i]), int(last[i]) + 1)
+                if any(fds[k] is None for k in ks) or not self._read_span(fds, int(offsets[i]), out2[i]):
+                    missed[i] = True
+        finally:
+            _close(fds.values())
+        if missed.any():
+            fallback(np.flatnonzero(missed))
+
+    def _read_records(self, fd: int, rel: np.ndarray, positions: np.ndarray, out2: np.ndarray) -> bool:
+        """Records at byte offsets ``rel`` of one chunk (sorted) into rows ``positions`` of ``out2``."""
+        record_bytes = out2.shape[1]
+        shift = int(rel[0]) % record_bytes
+        local = (rel - shift) // record_bytes
+        for req in plan_requests(local, record_bytes, _LOCAL_GAP, self.chunk_bytes):
+            rows = positions[req.start : req.end]
+            start = shift + req.first * record_bytes
+            count = req.end - req.start
+            if req.records == count and int(rows[-1]) - int(rows[0]) == count - 1:
+                target = out2[int(rows[0]) : int(rows[0]) + count]  # consecutive records into consecutive rows
+                if not _pread_exact(fd, target, start):
+                    return False
+                continue
+            buffer = np.empty((req.records, record_bytes), np.uint8)
+            if not _pread_exact(fd, buffer, start):
+                return False
+            out2[rows] = buffer[local[req.start : req.end] - req.first]
+        return True
+
+    def _read_span(self, fds: dict[int, int | None], offset: int, row: np.ndarray) -> bool:
+        """One record spanning several chunks, piece by piece."""
+        done = 0
+        while done < row.size:
+            k, at = divmod(offset + done, self.chunk_bytes)
+            piece = min(row.size - done, self.chunk_bytes - at)
+            fd = fds[k]
+            if fd is None or not _pread_exact(fd, row[done : done + piece], at):
+                return False
+            done += piece
+        return True
+
+    def read_cached(self, offset: int, out: np.ndarray) -> bool:
+        """Fill ``out`` (uint8) with bytes ``[offset, offset + out.size)`` if every chunk holding them is on disk;
+        False (nothing fetched) otherwise."""
+        ks = range(offset // self.chunk_bytes, (offset + out.size - 1) // self.chunk_bytes + 1)
+        fds: dict[int, int | None] = {}
+        try:
+            for k in ks:
+                fds[k] = self.open(k)
+                if fds[k] is None:
+                    return False
+            return self._read_span(fds, offset, out)
+        finally:
+            _close(fds.values())
+
+    # -- read-ahead ---------------------------------------------------------------------------------------------
+    def will_need(self, ranges: Sequence[tuple[int, int]], budget: int) -> None:
+        """Queue the chunks under these byte ranges for a background fetch (at most ``budget`` bytes queued)."""
+        with self._lock:
+            todo = []
+            limit = max(1, budget // self.chunk_bytes)
+            for start, end in ranges:
+                for k in range(max(0, start) // self.chunk_bytes, min(end, self.size) // self.chunk_bytes + 1):
+                    if k < self.chunks and k not in self._queued and len(self._queued) < limit:
+                        self._queued.add(k)
+                        todo.append(k)
+        per_job = max(1, _AHEAD_JOB_BYTES // self.chunk_bytes)
+        for i in range(0, len(todo), per_job):
+            _read_ahead().put((self, todo[i : i + per_job]))
+
+    def _fetch_ahead(self, ks: list[int]) -> None:
+        try:
+            _close(self.acquire(ks).values())
+        except Exception:  # only a hint: the gather that needs these chunks fetches them and reports errors
+            pass
+        finally:
+            with self._lock:
+                self._queued.difference_update(ks)
+
+
+_AHEAD_THREADS = 2
+_AHEAD_JOB_BYTES = 32 << 20  # chunks fetched together by one read-ahead thread (requests in flight at once)
+_ahead: dict[int, queue.SimpleQueue[tuple[CachedObject, list[int]]]] = {}
+_ahead_lock = threading.Lock()
+
+
+def _read_ahead() -> queue.SimpleQueue[tuple[CachedObject, list[int]]]:
+    """The process's read-ahead queue, served by a few daemon threads (started on first use, again after fork)."""
+    with _ahead_lock:
+        jobs = _ahead.get(os.getpid())
+        if jobs is None:
+            jobs = _ahead[os.getpid()] = queue.SimpleQueue()
+            for _ in range(_AHEAD_THREADS):
+                threading.Thread(target=_serve, args=(jobs,), name="npyfeed-cache-ahead", daemon=True).start()
+        return jobs
+
+
+def _serve(jobs: queue.SimpleQueue[tuple[CachedObject, list[int]]]) -> None:
+    while True:
+        target, ks = jobs.get()
+        target._fetch_ahead(ks)
+
+
+def _pread_exact(fd: int, out: np.ndarray, offset: int) -> bool:
+    """Fill ``out`` from ``fd`` at ``offset``; False if the file ends first."""
+    view = memoryview(out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            return False
+        done += n
+    return True
+
+
+def _close(fds: Iterable[int | None]) -> None:
+    for fd in fds:
+        if fd is not None:
+            os.close(fd)

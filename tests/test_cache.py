@@ -1,0 +1,313 @@
+"""The local chunk cache for remote objects (``storage_options={"cache_dir": ..., "cache_size": ...}``).
+
+Objects are served by the range server of ``servers.py`` on 127.0.0.1, which counts the requests it answers (HEAD
+and GET), so "the second epoch comes from the cache" is a count of zero. ``np.load`` of the same bytes is the oracle.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("obstore")
+
+import npyfeed
+from npyfeed.errors import ConfigError, ObjectChangedError
+from npyfeed.storage.cache import TRAILER, CacheOptions, ChunkCache, parse_size, split_cache_options
+from servers import FaultProxy, RangeServer
+from test_properties import arrays, assert_same, row_keys, write
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RangeServer, Path]]:
+    root = tmp_path_factory.mktemp("served")
+    with RangeServer(root) as server:
+        yield server, root
+
+
+def options(cache: Path, size: int | str, chunk: int) -> dict[str, object]:
+    # One range request per chunk, so a request count is a chunk count.
+    return {"cache_dir": str(cache), "cache_size": size, "cache_chunk_bytes": chunk, "request_bytes": 1 << 20}
+
+
+def chunk_files(cache: Path) -> list[Path]:
+    return sorted(p for p in cache.rglob("*") if p.is_file() and re.fullmatch(r"[0-9a-f]{16}-\d+-\d+", p.name))
+
+
+def disk_bytes(cache: Path) -> int:
+    return sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
+
+
+def epoch(loader: npyfeed.Loader) -> np.ndarray:
+    return np.concatenate([np.asarray(b) for b in loader])
+
+
+def same_rows(rows: np.ndarray, x: np.ndarray) -> bool:
+    """The same multiset of rows (every row exactly once), compared as bytes."""
+    a = np.ascontiguousarray(rows).reshape(len(rows), -1).view(np.uint8)
+    b = np.ascontiguousarray(x).reshape(len(x), -1).view(np.uint8)
+    if a.shape != b.shape:
+        return False
+    as_void = f"V{a.shape[1]}"
+    return np.array_equal(np.sort(a.view(as_void).ravel()), np.sort(b.view(as_void).ravel()))
+
+
+# -- options --------------------------------------------------------------------------------------------------------
+def test_sizes_and_options_are_validated(tmp_path: Path, served: tuple[RangeServer, Path]) -> None:
+    assert parse_size("20GB", "cache_size") == 20 * 10**9
+    assert parse_size(" 1.5 GiB", "cache_size") == 3 << 29
+    assert parse_size("512mib", "cache_size") == 512 << 20
+    assert parse_size(4096, "cache_size") == 4096
+    for bad in ("20 parsecs", "GB", "-1GB", 0, -5, True, 1.5, None):
+        with pytest.raises(ConfigError, match=re.escape("storage_options['cache_size'] must be")):
+            parse_size(bad, "cache_size")
+    cache, rest = split_cache_options({"cache_dir": str(tmp_path), "cache_size": "8MiB", "region": "x"})
+    assert cache == CacheOptions(str(tmp_path), 8 << 20, 4 << 20)
+    assert rest == {"region": "x"}
+    assert split_cache_options({"region": "x"}) == (None, {"region": "x"})
+    with pytest.raises(ConfigError, match="smaller than one chunk"):
+        split_cache_options({"cache_dir": str(tmp_path), "cache_size": "1MB"})  # 4 MiB chunks by default
+    with pytest.raises(ConfigError, match=re.escape("storage_options['cache_dir'] must be a directory path")):
+        split_cache_options({"cache_size": "1GB"})
+    default = split_cache_options({"cache_dir": str(tmp_path / "new" / "dir")})[0]
+    assert default is not None and default.size > 0  # half the free space of the filesystem
+    a_file = tmp_path / "a_file"
+    a_file.write_bytes(b"")
+    server, root = served
+    np.save(root / "opts.npy", np.arange(10))
+    with pytest.raises(ConfigError, match=re.escape(f"{str(a_file / 'cache')!r}: cannot be used as a cache dir")):
+        npyfeed.open(f"{server.url}/opts.npy", storage_options={"cache_dir": str(a_file / "cache")})
+    with pytest.raises(ConfigError, match=re.escape("storage_options['cache_chunk_bytes'] must be")):
+        bad = {"cache_dir": str(tmp_path), "cache_chunk_bytes": "x"}
+        npyfeed.Loader(f"{server.url}/opts.npy", 2, storage_options=bad)
+
+
+# -- exact bytes ----------------------------------------------------------------------------------------------------
+_names = itertools.count()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_reads_through_the_cache_match_np_load(
+    served: tuple[RangeServer, Path], tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    server, root = served
+    array = data.draw(arrays(min_rows=1))
+    how = data.draw(st.sampled_from(["np.save", (1, 0), (3, 0)]))
+    name = f"prop_{next(_names)}.npy"
+    write(root / name, array, how)
+    expected = np.load(io.BytesIO((root / name).read_bytes()))
+    # Chunks smaller than a row, unaligned to rows, or larger than the file; caches of one chunk up to all of it.
+    chunk = data.draw(st.sampled_from([64, 100, 1000, 1 << 16]))
+    size = data.draw(st.sampled_from([chunk + TRAILER.size, 3 * (chunk + TRAILER.size), 1 << 24]))
+    cache = tmp_path_factory.mktemp("cache")
+    opts = options(cache, size, chunk)
+    for _ in range(2):  # cold, then from the chunks left on disk
+        remote = npyfeed.open(f"{server.url}/{name}", storage_options=opts)
+        assert (remote.shape, remote.dtype) == (expected.shape, expected.dtype)
+        key = data.draw(row_keys(expected.shape))
+        assert_same(remote[key], expected[key])
+        assert disk_bytes(cache) <= size + 64  # + the lock and the counter
+
+
+# -- reuse across epochs --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shuffle", ["none", "block", "global"])
+def test_a_second_epoch_makes_no_requests(served: tuple[RangeServer, Path], tmp_path: Path, shuffle: str) -> None:
+    server, root = served
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6000, 5)).astype(np.float32)
+    y = np.arange(6000, dtype=np.int64)
+    np.save(root / f"e_x_{shuffle}.npy", x)
+    np.save(root / f"e_y_{shuffle}.npy", y)
+    source = {"x": f"{server.url}/e_x_{shuffle}.npy", "y": f"{server.url}/e_y_{shuffle}.npy"}
+    opts = options(tmp_path, "10MB", 16 << 10)
+    loader = npyfeed.Loader(source, 250, shuffle=shuffle, seed=4, block_rows=100, window_blocks=4, storage_options=opts)
+    counts = []
+    for _ in range(2):
+        before = server.requests
+        batches = list(loader)
+        counts.append(server.requests - before)
+        ids = np.concatenate([b["y"] for b in batches])
+        assert np.array_equal(np.sort(ids), y)  # every row exactly once
+        for b in batches:
+            assert np.array_equal(b["x"], x[b["y"]])
+    chunks = -(-(x.nbytes + 128) // (16 << 10)) + -(-(y.nbytes + 128) // (16 << 10))
+    assert counts[0] == chunks, counts  # each chunk fetched once, whole
+    assert counts[1] == 0, counts
+    before = server.requests
+    again = npyfeed.Loader(source, 250, shuffle=shuffle, seed=5, storage_options=opts)
+    assert np.array_equal(np.sort(np.concatenate([b["y"] for b in again])), y)
+    assert server.requests - before == 2  # one HEAD per object; headers and rows from the cache
+    assert len(chunk_files(tmp_path)) == chunks
+
+
+@pytest.mark.parametrize("shuffle", ["none", "block", "global"])
+def test_a_cache_smaller_than_the_data_stays_under_its_limit(
+    served: tuple[RangeServer, Path], tmp_path: Path, shuffle: str
+) -> None:
+    server, root = served
+    x = np.random.default_rng(1).integers(0, 1 << 62, (20000, 3), dtype=np.int64)  # 480 KB
+    np.save(root / f"small_{shuffle}.npy", x)
+    limit = 100_000
+    opts = options(tmp_path, limit, 8 << 10)
+    loader = npyfeed.Loader(
+        f"{server.url}/small_{shuffle}.npy", 512, shuffle=shuffle, seed=2, block_rows=300, storage_options=opts
+    )
+    for _ in range(2):
+        rows = epoch(loader)
+        assert same_rows(rows, x)
+        assert disk_bytes(tmp_path) <= limit + 64, disk_bytes(tmp_path)
+    cache = loader.source.arrays[0].storage.cache.cache  # type: ignore[attr-defined]
+    assert cache.evicted > 0 and cache.used() <= limit
+    if shuffle == "none":
+        assert np.array_equal(rows, x)
+
+
+def test_a_replaced_object_is_never_served_from_old_chunks(served: tuple[RangeServer, Path], tmp_path: Path) -> None:
+    server, root = served
+    x = np.arange(30000, dtype=np.int32)
+    np.save(root / "replaced.npy", x)
+    url = f"{server.url}/replaced.npy"
+    opts = options(tmp_path, "1MB", 8 << 10)
+    old = npyfeed.Loader(url, 1000, shuffle="block", seed=0, block_rows=500, storage_options=opts)
+    assert np.array_equal(np.sort(epoch(old)), x)
+    old_chunks = chunk_files(tmp_path)
+    time.sleep(0.01)
+    np.save(root / "replaced.npy", x[::-1] * 3)  # same size, new content, new ETag
+    new = npyfeed.open(url, storage_options=opts)
+    assert np.array_equal(new[:], x[::-1] * 3)  # never the old bytes
+    assert not set(old_chunks) & set(chunk_files(tmp_path))  # the old version's chunks are gone
+    with pytest.raises(ObjectChangedError, match=re.escape(f"{url}: the object was replaced")):
+        epoch(old)  # as without a cache: the version it opened is no longer there
+
+
+def test_damaged_chunk_files_are_detected_and_fetched_again(served: tuple[RangeServer, Path], tmp_path: Path) -> None:
+    server, root = served
+    x = np.random.default_rng(3).standard_normal((4000, 4))
+    np.save(root / "damaged.npy", x)
+    url = f"{server.url}/damaged.npy"
+    opts = options(tmp_path, "10MB", 8 << 10)
+    assert np.array_equal(npyfeed.open(url, storage_options=opts)[:], x)
+    files = chunk_files(tmp_path)
+    assert len(files) == 16
+    with files[1].open("r+b") as f:
+        f.truncate(5000)  # truncated
+    with files[2].open("r+b") as f:
+        f.seek(100)
+        flipped = bytes(255 - b for b in f.read(8))
+        f.seek(100)
+        f.write(flipped)  # same length, flipped bytes: only the CRC sees it
+    info = files[2].stat()
+    os.utime(files[2], ns=(info.st_atime_ns, info.st_mtime_ns + 10**9))
+    files[3].write_bytes(files[4].read_bytes())  # another chunk's bytes under this name: the trailer's key differs
+    files[5].unlink()
+    files[5].with_name(files[5].name + ".part").write_bytes(b"left by a killed writer")  # unlocked: an orphan
+    before = server.requests
+    again = npyfeed.open(url, storage_options=opts)
+    assert np.array_equal(again[:], x)
+    assert server.requests - before == 1 + 4  # a HEAD, and the four bad chunks fetched again
+    assert chunk_files(tmp_path) == files and not list(tmp_path.rglob("*.part"))
+    before = server.requests
+    assert np.array_equal(npyfeed.open(url, storage_options=opts)[:], x)
+    assert server.requests - before == 1
+
+
+# -- processes ------------------------------------------------------------------------------------------------------
+_READER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import npyfeed
+    url, cache, out, seed = sys.argv[1:5]
+    opts = {"cache_dir": cache, "cache_size": "10MB", "cache_chunk_bytes": 8192, "request_bytes": 1 << 20}
+    loader = npyfeed.Loader(url, 100, shuffle=True, seed=int(seed), storage_options=opts)
+    np.save(out, np.concatenate(list(loader)))
+    """
+)
+
+
+def _reader(url: str, cache: Path, out: Path, seed: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent / "src"), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-c", _READER, url, str(cache), str(out), str(seed)], env=env)
+
+
+def test_two_processes_share_one_cache(served: tuple[RangeServer, Path], tmp_path: Path) -> None:
+    server, root = served
+    x = np.random.default_rng(4).integers(0, 1 << 30, (8000, 5), dtype=np.int32)
+    np.save(root / "shared.npy", x)
+    cache = tmp_path / "cache"
+    # A slow link, so the two processes want the same chunks at the same time.
+    with FaultProxy(f"127.0.0.1:{server.port}", delay=0.005) as proxy:
+        url = f"{proxy.url}/shared.npy"
+        before = server.requests
+        readers = [_reader(url, cache, tmp_path / f"out{i}.npy", i) for i in range(2)]
+        assert [r.wait(120) for r in readers] == [0, 0]
+    for i in range(2):
+        assert same_rows(np.load(tmp_path / f"out{i}.npy"), x)
+    chunks = -(-(x.nbytes + 128) // 8192)
+    # Each chunk fetched by one of them; 2 HEADs, and at most 2 header reads.
+    assert chunks + 2 <= server.requests - before <= chunks + 4
+    assert len(chunk_files(cache)) == chunks and not list(cache.rglob("*.part"))
+
+
+def test_a_killed_reader_leaves_no_damaged_chunk(served: tuple[RangeServer, Path], tmp_path: Path) -> None:
+    server, root = served
+    x = np.random.default_rng(5).integers(0, 1 << 30, (20000, 4), dtype=np.int32)
+    np.save(root / "killed.npy", x)
+    cache = tmp_path / "cache"
+    with FaultProxy(f"127.0.0.1:{server.port}", delay=0.02) as proxy:
+        reader = _reader(f"{proxy.url}/killed.npy", cache, tmp_path / "never.npy", 0)
+        deadline = time.monotonic() + 60
+        while not list(cache.rglob("*.part")) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        reader.send_signal(signal.SIGKILL)
+        reader.wait(30)
+        assert list(cache.rglob("*.part")), "the reader was killed while no chunk was being written"
+        opts = {"cache_dir": str(cache), "cache_size": "10MB", "cache_chunk_bytes": 8192}
+        a = npyfeed.open(f"{proxy.url}/killed.npy", storage_options=opts)  # the same URL: the same chunks
+        assert np.array_equal(a[:], x)
+    assert not list(cache.rglob("*.part"))  # the dead writer's claims were taken over
+
+
+# -- the directory alone --------------------------------------------------------------------------------------------
+def test_eviction_takes_the_least_recently_used_chunks(tmp_path: Path) -> None:
+    cache = ChunkCache(CacheOptions(str(tmp_path), 3 * (1000 + TRAILER.size), 1000))
+    digest = b"k" * 8
+    paths = [tmp_path / "obj" / f"{'0' * 16}-1000-{k}" for k in range(4)]
+    for k, path in enumerate(paths[:3]):
+        fd = cache.claim(path)
+        assert fd is not None and cache.reserve(1000 + TRAILER.size, path)
+        os.pwrite(fd, bytes([k]) * 1000, 0)
+        assert cache.publish(fd, path, 1000, digest)
+        os.utime(path, ns=(10**18 + k * 10**9, path.stat().st_mtime_ns))
+    fd0 = cache.open(paths[0], 1000, digest)  # chunk 0 used last: chunk 1 is now the oldest
+    assert fd0 is not None and os.pread(fd0, 1000, 0) == bytes([0]) * 1000
+    os.close(fd0)
+    assert cache.open(paths[1], 999, digest) is None and paths[1].exists() is False  # wrong length: deleted
+    fd = cache.claim(paths[3])
+    assert fd is not None
+    assert cache.claim(paths[3]) is None  # one writer at a time
+    assert cache.reserve(1000 + TRAILER.size, paths[3])
+    os.pwrite(fd, b"\3" * 1000, 0)
+    assert cache.publish(fd, paths[3], 1000, digest)
+    assert [p.exists() for p in paths] == [True, False, True, True]
+    assert cache.used() == 3 * (1000 + TRAILER.size)
+    assert cache.reserve(1000 + TRAILER.size)  # evicts chunk 2, now the least recently used
+    assert [p.exists() for p in paths] == [True, False, False, True]
+    assert not cache.reserve(4 * (1000 + TRAILER.size))  # can never fit: refused, nothing else evicted
