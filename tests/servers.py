@@ -2,9 +2,10 @@
 
 - :class:`MotoS3`: moto's S3 server (``ThreadedMotoServer``), reached through the standard ``AWS_*`` environment;
   uploads with boto3.
-- :class:`RangeServer`: a small HTTP server over a directory (``GET``/``HEAD``, single ``Range``, ``ETag`` and
-  ``If-Match``, the body sent with ``sendfile``). Path-style (``/bucket/key``), so it also answers obstore's S3
-  reads; ``honour_range=False`` makes it answer every GET with the whole file (a server npyfeed must refuse).
+- :class:`RangeServer` (from :mod:`benchmarks.s3_server`, shared with the object-storage benchmark): a small HTTP
+  server over a directory (``GET``/``HEAD``, single ``Range``, ``ETag`` and ``If-Match``, the body sent with
+  ``sendfile``). Path-style (``/bucket/key``), so it also answers obstore's S3 reads; ``honour_range=False`` makes
+  it answer every GET with the whole file (a server npyfeed must refuse).
 - :class:`FaultProxy`: an HTTP proxy in front of either that answers a share of requests 503, resets a share of
   connections halfway through the body, and delays requests, from a seeded random stream; it counts what it did.
 """
@@ -12,8 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import http.server
 import os
 import random
 import socket
@@ -21,8 +20,9 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
+
+from benchmarks.s3_server import RangeServer
 
 __all__ = ["FaultProxy", "MotoS3", "RangeServer", "free_port"]
 
@@ -69,112 +69,6 @@ class MotoS3:
         )
 
     def __enter__(self) -> MotoS3:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class _RangeHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _RangeHTTPServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _file(self) -> Path | None:
-        path = self.path.split("?", 1)[0]
-        target = (self.server.root / path.lstrip("/")).resolve()
-        if self.server.root not in target.parents or not target.is_file():
-            return None
-        return target
-
-    def _send_error(self, status: int, reason: str) -> None:
-        body = f"<?xml version='1.0'?><Error><Code>{reason}</Code><Message>{reason}</Message></Error>".encode()
-        self.send_response(status, reason)
-        self.send_header("Content-Type", "application/xml")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def do_HEAD(self) -> None:
-        self.do_GET()
-
-    def do_GET(self) -> None:
-        self.server.requests += 1
-        target = self._file()
-        if target is None:
-            self._send_error(404, "NoSuchKey")
-            return
-        info = target.stat()
-        etag = '"' + hashlib.md5(f"{info.st_ino}-{info.st_size}-{info.st_mtime_ns}".encode()).hexdigest() + '"'
-        match = self.headers.get("If-Match")
-        if match is not None and match not in ("*", etag):
-            self._send_error(412, "PreconditionFailed")
-            return
-        start, end = 0, info.st_size
-        ranged = self.headers.get("Range")
-        if ranged and self.server.honour_range and self.command == "GET":
-            spec = ranged.removeprefix("bytes=")
-            first, _, last = spec.partition("-")
-            if first:
-                start, end = int(first), min(info.st_size, int(last) + 1 if last else info.st_size)
-            else:
-                start, end = max(0, info.st_size - int(last)), info.st_size
-            if start >= info.st_size or start >= end:
-                self._send_error(416, "InvalidRange")
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{info.st_size}")
-        else:
-            self.send_response(200)
-        self.send_header("Content-Length", str(end - start))
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("ETag", etag)
-        self.send_header("Accept-Ranges", "bytes" if self.server.honour_range else "none")
-        self.send_header("Last-Modified", self.date_time_string(int(info.st_mtime)))
-        self.end_headers()
-        if self.command == "HEAD":
-            return
-        with target.open("rb") as f, contextlib.suppress(ConnectionError):
-            self.wfile.flush()
-            self.connection.sendfile(f, start, end - start)  # a client that hangs up early is not an error
-
-
-class _RangeHTTPServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    root: Path
-    honour_range: bool
-    requests: int
-
-
-class RangeServer:
-    """Serve the files under ``root`` over HTTP on 127.0.0.1 (``url`` is the base), honouring ``Range``."""
-
-    def __init__(self, root: str | os.PathLike[str], *, honour_range: bool = True) -> None:
-        self._server = _RangeHTTPServer(("127.0.0.1", 0), _RangeHandler)
-        self._server.root = Path(root).resolve()
-        self._server.honour_range = honour_range
-        self._server.requests = 0
-        self.port = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def requests(self) -> int:
-        return self._server.requests
-
-    def start(self) -> RangeServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
-
-    def __enter__(self) -> RangeServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
