@@ -28,7 +28,7 @@ pytest.importorskip("obstore")
 import npyfeed
 from npyfeed.errors import ConfigError, ObjectChangedError
 from npyfeed.storage.cache import TRAILER, CacheOptions, ChunkCache, parse_size, split_cache_options
-from servers import FaultProxy, RangeServer
+from servers import FaultProxy, MotoS3, RangeServer, environment
 from test_properties import arrays, assert_same, row_keys, write
 
 TESTS = Path(__file__).parent
@@ -226,6 +226,32 @@ def test_damaged_chunk_files_are_detected_and_fetched_again(served: tuple[RangeS
     before = server.requests
     assert np.array_equal(npyfeed.open(url, storage_options=opts)[:], x)
     assert server.requests - before == 1
+
+
+def test_s3_epochs_from_the_cache(tmp_path: Path) -> None:
+    pytest.importorskip("moto")
+    x = np.random.default_rng(6).standard_normal((5000, 6)).astype(np.float32)
+    with MotoS3() as s3, environment(s3.env):
+        s3.client().create_bucket(Bucket="cache-test")
+        s3.client().put_object(Bucket="cache-test", Key="x.npy", Body=_npy(x))
+        url = "s3://cache-test/x.npy"
+        opts = options(tmp_path, "1MB", 32 << 10)
+        loader = npyfeed.Loader(url, 128, shuffle="global", seed=1, storage_options=opts)
+        stats = loader.source.arrays[0].storage.client.stats  # type: ignore[attr-defined]
+        gets = []
+        for _ in range(2):
+            before = stats.requests
+            assert same_rows(epoch(loader), x)
+            gets.append(stats.requests - before)
+        assert gets == [-(-(x.nbytes + 128) // (32 << 10)), 0]  # whole chunks once, then nothing
+        s3.client().put_object(Bucket="cache-test", Key="x.npy", Body=_npy(x + 1))
+        assert np.array_equal(npyfeed.open(url, storage_options=opts)[:], x + 1)  # the new ETag's chunks
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
 
 
 # -- processes ------------------------------------------------------------------------------------------------------

@@ -98,7 +98,8 @@ def open(
     Paths may be URLs, read in place without a download: ``s3://bucket/x.npy``, ``gs://...``, ``https://...``
     (a server that honours ``Range``), ``file://...``; globs work over bucket prefixes (``s3://b/train/x_*.npy``).
     ``storage_options`` configure the store (credentials, endpoint, ...; default: the standard environment such
-    as ``AWS_ENDPOINT_URL``); see docs/object-storage.md.
+    as ``AWS_ENDPOINT_URL``) and an optional local cache (``cache_dir``, ``cache_size``); see
+    docs/object-storage.md.
 
     Indexing with an int, slice, int array or bool mask returns what ``np.load(path, mmap_mode="r")[key]``
     returns, as an in-memory array. Headers are validated at open (see :mod:`npyfeed.format`).

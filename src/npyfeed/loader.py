@@ -80,8 +80,8 @@ class Loader:
         io_hints: ask the kernel to queue each batch's rows before reading them: ``None`` decides from the read
             speed it sees (on when reads are slow, i.e. the data is not in page cache).
         epoch: the epoch the first ``iter()`` starts.
-        storage_options: object-store configuration for URL sources (credentials, endpoint, request tuning);
-            see docs/object-storage.md.
+        storage_options: object-store configuration for URL sources (credentials, endpoint, request tuning, a
+            local cache with ``cache_dir`` and ``cache_size``); see docs/object-storage.md.
 
     Each ``iter(loader)`` is the next epoch. Within a batch, rows come in file order: the shuffle decides which
     rows form each batch, and the rows of a batch are read in one sorted, coalesced pass.

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from npyfeed.storage.cache import TRAILER, ChunkCache
+from npyfeed.storage.cache import TRAILER, ChunkCache, get_cache
 from npyfeed.storage.ranges import plan_requests
 
 __all__ = ["CachedObject"]
@@ -55,9 +55,15 @@ class CachedObject:
         self.directory = cache.root / hashlib.sha256(name.encode()).hexdigest()[:32]
         self._version = hashlib.sha256(repr(version).encode()).hexdigest()[:16]
         self._key = f"{name}\0{version!r}\0{self.chunk_bytes}"
+        self._cleaned = False
+        self._after_fork()
+
+    def _after_fork(self) -> None:
+        """Fresh per-process state (a forked worker inherits locks and fetches in flight of its parent's threads)."""
+        self._pid = os.getpid()
+        self.cache = get_cache(self.cache.options)
         self._lock = threading.Lock()
         self._inflight: dict[int, concurrent.futures.Future[bool]] = {}
-        self._cleaned = False
         self._queued: set[int] = set()  # chunks waiting for the read-ahead threads
 
     def path(self, k: int) -> Path:
@@ -97,6 +103,8 @@ class CachedObject:
     def _fill(self, ks: list[int]) -> None:
         """Fetch chunks ``ks`` into the cache: each once per process (other threads wait for it) and once among
         processes (see :meth:`ChunkCache.claim`)."""
+        if self._pid != os.getpid():
+            self._after_fork()
         mine: dict[int, concurrent.futures.Future[bool]] = {}
         theirs: list[concurrent.futures.Future[bool]] = []
         with self._lock:
@@ -292,6 +300,8 @@ class CachedObject:
     # -- read-ahead ---------------------------------------------------------------------------------------------
     def will_need(self, ranges: Sequence[tuple[int, int]], budget: int) -> None:
         """Queue the chunks under these byte ranges for a background fetch (at most ``budget`` bytes queued)."""
+        if self._pid != os.getpid():
+            self._after_fork()
         with self._lock:
             todo = []
             limit = max(1, budget // self.chunk_bytes)
