@@ -231,6 +231,34 @@ def test_http_range_server_and_a_server_that_ignores_range(tmp_path: Path) -> No
         npyfeed.open(f"{server.url}/x.npy")
 
 
+def test_read_ahead_never_asks_for_more_than_its_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hint larger than the pool (the Loader hints a whole object that fits in memory) fetches one pool's worth,
+    not the whole object to drop most of it (which held GBs in flight for a 10 GB object)."""
+    from npyfeed.storage.object_store import ObjectFile
+
+    x = np.random.default_rng(4).integers(0, 255, (1024, 1024), dtype=np.uint8)  # 1 MiB of rows
+    np.save(tmp_path / "x.npy", x)
+    kib = 1 << 10
+    options = {"request_bytes": 64 * kib, "prefetch_bytes": 256 * kib}
+    with RangeServer(tmp_path) as server:
+        url = f"{server.url}/x.npy"
+        f = ObjectFile(url, storage_options=options)
+        submitted: list[object] = []
+        real_submit = f.client.submit
+        monkeypatch.setattr(f.client, "submit", lambda make: submitted.append(make) or real_submit(make))
+        f.will_need([(0, f.size)])
+        assert list(f._ahead) == [(a, a + 64 * kib) for a in range(0, 256 * kib, 64 * kib)]
+        assert len(submitted) == 4
+        f.will_need([(512 * kib, f.size)])  # the next hint evicts the older pieces, then stops at a full pool
+        assert list(f._ahead) == [(a, a + 64 * kib) for a in range(512 * kib, 768 * kib, 64 * kib)]
+        assert len(submitted) == 8
+        out = np.empty((3, 1024), np.uint8)
+        f.gather(128, 1024, np.array([600, 601, 1000]), out)  # two rows from the pool, one fetched
+        assert np.array_equal(out, x[[600, 601, 1000]])
+        loader = npyfeed.Loader(url, 64, shuffle="block", seed=3, block_rows=16, storage_options=options)
+        assert np.array_equal(np.sort(epoch_rows(loader), axis=0), np.sort(x, axis=0))
+
+
 def test_file_urls_are_local_paths(tmp_path: Path) -> None:
     x = np.arange(12).reshape(4, 3)
     np.save(tmp_path / "x_0.npy", x)

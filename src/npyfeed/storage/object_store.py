@@ -238,19 +238,26 @@ class ObjectFile:
         step = self.options.request_bytes
         with self._lock:
             held = sum(b - a for a, b in self._ahead)
+            asked: set[tuple[int, int]] = set()  # this call's pieces: never evicted by the call itself
             for start, end in ranges:
                 start, end = max(0, start), min(end, self._size)
                 if end - start < _MIN_PREFETCH:
                     continue
                 for a in range(start, end, step):
                     piece = (a, min(a + step, end))
+                    asked.add(piece)
                     if piece in self._ahead:
                         self._ahead.move_to_end(piece)
                         continue
                     size = piece[1] - piece[0]
                     while self._ahead and held + size > self.options.prefetch_bytes:
-                        (old_a, old_b), _ = self._ahead.popitem(last=False)
-                        held -= old_b - old_a
+                        oldest = next(iter(self._ahead))
+                        if oldest in asked:
+                            # The pool is full of what this call asked for first (a hint larger than the pool,
+                            # e.g. a whole object): the rest is fetched by the gathers, not downloaded and dropped.
+                            return
+                        self._ahead.pop(oldest).cancel()  # evicted before use: not fetched if not started yet
+                        held -= oldest[1] - oldest[0]
                     if held + size > self.options.prefetch_bytes:
                         return
                     self._ahead[piece] = self.client.submit(functools.partial(self._fetch_piece, *piece))
