@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ import pytest
 import npyfeed
 from npyfeed.bench import drop_from_cache, raw_read_speed, recommend, run_bench
 from npyfeed.cli import main
+from npyfeed.storage.client import RequestStats
+from servers import RangeServer, environment
 
 
 @pytest.fixture
@@ -87,3 +90,90 @@ def test_loader_pickles_with_its_position(data: tuple[str, str]) -> None:
     clone = pickle.loads(pickle.dumps(loader))
     assert clone.get_state() == loader.get_state()
     np.testing.assert_array_equal(next(iter(clone))[1], loader.read_batch(1, 0)[1])
+
+
+# -- object storage: s3:// against the RangeServer (path-style S3 reads with sendfile) -----------------------------
+@pytest.fixture
+def s3_bench(tmp_path: Path) -> Iterator[tuple[RangeServer, str]]:
+    pytest.importorskip("obstore")
+    with RangeServer(tmp_path) as server:
+        # A bucket named after the port: clients are cached per bucket, and each test has its own server.
+        bucket = f"bench-{server.port}"
+        (tmp_path / bucket).mkdir()
+        np.save(tmp_path / bucket / "x.npy", np.random.default_rng(0).random((4000, 32), dtype=np.float32))
+        env = {"AWS_ENDPOINT_URL": server.url, "AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}
+        with environment({**env, "AWS_REGION": "us-east-1"}):
+            yield server, f"s3://{bucket}/x.npy"
+
+
+@pytest.mark.parametrize(
+    ("shuffle", "options"),
+    [
+        ("none", {}),
+        ("block", {}),
+        # No merging across gaps and nothing fetched ahead: a global shuffle then costs a request per row.
+        ("global", {"gap_bytes": 0, "prefetch_bytes": 1, "max_concurrency": 4}),
+    ],
+)
+def test_bench_s3_reports_the_requests_the_server_saw(
+    s3_bench: tuple[RangeServer, str], shuffle: str, options: dict[str, int]
+) -> None:
+    server, url = s3_bench
+    columns = npyfeed.Columns.of(url, storage_options=options)  # HEAD and header GET before counting
+    seen = server.requests
+    result = run_bench(columns, batch_size=256, shuffle=shuffle, max_seconds=None, progress=False, sweep=False)
+    req = result.requests
+    assert req is not None and result.rows == 4000
+    assert server.requests - seen == req.requests + req.raw_requests  # every GET counted once, nothing else sent
+    assert req.raw_requests == 1 and result.raw_bytes_per_s > 0
+    assert req.bytes_asked == 4000 * 128 and req.row_reads == 4000
+    assert req.bytes_fetched >= req.bytes_asked
+    assert 0 < req.latency_p50_ms <= req.latency_p99_ms
+    assert 1 <= req.max_in_flight <= req.max_concurrency and req.mean_in_flight > 0
+    if shuffle == "global":
+        assert req.rows_per_request < 1.5  # random rows of 4,000 seldom touch (only neighbours merge)
+        assert req.max_concurrency == 4 and req.max_in_flight == 4  # a batch's rows were fetched 4 at a time
+        assert any(line.startswith('shuffle="block"') for line in recommend(result))
+    else:
+        assert req.rows_per_request > 1000  # MiB-sized requests of whole runs of rows
+        assert req.bytes_fetched == req.bytes_asked  # no gaps, nothing fetched twice
+        assert not any(line.startswith('shuffle="block"') for line in recommend(result))
+
+
+def test_cli_bench_s3_text_json_and_storage_options(
+    s3_bench: tuple[RangeServer, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, url = s3_bench
+    args = ["bench", url, "--shuffle", "global", "--no-sweep", "--seconds", "20"]
+    assert main([*args, "--storage-option", "gap_bytes=0", "--storage-option", "prefetch_bytes=1"]) == 0
+    out = capsys.readouterr().out
+    for line in ("requests ", "rows per request", "MB asked", "MB fetched", "p50", "p99", "in flight", "ranged GET"):
+        assert line in out, out
+    assert 'recommended     shuffle="block"' in out
+    options = ["--storage-option", "request_bytes=64K", "--storage-option", "max_concurrency=3"]
+    assert main([*args, "--json", *options]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows"] == 4000 and report["requests"]["max_concurrency"] == 3
+    assert report["requests"]["rows_per_request"] > 1  # rows merged across the default 256 KiB gaps
+    with pytest.raises(SystemExit):
+        main(["bench", url, "--storage-option", "novalue"])
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+    missing = url.replace("x.npy", "missing.npy")
+    assert main(["bench", missing, "--no-sweep"]) == 1
+    assert missing in capsys.readouterr().err
+
+
+def test_request_stats_are_bounded_and_give_percentiles() -> None:
+    stats = RequestStats()
+    size = len(stats.histogram)
+    latencies = np.random.default_rng(0).lognormal(np.log(0.02), 0.5, 100_000)
+    for seconds in latencies:
+        stats.record(1024, float(seconds))
+    assert len(stats.histogram) == size and stats.requests == 100_000  # fixed size, however many requests
+    for q in (0.5, 0.99):
+        assert stats.latency(q) == pytest.approx(np.quantile(latencies, q), rel=0.06)  # one 6% bin
+    before = stats.copy()
+    stats.record(10, 5.0)
+    spent = stats.since(before)
+    assert (spent.requests, spent.bytes) == (1, 10) and spent.latency(0.5) == pytest.approx(5.0, rel=0.06)
+    assert RequestStats().latency(0.5) == 0.0

@@ -3,6 +3,12 @@
 What ``npyfeed bench`` runs. The raw read is plain ``readv`` into one buffer (what the storage and page cache give
 a single reader); ``cold`` drops the files from the page cache first (``POSIX_FADV_DONTNEED``, no root needed).
 Peak memory is the process's anonymous memory (``RssAnon``: heap and buffers, not page cache) sampled on a thread.
+
+For objects in a store (``s3://``, ``gs://``, ``https://``) the raw read is one large ranged GET per object,
+streamed and dropped (the link's sequential limit), and the result also holds what the Loader's requests cost
+(:class:`RequestReport`, from the clients' :class:`~npyfeed.storage.client.RequestStats`): requests/s, bytes
+asked vs fetched, rows per request, latency percentiles and requests in flight, which :func:`recommend` turns into
+advice (block shuffle, more requests in flight).
 """
 
 from __future__ import annotations
@@ -16,11 +22,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from npyfeed.columns import Columns
+import numpy as np
+
+from npyfeed.budget import storages
+from npyfeed.columns import Columns, StorageOptions
 from npyfeed.loader import Loader, ShuffleMode
+from npyfeed.storage.client import RequestStats
+from npyfeed.storage.urls import is_url, parse_url
 from npyfeed.system import cpu_count
 
-__all__ = ["BenchResult", "drop_from_cache", "raw_read_speed", "run_bench"]
+__all__ = ["BenchResult", "RequestReport", "drop_from_cache", "raw_read_speed", "recommend", "run_bench"]
 
 
 def drop_from_cache(paths: Sequence[str]) -> None:
@@ -49,6 +60,30 @@ def raw_read_speed(paths: Sequence[str], *, max_bytes: int = 4 << 30, chunk: int
         finally:
             os.close(fd)
     return total / max(time.perf_counter() - started, 1e-9)
+
+
+def raw_object_speed(objects: Sequence[Any], *, max_bytes: int = 4 << 30) -> tuple[float, int]:
+    """(bytes per second, requests) of one ranged GET per object (``ObjectFile``) from its start, streamed into
+    nothing: the sequential speed of the link to the store, measured at the same time as the Loader."""
+    total, requests, started = 0, 0, time.perf_counter()
+    for storage in {s.name: s for s in objects}.values():
+        if total >= max_bytes:
+            break
+        size = min(storage.size, max_bytes - total)
+        if size == 0:
+            continue
+        client, key = storage.client, parse_url(storage.name).key
+
+        async def read(client: Any = client, key: str = key, size: int = size) -> int:
+            result = await client._obstore.get_async(client.store, key, options={"range": (0, size)})
+            got = 0
+            async for chunk in result.stream(min_chunk_size=8 << 20):
+                got += len(chunk)
+            return got
+
+        total += client.run(read)
+        requests += 1
+    return total / max(time.perf_counter() - started, 1e-9), requests
 
 
 def anon_memory() -> int:
@@ -83,6 +118,41 @@ def peak_anon_memory(interval: float = 0.02) -> Iterator[list[int]]:
 
 
 @dataclass
+class RequestReport:
+    """What the Loader's requests to object stores cost during the timed run (all stores together)."""
+
+    requests: int
+    retries: int
+    bytes_asked: int
+    """Bytes of the rows delivered from remote columns."""
+    bytes_fetched: int
+    """Bytes the store sent: the rows, the gaps merged between them, blocks fetched ahead."""
+    row_reads: int
+    """Rows delivered times remote columns: what the requests served."""
+    seconds: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    mean_in_flight: float
+    """Sum of request latencies over the wall time (Little's law)."""
+    max_in_flight: int
+    max_concurrency: int
+    """The per-store limit (``storage_options["max_concurrency"]``)."""
+    raw_requests: int
+    """GETs of the raw sequential reference (one per object read)."""
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / max(self.seconds, 1e-9)
+
+    @property
+    def rows_per_request(self) -> float:
+        return self.row_reads / max(self.requests, 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "requests_per_s": self.requests_per_s, "rows_per_request": self.rows_per_request}
+
+
+@dataclass
 class BenchResult:
     """One measured configuration."""
 
@@ -98,6 +168,8 @@ class BenchResult:
     memory_baseline: int
     memory_peak: int
     trials: list[dict[str, Any]] = field(default_factory=list)
+    requests: RequestReport | None = None
+    """Object-store requests of the timed run (None when every file is local)."""
 
     @property
     def rows_per_s(self) -> float:
@@ -108,7 +180,9 @@ class BenchResult:
         return self.rows_per_s * self.row_bytes
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "rows_per_s": self.rows_per_s, "bytes_per_s": self.bytes_per_s}
+        out = {**asdict(self), "rows_per_s": self.rows_per_s, "bytes_per_s": self.bytes_per_s}
+        out["requests"] = None if self.requests is None else self.requests.as_dict()
+        return out
 
 
 def _time_loader(
@@ -152,19 +226,32 @@ def run_bench(
     max_seconds: float | None = 30.0,
     progress: bool = True,
     sweep: bool = True,
+    storage_options: StorageOptions = None,
 ) -> BenchResult:
     """Time ``epochs`` of a Loader over ``source`` (capped at ``max_seconds``), plus the raw read reference.
 
     With ``sweep``, also tries a few thread counts briefly and records them in ``trials`` so the caller can
-    recommend the fastest.
+    recommend the fastest. URLs are read with ``storage_options`` (or the standard environment); ``cold`` applies
+    to local files only (a store has no page cache of ours to drop).
     """
-    columns = Columns.of(source)
-    paths = list(columns.paths)
+    columns = Columns.of(source, storage_options=storage_options)
+    backends = list(storages(columns))
+    objects = [s for s in backends if is_remote(s)]
+    paths = [s.name for s in backends if not is_remote(s)]
     if cold:
         drop_from_cache(paths)
-    raw = raw_read_speed(paths)
+    raw = raw_read_speed(paths) if paths else 0.0
+    raw_requests = 0
+    if objects:
+        remote_raw, raw_requests = raw_object_speed(objects)
+        # Local and remote columns together: the slower link is the limit.
+        raw = min(raw, remote_raw) if paths else remote_raw
     if cold:
         drop_from_cache(paths)
+    clients = list({id(s.client): s.client for s in objects}.values())
+    before = [c.stats.copy() for c in clients]
+    for client in clients:
+        client.stats.max_in_flight = client.stats.in_flight  # the peak of this run, not of earlier ones
     baseline = anon_memory()
     loader = Loader(columns, batch_size, shuffle=shuffle, seed=0, num_threads=num_threads, prefetch=prefetch)
     with peak_anon_memory() as peak:
@@ -172,6 +259,7 @@ def run_bench(
             loader, epochs=epochs, max_seconds=max_seconds, progress=progress, label=f"shuffle={shuffle}"
         )
     loader.close()
+    _settle(clients)
     result = BenchResult(
         shuffle=shuffle,
         batch_size=batch_size,
@@ -185,6 +273,8 @@ def run_bench(
         memory_baseline=baseline,
         memory_peak=peak[0],
     )
+    if clients:
+        result.requests = _request_report(columns, clients, before, rows, seconds, raw_requests)
     if sweep:
         for threads in sorted({1, cpu_count(), 2 * cpu_count()}):
             if cold:
@@ -196,6 +286,42 @@ def run_bench(
     return result
 
 
+def _settle(clients: list[Any], timeout: float = 5.0) -> None:
+    """Wait (a bounded time) for requests still in flight, e.g. blocks fetched ahead: they are the run's cost."""
+    deadline = time.monotonic() + timeout
+    while any(c.stats.in_flight for c in clients) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def is_remote(storage: Any) -> bool:
+    """True for a storage backend in an object store (it has a request client)."""
+    return is_url(storage.name) and hasattr(storage, "client")
+
+
+def _request_report(
+    columns: Columns, clients: list[Any], before: list[Any], rows: int, seconds: float, raw_requests: int
+) -> RequestReport:
+    spent = [c.stats.since(b) for c, b in zip(clients, before, strict=True)]
+    remote = [a for a in columns.arrays if any(is_remote(s) for s in storages(a))]
+    row_bytes = sum(int(np.prod(a.shape[1:], dtype=np.int64)) * a.dtype.itemsize for a in remote)
+    histogram = [sum(counts) for counts in zip(*(s.histogram for s in spent), strict=True)]
+    merged = RequestStats(histogram=histogram)
+    return RequestReport(
+        requests=sum(s.requests for s in spent),
+        retries=sum(s.retries for s in spent),
+        bytes_asked=rows * row_bytes,
+        bytes_fetched=sum(s.bytes for s in spent),
+        row_reads=rows * len(remote),
+        seconds=seconds,
+        latency_p50_ms=merged.latency(0.5) * 1e3,
+        latency_p99_ms=merged.latency(0.99) * 1e3,
+        mean_in_flight=sum(s.seconds for s in spent) / max(seconds, 1e-9),
+        max_in_flight=max(s.max_in_flight for s in spent),
+        max_concurrency=max(c.options.max_concurrency for c in clients),
+        raw_requests=raw_requests,
+    )
+
+
 def recommend(result: BenchResult) -> list[str]:
     """Settings worth using, from what was measured."""
     advice = []
@@ -203,9 +329,40 @@ def recommend(result: BenchResult) -> list[str]:
         best = max(result.trials, key=lambda t: t["rows_per_s"])
         if best["rows_per_s"] > 1.1 * result.rows_per_s:
             advice.append(f"num_threads={best['num_threads']} ({best['rows_per_s']:,.0f} rows/s)")
-    if result.shuffle == "global" and result.bytes_per_s < 0.25 * result.raw_bytes_per_s:
+    req = result.requests
+    slow = result.bytes_per_s < 0.25 * result.raw_bytes_per_s
+    if result.shuffle == "global" and req is not None and (slow or req.rows_per_request < _FEW_ROWS_PER_REQUEST):
+        advice.append(
+            f'shuffle="block": a global shuffle over an object store took {req.rows_per_request:.1f} rows per '
+            f"request ({req.requests_per_s:,.0f} requests/s at {req.latency_p50_ms:.1f} ms p50) and read at "
+            f"{result.bytes_per_s / max(result.raw_bytes_per_s, 1):.0%} of one sequential GET; a block shuffle "
+            "fetches whole MiB-sized blocks, once each"
+        )
+    elif result.shuffle == "global" and slow:
         advice.append(
             'shuffle="block": a global shuffle reads at '
             f"{result.bytes_per_s / result.raw_bytes_per_s:.0%} of the sequential speed of these files"
         )
+    if req is not None and req.requests >= _JUDGED_REQUESTS and slow:
+        if req.mean_in_flight >= _BUSY_SHARE * req.max_concurrency:
+            advice.append(
+                f"storage_options={{'max_concurrency': {2 * req.max_concurrency}}}: latency-bound, requests wait "
+                f"for the {req.max_concurrency} slots ({req.mean_in_flight:.1f} in flight on average, "
+                f"{req.latency_p50_ms:.1f} ms p50)"
+            )
+        elif req.mean_in_flight < _IDLE_SHARE * req.max_concurrency:
+            advice.append(
+                f"num_threads={2 * result.num_threads} or a larger prefetch: only {req.mean_in_flight:.1f} of "
+                f"{req.max_concurrency} requests were in flight on average, more reads at once hide the "
+                f"{req.latency_p50_ms:.1f} ms latency"
+            )
     return advice or ["the defaults"]
+
+
+# A global shuffle merging fewer rows than this per request is latency-bound on an object store.
+_FEW_ROWS_PER_REQUEST = 4.0
+# Mean requests in flight over the limit: above _BUSY_SHARE the slots are the bottleneck; below _IDLE_SHARE the
+# loader does not ask for enough at once.
+_BUSY_SHARE = 0.75
+_IDLE_SHARE = 0.25
+_JUDGED_REQUESTS = 64  # fewer requests say nothing about concurrency

@@ -29,7 +29,7 @@ import numpy as np
 from npyfeed.prefetch import Stopped
 from npyfeed.system import available_memory
 
-__all__ = ["PAGE", "PAGE_TABLE_SPAN", "Plan", "budget_bytes", "drop_page_tables", "plan", "read_windows"]
+__all__ = ["PAGE", "PAGE_TABLE_SPAN", "Plan", "budget_bytes", "drop_page_tables", "plan", "read_windows", "storages"]
 
 PAGE = mmap.PAGESIZE
 PAGE_TABLE_SPAN = PAGE * (PAGE // 8)  # bytes of mapping one page-table page covers (2 MiB with 4 KiB pages)
@@ -169,14 +169,14 @@ def read_windows(
         done(b - a)
 
 
-def _storages(source: Any) -> Iterator[Any]:
+def storages(source: Any) -> Iterator[Any]:
     """Every storage backend under a source (Columns, concatenations, row slices, arrays)."""
     for name in ("arrays", "parts"):
         for child in getattr(source, name, ()):
-            yield from _storages(child)
+            yield from storages(child)
     base = getattr(source, "base", None)
     if base is not None:
-        yield from _storages(base)
+        yield from storages(base)
     storage = getattr(source, "storage", None)
     if storage is not None:
         yield storage
@@ -184,7 +184,7 @@ def _storages(source: Any) -> Iterator[Any]:
 
 def drop_page_tables(source: Any) -> None:
     """Free the page tables of every mapping under ``source`` (pages stay cached; readers just fault again)."""
-    for storage in _storages(source):
+    for storage in storages(source):
         drop = getattr(storage, "drop_page_tables", None)
         if drop is not None:
             drop()
