@@ -33,6 +33,7 @@ from npyfeed.columns import Columns, Source
 from npyfeed.errors import ConfigError, NpyfeedError, WorkerError
 from npyfeed.order import BlockShuffle, ChunkCache, GlobalShuffle, Order, Sequential
 from npyfeed.prefetch import PrefetchStats, Stopped, prefetch_ordered, stopping
+from npyfeed.remote_order import default_geometry
 from npyfeed.shard import Layout, Shard
 from npyfeed.state import loader_state, restore_state
 from npyfeed.system import available_memory, cpu_count
@@ -48,8 +49,6 @@ Batch = Any
 # Kernel hints pay off when reads are slow (cold data): below this read speed a batch asks the kernel to queue
 # all its rows at once (posix_fadvise WILLNEED) instead of faulting them in one page at a time.
 _HINT_BELOW_BYTES_PER_S = 300e6
-_BLOCK_BYTES = 1 << 20  # default block-shuffle block: 1 MiB of rows, one efficient sequential read
-_WINDOW_BLOCKS = 16  # default blocks mixed together: a 16 MiB window (measured best cold under a 256 MiB cap)
 _READ_BYTES = 4 << 20  # one read task fetches about this much (several small batches at once)
 _REPLAN_SECONDS = 0.5  # how often reads re-measure the memory left (a few /proc and cgroup files)
 
@@ -70,7 +69,9 @@ class Loader:
         shard: this worker's share of each epoch: ``(index, count)``, a :class:`Shard`, a
             ``tf.distribute.InputContext``, or ``"auto"`` (from the engine or launcher, see
             :func:`npyfeed.shard.resolve`). Worker ``i`` reads global batches ``i, i + count, ...``.
-        block_rows, window_blocks: block-shuffle geometry (default: 1 MiB blocks, 16 per window).
+        block_rows, window_blocks: block-shuffle geometry. Default: 1 MiB blocks, 16 per window for local files;
+            8 MiB blocks, as many per window as two windows fit in ``prefetch_bytes`` (6 by default) on object
+            stores (see :mod:`npyfeed.remote_order`). A default geometry gives way to the one of a saved state.
         num_threads: reads copying at once (default: the number of cores, at least 2).
         io_threads: reads waiting on storage at once when the data is cold (default: ``4 x num_threads``, at
             most 16): a read blocked on disk holds no core, so more of them keep the device's queue deep.
@@ -125,9 +126,13 @@ class Loader:
         self.prefetch = args.optional_positive_int("prefetch", prefetch)
         self.io_hints = args.optional_flag("io_hints", io_hints)
         epoch = args.integer("epoch", epoch)
-        row_bytes = max(1, self.source.row_bytes)
-        block = args.optional_positive_int("block_rows", block_rows) or max(1, _BLOCK_BYTES // row_bytes)
-        window = args.optional_positive_int("window_blocks", window_blocks) or _WINDOW_BLOCKS
+        given = (
+            args.optional_positive_int("block_rows", block_rows),
+            args.optional_positive_int("window_blocks", window_blocks),
+        )
+        self._geometry_given = given
+        default = default_geometry(self.source) if None in given else (0, 0)
+        block, window = (g or d for g, d in zip(given, default, strict=True))
         self.order: Order = self._make_order(block, window)
         self._layout = Layout(
             len(self.source), self.batch_size, self.shard.count, self.shard.index, self.drop_remainder
@@ -481,7 +486,17 @@ class Loader:
         The state may come from a job with another shard count: this shard then reads its share of the rest of
         the saved epoch (:meth:`num_batches` of it, the same on every shard), and later epochs are whole.
         """
-        epoch, position = restore_state(self, state)
+        saved = self._adoptable_geometry(state)
+        if saved is None:
+            epoch, position = restore_state(self, state)
+        else:  # a geometry chosen by default follows the state's (saved reading locally, resumed remotely)
+            order = self.order
+            self.order = self._make_order(*saved)
+            try:
+                epoch, position = restore_state(self, state)
+            except BaseException:
+                self.order = order
+                raise
         if state["seed"] != self.seed:
             self.seed = state["seed"]
             self.order = self._make_order(*self._block_geometry())
@@ -493,6 +508,17 @@ class Loader:
         self._resumed, self._resumed_epoch = resumed, epoch
         self._next_epoch, self._next_batch = epoch, 0
         self._position = (epoch, 0)
+
+    def _adoptable_geometry(self, state: Any) -> tuple[int, int] | None:
+        """The block geometry of a saved block-shuffle state, when it differs from this loader's only in values
+        this loader chose by default (not ``block_rows=``/``window_blocks=`` given explicitly)."""
+        saved = state.get("order") if isinstance(state, dict) and self.shuffle == "block" else None
+        if not (isinstance(saved, list) and len(saved) == 2 and all(args._is_int(v) and v > 0 for v in saved)):
+            return None
+        wanted = tuple(g or v for g, v in zip(self._geometry_given, saved, strict=True))
+        if wanted != tuple(saved) or wanted == self._block_geometry():
+            return None
+        return int(saved[0]), int(saved[1])
 
     def _block_geometry(self) -> tuple[int, int]:
         order = self.order.order if isinstance(self.order, ChunkCache) else self.order
