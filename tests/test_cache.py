@@ -29,7 +29,7 @@ import npyfeed
 from npyfeed.errors import ConfigError, ObjectChangedError
 from npyfeed.storage.cache import TRAILER, CacheOptions, ChunkCache, parse_size, split_cache_options
 from servers import FaultProxy, MotoS3, RangeServer, environment
-from test_properties import arrays, assert_same, row_keys, write
+from test_properties import arrays, check_key, row_keys, write
 
 TESTS = Path(__file__).parent
 
@@ -121,8 +121,7 @@ def test_reads_through_the_cache_match_np_load(
     for _ in range(2):  # cold, then from the chunks left on disk
         remote = npyfeed.open(f"{server.url}/{name}", storage_options=opts)
         assert (remote.shape, remote.dtype) == (expected.shape, expected.dtype)
-        key = data.draw(row_keys(expected.shape))
-        assert_same(remote[key], expected[key])
+        check_key(remote, expected, data.draw(row_keys(expected.shape)))
         assert disk_bytes(cache) <= size + 64  # + the lock and the counter
 
 
@@ -169,8 +168,13 @@ def test_a_cache_smaller_than_the_data_stays_under_its_limit(
     loader = npyfeed.Loader(
         f"{server.url}/small_{shuffle}.npy", 512, shuffle=shuffle, seed=2, block_rows=300, storage_options=opts
     )
-    for _ in range(2):
-        rows = epoch(loader)
+    for e in range(2):
+        if shuffle == "global" and e == 0:
+            # Random rows over data 5x the cache: fetching whole chunks for single rows is worse than no cache.
+            with pytest.warns(RuntimeWarning, match=r"larger than cache_size \(0.1 MB\)"):
+                rows = epoch(loader)
+        else:
+            rows = epoch(loader)  # warned once per process; none for the orders a cache helps
         assert same_rows(rows, x)
         assert disk_bytes(tmp_path) <= limit + 64, disk_bytes(tmp_path)
     cache = loader.source.arrays[0].storage.cache.cache  # type: ignore[attr-defined]

@@ -34,6 +34,7 @@ import shutil
 import struct
 import threading
 import time
+import warnings
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ _MAGIC = b"NPYFCHK1"
 _CHUNK_NAME = re.compile(r"^[0-9a-f]{16}-(\d+)-\d+$")
 _PART_NAME = re.compile(r"^[0-9a-f]{16}-(\d+)-\d+\.part$")
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+THRASH_RATIO = 4
+"""Warn when chunks fetched exceed this many times the rows served, the cache having turned over once."""
 _CRC_PIECE = 1 << 20  # checksums read the chunk in pieces of this size: bounded memory
 _ORPHAN_TMP_SECONDS = 600.0  # a claim's temporary file lives milliseconds; older ones were left by a killed process
 
@@ -153,6 +156,11 @@ class ChunkCache:
         self._verified: set[tuple[int, int, int, int]] = set()
         self.evicted = 0
         """Chunk files this process deleted to make room (for tests and ``npyfeed bench``)."""
+        self.fetched_bytes = 0
+        """Bytes of chunks this process fetched into the cache."""
+        self.served_bytes = 0
+        """Bytes of rows this process's gathers returned through the cache."""
+        self._warned = False
 
     @property
     def limit(self) -> int:
@@ -246,6 +254,27 @@ class ChunkCache:
                     self.evicted += 1
                 total -= size
         return total
+
+    def count(self, fetched: int = 0, served: int = 0) -> None:
+        """Add to the byte counters; warn once if the cache is thrashing (see :data:`THRASH_RATIO`)."""
+        with self._lock:
+            self.fetched_bytes += fetched
+            self.served_bytes += served
+            thrashing = (
+                not self._warned
+                and self.evicted * self.options.chunk_bytes > self.limit
+                and self.fetched_bytes > THRASH_RATIO * self.served_bytes + self.limit
+            )
+            self._warned = self._warned or thrashing
+        if thrashing:
+            warnings.warn(
+                f"npyfeed cache {self.options.directory}: {self.fetched_bytes / 1e6:.1f} MB of chunks fetched for "
+                f"{self.served_bytes / 1e6:.1f} MB of rows, and chunks are evicted before they are used again: "
+                f"the data read in random order (shuffle=True) is larger than cache_size ({self.limit / 1e6:.1f} "
+                "MB). Raise cache_size, read in block-shuffle order, or turn the cache off",
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
     # -- writing ------------------------------------------------------------------------------------------------
     def claim(self, path: Path) -> int | None:

@@ -205,6 +205,7 @@ class CachedObject:
 
         if ranges:
             self._fetch(ranges, sink)
+            self.cache.count(fetched=sum(self.length(k) for k in claimed))
 
     # -- reading ------------------------------------------------------------------------------------------------
     def gather(
@@ -250,6 +251,7 @@ class CachedObject:
             _close(fds.values())
         if missed.any():
             fallback(np.flatnonzero(missed))
+        self.cache.count(served=(n - int(missed.sum())) * record_bytes)
 
     def _read_records(self, fd: int, rel: np.ndarray, positions: np.ndarray, out2: np.ndarray) -> bool:
         """Records at byte offsets ``rel`` of one chunk (sorted) into rows ``positions`` of ``out2``."""
