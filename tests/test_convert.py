@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
-import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import numpy as np
 import pytest
 
 import npyfeed
+from cgroups import memory_cap, peak_usage
 from npyfeed import ConfigError, NpyFormatError
 from npyfeed.cli import main
 from npyfeed.convert import convert
@@ -174,7 +173,6 @@ def test_cli_convert_and_inspect_advice(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 # -- out of core: a Fortran file several times larger than a cgroup-v1 memory cap -----------------------------------
-CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
 CAP = 128 << 20
 COLS = 256  # int32: 1 KiB rows
 ROWS = (512 << 20) // (COLS * 4)  # 512 MiB, 4x the cap
@@ -191,26 +189,9 @@ CHILD = textwrap.dedent(
 )
 
 
-def _make_cgroup() -> Path:
-    if not (CGROUP_ROOT / "memory.limit_in_bytes").exists():
-        pytest.skip("no cgroup-v1 memory controller at /sys/fs/cgroup/memory")
-    group = CGROUP_ROOT / f"npyfeed-convert-{uuid.uuid4().hex[:8]}"
-    try:
-        group.mkdir()
-        (group / "memory.limit_in_bytes").write_text(str(CAP))
-    except OSError as e:
-        pytest.skip(f"cannot create a memory cgroup ({e}); run as root to test out-of-core conversion")
-    swap = group / "memory.memsw.limit_in_bytes"
-    if swap.exists():
-        with contextlib.suppress(OSError):
-            swap.write_text(str(CAP))
-    return group
-
-
 @pytest.mark.slow
 def test_fortran_to_c_of_a_file_4x_larger_than_a_memory_cap(tmp_path: Path) -> None:
-    group = _make_cgroup()
-    try:
+    with memory_cap(CAP, "convert") as group:
         source = tmp_path / "f.npy"
         out = np.lib.format.open_memmap(source, mode="w+", dtype=np.int32, shape=(ROWS, COLS), fortran_order=True)
         ids = np.arange(ROWS, dtype=np.int64)
@@ -233,14 +214,10 @@ def test_fortran_to_c_of_a_file_4x_larger_than_a_memory_cap(tmp_path: Path) -> N
         )
         assert result.returncode == 0, f"convert failed (exit {result.returncode}; -9 is an OOM kill):\n{result.stderr}"
         assert result.stdout.split() == [str(ROWS), "fortran"]
-        assert int((group / "memory.max_usage_in_bytes").read_text()) <= CAP
+        assert peak_usage(group) <= CAP
         converted = np.load(tmp_path / "c.npy", mmap_mode="r")
         assert converted.shape == (ROWS, COLS) and converted.flags.c_contiguous
         for start in range(0, ROWS, 65536):
             block = np.asarray(converted[start : start + 65536], dtype=np.int64)
             expected = (np.arange(start, start + len(block))[:, None] * 7 + np.arange(COLS)) % (2**31)
             assert np.array_equal(block, expected), start
-    finally:
-        for pid in (group / "cgroup.procs").read_text().split():
-            (CGROUP_ROOT / "cgroup.procs").write_text(pid)
-        group.rmdir()

@@ -7,38 +7,21 @@ An OOM kill (exit by SIGKILL) or a wrong row fails the test.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
+from cgroups import memory_cap, peak_usage
+
 CAP = 256 << 20
 ROW = 1024  # int32 values: 4 KiB rows, one page each
 ROWS = (2 << 30) // (ROW * 4)  # 2 GiB
-
-
-def _make_cgroup() -> Path:
-    if not (CGROUP_ROOT / "memory.limit_in_bytes").exists():
-        pytest.skip("no cgroup-v1 memory controller at /sys/fs/cgroup/memory")
-    group = CGROUP_ROOT / f"npyfeed-test-{uuid.uuid4().hex[:8]}"
-    try:
-        group.mkdir()
-        (group / "memory.limit_in_bytes").write_text(str(CAP))
-    except OSError as e:
-        pytest.skip(f"cannot create a memory cgroup ({e}); run as root to test larger-than-RAM reads")
-    swap = group / "memory.memsw.limit_in_bytes"
-    if swap.exists():
-        with contextlib.suppress(OSError):  # no swap accounting: nothing to cap
-            swap.write_text(str(CAP))
-    return group
 
 
 def _write_rows(path: Path) -> None:
@@ -90,8 +73,7 @@ CHILD = textwrap.dedent(
 
 @pytest.mark.slow
 def test_shuffled_epoch_of_a_2gib_file_under_a_256mib_cap(tmp_path: Path) -> None:
-    group = _make_cgroup()
-    try:
+    with memory_cap(CAP, "larger-than-ram") as group:
         path = tmp_path / "big.npy"
         _write_rows(path)
         assert path.stat().st_size > 8 * CAP
@@ -105,11 +87,7 @@ def test_shuffled_epoch_of_a_2gib_file_under_a_256mib_cap(tmp_path: Path) -> Non
         report = json.loads(result.stdout.strip().splitlines()[-1])
         assert report["bad"] == 0
         assert report["once"] and report["rows"] == ROWS
-        peak = int((group / "memory.max_usage_in_bytes").read_text())
+        peak = peak_usage(group)
         assert peak <= CAP
         assert report["rss_anon"] < 200 << 20  # our own memory stayed small; the rest was reclaimable cache
         print(f"\n2 GiB shuffled under 256 MiB: {ROWS / report['seconds']:.0f} rows/s, peak cgroup {peak >> 20} MiB")
-    finally:
-        for pid in (group / "cgroup.procs").read_text().split():
-            (CGROUP_ROOT / "cgroup.procs").write_text(pid)
-        group.rmdir()

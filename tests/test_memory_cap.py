@@ -10,46 +10,21 @@ rows over a 2^34-row file were killed within 20 batches (page tables alone passe
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
-import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
+from cgroups import memory_cap, oom_kills, peak_usage
+
 CAP = 256 << 20
 
 pytestmark = pytest.mark.slow
-
-
-def make_cgroup(limit: int = CAP) -> Path:
-    if os.geteuid() != 0 or not (CGROUP_ROOT / "memory.limit_in_bytes").exists():
-        pytest.skip("needs root and a cgroup-v1 memory controller at /sys/fs/cgroup/memory")
-    group = CGROUP_ROOT / f"npyfeed-cap-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    group.mkdir()
-    (group / "memory.limit_in_bytes").write_text(str(limit))
-    swap = group / "memory.memsw.limit_in_bytes"
-    if swap.exists():
-        with contextlib.suppress(OSError):
-            swap.write_text(str(limit))
-    return group
-
-
-def remove_cgroup(group: Path) -> None:
-    for _ in range(50):
-        with contextlib.suppress(OSError):
-            for pid in (group / "cgroup.procs").read_text().split():
-                (CGROUP_ROOT / "cgroup.procs").write_text(pid)
-            group.rmdir()
-            return
-        time.sleep(0.1)
 
 
 def sparse_npy(path: Path, dtype: str, shape: tuple[int, ...]) -> str:
@@ -100,8 +75,7 @@ CHILD = textwrap.dedent(
 
 
 def run_capped(spec: dict[str, object], timeout: float = 240) -> tuple[dict[str, int], int]:
-    group = make_cgroup()
-    try:
+    with memory_cap(CAP, "cap") as group:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
         result = subprocess.run(
             [sys.executable, "-c", CHILD, str(group), json.dumps(spec)],
@@ -110,13 +84,8 @@ def run_capped(spec: dict[str, object], timeout: float = 240) -> tuple[dict[str,
             timeout=timeout,
             env=env,
         )
-        oom = 0
-        for line in (group / "memory.oom_control").read_text().splitlines():
-            if line.startswith("oom_kill "):
-                oom = int(line.split()[1])
-        peak = int((group / "memory.max_usage_in_bytes").read_text())
-    finally:
-        remove_cgroup(group)
+        oom = oom_kills(group)
+        peak = peak_usage(group)
     assert result.returncode == 0 and oom == 0, (
         f"reader died in a {CAP >> 20} MiB cap (exit {result.returncode}, -9 is an OOM kill; oom_kill={oom}):\n"
         f"{result.stderr[-3000:]}"
