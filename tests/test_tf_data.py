@@ -453,3 +453,67 @@ def test_signature_mismatch_without_transform_names_the_batches(files: dict[str,
         next(it)
     ok = to_tf_dataset(loader, output_signature=tf.TensorSpec((None, None), tf.float32))
     assert [b.shape[0] for b in ok] == [10] * 10 + [3]
+
+
+# -- batches that alias the Loader's buffers -----------------------------------------------------------------------
+@pytest.fixture
+def distinct(tmp_path: Path) -> str:
+    """Random 1 KiB float32 rows (every batch differs from every other): batches of 10 rows are 10 KiB, a multiple
+    of 64 bytes, so TensorFlow slices them out of their chunk as views."""
+    path = str(tmp_path / "distinct.npy")
+    np.save(path, np.random.default_rng(5).standard_normal((N, 256), dtype=np.float32))
+    return path
+
+
+def read_batches_per_call(monkeypatch: pytest.MonkeyPatch, shuffle: Any, batches: int) -> None:
+    """Loaders of 10-row batches of ``distinct`` read ``batches`` batches per call (a global shuffle counts a 1 KiB
+    row as the pages it may span, 1 KiB + 4 KiB - 1)."""
+    monkeypatch.setattr(npyfeed.loader, "_READ_BYTES", batches * 10 * (1024 + 4095 if shuffle is True else 1024))
+
+
+@pytest.mark.parametrize("per_read", [1, 3])
+@pytest.mark.parametrize("shuffle", [False, True, "block"])
+def test_batches_held_across_epochs_never_change(
+    distinct: str, monkeypatch: pytest.MonkeyPatch, shuffle: Any, per_read: int
+) -> None:
+    """Batches alias the Loader's recycled buffers (one read per batch), or come from chunks that did: held, they
+    must keep their bytes while later reads and later epochs recycle the buffers of the batches let go."""
+    read_batches_per_call(monkeypatch, shuffle, per_read)
+    loader = npyfeed.Loader(distinct, batch_size=10, shuffle=shuffle, seed=9, block_rows=16)
+    assert loader.batches_per_read == per_read
+    ds = to_tf_dataset(loader)
+    held: list[tuple[int, int, Any]] = []
+    for epoch in range(4):
+        for index, batch in enumerate(ds):
+            if epoch % 2 == 0 or index % 4 == 0:  # odd epochs let most batches go: their buffers are recycled
+                held.append((epoch, index, batch))
+        del batch  # the loop variable must not keep the last dropped batch alive
+    assert loader._buffers.reused > 0  # buffers were recycled while held batches (or chunks) were alive
+    x = np.load(distinct)
+    for epoch, index, batch in held:
+        np.testing.assert_array_equal(batch.numpy(), x[loader.batch_rows(epoch, index)], f"{epoch}/{index}")
+    assert len(held) == 2 * 11 + 2 * 3
+
+
+def test_batches_and_chunks_reach_tensorflow_without_a_copy(distinct: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read's output is the Loader's 64-byte-aligned buffer, which numpy_function wraps without a copy: one
+    batch as it is, and the batches of a chunk stacked as a view of their buffer (a copy costs as much as the read
+    itself on small rows)."""
+    from npyfeed.tf_data import _stacked
+
+    read_batches_per_call(monkeypatch, False, 3)
+    batches = npyfeed.Loader(distinct, batch_size=10).read_batches(0, 1, 4)
+    chunk = _stacked(batches)
+    assert chunk.shape == (3, 10, 256)
+    assert chunk.__array_interface__["data"][0] == batches[0].__array_interface__["data"][0]
+    assert chunk.__array_interface__["data"][0] % 64 == 0
+    np.testing.assert_array_equal(chunk, np.stack(batches))
+    assert chunk.base is batches[0].base  # the buffer pool sees its buffer referenced
+
+    read_batches_per_call(monkeypatch, False, 1)
+    loader = npyfeed.Loader(distinct, batch_size=10)
+    address = lambda a: np.int64(a.__array_interface__["data"][0])  # noqa: E731
+    ds = to_tf_dataset(loader).map(lambda b: tf.numpy_function(address, [b], tf.int64))
+    addresses = list(ds.as_numpy_iterator())
+    owners = [(o.ctypes.data, o.nbytes) for pairs in loader._buffers._free.values() for o, _ in pairs]
+    assert [any(start <= a < start + size for start, size in owners) for a in addresses] == [True] * 11

@@ -272,20 +272,30 @@ def _compatible(spec_shape: tuple[int | None, ...], shape: tuple[int, ...]) -> b
 
 def _stacked(views: list[np.ndarray]) -> np.ndarray:
     """``views`` stacked on a new first axis: without a copy when they lie end to end in one buffer, as the batches
-    of one ``Loader.read_batches`` call do (each a slice of one array per column)."""
+    of one ``Loader.read_batches`` call do (each a slice of one 64-byte-aligned array per column).
+
+    The stacked array is a view of the memory's owner (what NumPy's ``base`` collapses to), so the Loader's buffer
+    pool sees it referenced, and ``tf.numpy_function`` wraps it without a copy (it copies unaligned arrays).
+    """
     first = views[0]
-    base = first.base
-    if (
-        isinstance(base, np.ndarray)
-        and base.flags.c_contiguous
-        and base.dtype == first.dtype
-        and base.shape == (len(views) * first.shape[0], *first.shape[1:])
-        and all(v.base is base and v.flags.c_contiguous and v.shape == first.shape for v in views)
-    ):
-        address = base.__array_interface__["data"][0]
-        if all(v.__array_interface__["data"][0] == address + j * first.nbytes for j, v in enumerate(views)):
-            return base.reshape(len(views), *first.shape)
-    return np.stack(views)
+    owner = first.base
+    if not (isinstance(owner, np.ndarray) and owner.flags.c_contiguous and first.flags.c_contiguous):
+        return np.stack(views)
+    start = first.__array_interface__["data"][0]
+    offset = start - owner.__array_interface__["data"][0]
+    size = first.nbytes
+    if offset < 0 or offset + len(views) * size > owner.nbytes:
+        return np.stack(views)
+    for j, v in enumerate(views):
+        if (
+            v.base is not owner
+            or v.shape != first.shape
+            or v.dtype != first.dtype
+            or not v.flags.c_contiguous
+            or v.__array_interface__["data"][0] != start + j * size
+        ):
+            return np.stack(views)
+    return np.ndarray((len(views), *first.shape), first.dtype, buffer=owner, offset=offset)
 
 
 def _chunk_starts(loader: Loader) -> np.ndarray:
