@@ -7,7 +7,8 @@
   ``sendfile``). Path-style (``/bucket/key``), so it also answers obstore's S3 reads; ``honour_range=False`` makes
   it answer every GET with the whole file (a server npyfeed must refuse).
 - :class:`FaultProxy`: an HTTP proxy in front of either that answers a share of requests 503, resets a share of
-  connections halfway through the body, and delays requests, from a seeded random stream; it counts what it did.
+  connections halfway through the body, stalls a share (reads the request, never answers), and delays requests,
+  from a seeded random stream; it counts what it did.
 """
 
 from __future__ import annotations
@@ -79,8 +80,9 @@ class FaultProxy:
     """An HTTP/1.1 proxy to ``upstream`` (``host:port``) that injects faults into a share of requests.
 
     ``error_rate``: answered ``503 Slow Down`` without reaching the server; ``reset_rate``: forwarded, then the
-    connection is reset (RST) after half the response body; ``delay``: seconds added before every request is
-    forwarded (a slow link). Decisions come from ``random.Random(seed)``; ``counts`` says what was done.
+    connection is reset (RST) after half the response body; ``stall_rate``: read and never answered, the connection
+    held open until the proxy stops (a hung server); ``delay``: seconds added before every request is forwarded
+    (a slow link). Decisions come from ``random.Random(seed)``; ``counts`` says what was done.
     """
 
     def __init__(
@@ -89,17 +91,18 @@ class FaultProxy:
         *,
         error_rate: float = 0.0,
         reset_rate: float = 0.0,
+        stall_rate: float = 0.0,
         delay: float = 0.0,
         seed: int = 0,
         fault_after: int = 0,
     ) -> None:
         host, _, port = upstream.rpartition(":")
         self.upstream = (host, int(port))
-        self.error_rate, self.reset_rate, self.delay = error_rate, reset_rate, delay
+        self.error_rate, self.reset_rate, self.stall_rate, self.delay = error_rate, reset_rate, stall_rate, delay
         self.fault_after = fault_after  # the first requests pass untouched (headers at open)
         self._random = random.Random(seed)
         self._lock = threading.Lock()
-        self.counts = {"requests": 0, "errors": 0, "resets": 0}
+        self.counts = {"requests": 0, "errors": 0, "resets": 0, "stalls": 0}
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.1)
         self.port = self._listener.getsockname()[1]
@@ -144,6 +147,9 @@ class FaultProxy:
             if x < self.error_rate + self.reset_rate:
                 self.counts["resets"] += 1
                 return "reset"
+            if x < self.error_rate + self.reset_rate + self.stall_rate:
+                self.counts["stalls"] += 1
+                return "stall"
             return "pass"
 
     def _serve(self, conn: socket.socket) -> None:
@@ -157,6 +163,9 @@ class FaultProxy:
                     return
                 body = reader.read(_content_length(head)) if _content_length(head) else b""
                 action = self._decide()
+                if action == "stall":
+                    self._stop.wait()  # never answer; the client must give up on its own
+                    return
                 if self.delay:
                     time.sleep(self.delay)
                 if action == "error":

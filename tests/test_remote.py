@@ -6,10 +6,12 @@ Every server runs on 127.0.0.1 on a free port, started and stopped here; clients
 
 from __future__ import annotations
 
+import errno
 import io
 import itertools
 import pickle
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from npyfeed.errors import NpyFormatError, ObjectChangedError
 from npyfeed.storage.ranges import plan_requests
 from npyfeed.storage.urls import match_key, parse_url
 from servers import FaultProxy, MotoS3, RangeServer, environment
-from test_properties import arrays, assert_same, row_keys, write
+from test_properties import arrays, check_key, row_keys, write
 
 BUCKET = "npyfeed-test"
 
@@ -70,6 +72,19 @@ def test_urls_and_globs() -> None:
             parse_url(bad)
 
 
+def test_client_options_are_checked() -> None:
+    from npyfeed.errors import ConfigError
+    from npyfeed.storage.client import ClientOptions
+
+    assert ClientOptions(timeout=0.25, deadline=3).deadline == 3
+    for name, bad in [("timeout", 0), ("deadline", float("inf")), ("connect_timeout", True), ("deadline", "60s")]:
+        with pytest.raises(ConfigError, match=rf"storage_options\['{name}'\] must be a positive number of seconds"):
+            ClientOptions(**{name: bad})
+    for name, bad in [("request_bytes", 0), ("retries", -1), ("max_concurrency", 2.0)]:
+        with pytest.raises(ConfigError, match=re.escape(f"storage_options['{name}']")):
+            ClientOptions(**{name: bad})
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(st.integers(0, 5000), max_size=300).map(sorted),
@@ -90,10 +105,6 @@ def test_plan_requests_covers_every_index_once(indices: list[int], record: int, 
 
 # -- reads against np.load ------------------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.skip(
-    reason="hangs for some examples (e.g. --hypothesis-seed=3: every moto request thread waits in get_application, "
-    "the reader waits on them); an open bug of issue 9, reported in its note, to be found and fixed"
-)
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_s3_reads_match_np_load(s3: MotoS3, data: st.DataObject) -> None:
@@ -107,8 +118,10 @@ def test_s3_reads_match_np_load(s3: MotoS3, data: st.DataObject) -> None:
     gap = data.draw(st.sampled_from([0, 256]))
     remote = npyfeed.open(url, storage_options={"request_bytes": 1024, "gap_bytes": gap})
     assert (remote.shape, remote.dtype) == (expected.shape, expected.dtype)
-    key = data.draw(row_keys(expected.shape))
-    assert_same(remote[key], expected[key])
+    # Some keys are refused by NumPy itself (index arrays that do not broadcast): then npyfeed must refuse them too.
+    # (Asserting on those as if they were valid made this test fail, and Hypothesis then shrank for minutes over the
+    # server, about 2,000 examples of PUT + HEAD + GETs: what looked like a hang in moto.)
+    check_key(remote, expected, data.draw(row_keys(expected.shape)))
 
 
 def test_glob_columns_and_shuffled_epochs(s3: MotoS3) -> None:
@@ -215,6 +228,39 @@ def test_shuffled_epoch_is_exact_through_a_faulty_proxy(s3: MotoS3, retrier: str
     assert proxy.counts["requests"] >= stats.requests + proxy.counts["errors"] + proxy.counts["resets"]
     if retrier == "npyfeed":
         assert stats.retries >= proxy.counts["errors"] + proxy.counts["resets"] - 1
+
+
+def test_a_stalled_server_ends_in_a_timeout_naming_the_url(s3: MotoS3) -> None:
+    x = np.arange(3000, dtype=np.int64)
+    url = upload(s3, "stall/x.npy", x)
+    upstream = s3.endpoint.removeprefix("http://")
+    limits = {"timeout": 0.5, "connect_timeout": 0.5, "deadline": 2.0}
+    # Every request read and never answered: the HEAD at open.
+    with FaultProxy(upstream, stall_rate=1.0) as proxy:
+        began = time.monotonic()
+        with pytest.raises(TimeoutError, match=re.escape(url) + ".*2 s deadline") as info:
+            npyfeed.open(url, storage_options={"endpoint": proxy.url, **limits})
+        assert time.monotonic() - began < 15  # the deadline, not a hang (the limit of this test is generous)
+        assert info.value.errno == errno.ETIMEDOUT and proxy.counts["stalls"] >= 1
+    # The HEAD and the header pass; then the server stops answering: the data read gives up, after retries.
+    with FaultProxy(upstream, stall_rate=1.0, fault_after=2) as proxy:
+        a = npyfeed.open(url, storage_options={"endpoint": proxy.url, "request_bytes": 4096, **limits})
+        began = time.monotonic()
+        with pytest.raises(TimeoutError, match=re.escape(url) + r": reading bytes \[\d+, \d+\): no complete answer"):
+            a[:]
+        assert time.monotonic() - began < 15
+        assert proxy.counts["stalls"] >= 2  # obstore's or npyfeed's retries asked again before the deadline
+
+
+def test_stalled_requests_are_retried_and_the_epoch_is_exact(s3: MotoS3) -> None:
+    x = np.random.default_rng(6).integers(0, 1 << 40, (2000, 2), dtype=np.int64)
+    url = upload(s3, "stall/some.npy", x)
+    upstream = s3.endpoint.removeprefix("http://")
+    with FaultProxy(upstream, stall_rate=0.1, seed=1, fault_after=2) as proxy:
+        options = {"endpoint": proxy.url, "request_bytes": 2048, "gap_bytes": 0, "timeout": 0.5, "deadline": 30.0}
+        rows = epoch_rows(npyfeed.Loader(url, 250, shuffle="block", seed=3, block_rows=100, storage_options=options))
+    assert proxy.counts["stalls"] >= 2, proxy.counts
+    assert np.array_equal(np.sort(rows, axis=0), np.sort(x, axis=0))
 
 
 def test_http_range_server_and_a_server_that_ignores_range(tmp_path: Path) -> None:

@@ -10,6 +10,10 @@ Every range GET carries ``If-Match: <ETag seen at open>``, so a replaced object 
 instead of mixing two versions, and is checked for its exact length. Transient failures (5xx, resets, timeouts,
 bodies cut short by the network) are retried with jittered exponential backoff; a range is written to its own
 slice of the destination on every attempt, so a retry can never duplicate or drop a row.
+
+Nothing waits forever on a server: each HTTP request is bounded by obstore's ``connect_timeout`` and ``timeout``,
+and each range (every attempt and backoff included), HEAD and listing page by ``deadline``; past it the caller gets
+a ``TimeoutError`` naming the URL, the bytes and the last failure.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ _OWN_KEYS = (
     "gap_bytes",
     "retries",
     "prefetch_bytes",
+    "timeout",
+    "connect_timeout",
+    "deadline",
     "client_options",
     "retry_config",
 )
@@ -60,6 +67,13 @@ class ClientOptions:
     """Attempts after the first for a transient failure (5xx, reset, timeout, short body), with backoff."""
     prefetch_bytes: int = 96 << 20
     """Memory for ranges fetched ahead of use (``will_need``: the blocks of the next block-shuffle windows)."""
+    timeout: float = 30.0
+    """Seconds one HTTP request may take, connecting to last byte (obstore's ``timeout``); then it is retried."""
+    connect_timeout: float = 5.0
+    """Seconds to open a connection (obstore's ``connect_timeout``)."""
+    deadline: float = 120.0
+    """Seconds one range, HEAD or listing page may take with all its retries; then a ``TimeoutError`` naming the
+    URL. Time spent queued behind other requests of the same store does not count."""
 
     def __post_init__(self) -> None:
         for name in ("max_concurrency", "request_bytes", "prefetch_bytes"):
@@ -70,6 +84,10 @@ class ClientOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"storage_options[{name!r}] must be a non-negative int, got {value!r}")
+        for name in ("timeout", "connect_timeout", "deadline"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+                raise ConfigError(f"storage_options[{name!r}] must be a positive number of seconds, got {value!r}")
 
 
 # Latency histogram: log-spaced bins from 10 us to 1,000 s, 40 per decade (each bin 6% wide), so percentiles
@@ -197,14 +215,14 @@ class StoreClient:
         if url.scheme == "gs" and "STORAGE_EMULATOR_HOST" in os.environ:
             options.setdefault("base_url", os.environ["STORAGE_EMULATOR_HOST"])
             client_options.setdefault("allow_http", True)
-        client_options.setdefault("timeout", "60s")
-        client_options.setdefault("connect_timeout", "5s")
+        client_options.setdefault("timeout", timedelta(seconds=self.options.timeout))
+        client_options.setdefault("connect_timeout", timedelta(seconds=self.options.connect_timeout))
         if retry_config is None:
             # obstore retries connection-level failures itself; a body cut mid-transfer comes back to us.
             retry_config = {
                 "max_retries": 3,
                 "backoff": {"init_backoff": timedelta(milliseconds=50), "max_backoff": timedelta(seconds=2)},
-                "retry_timeout": timedelta(seconds=60),
+                "retry_timeout": timedelta(seconds=self.options.deadline),
             }
         self._obstore = obstore
         try:
@@ -215,24 +233,40 @@ class StoreClient:
         self._semaphore: asyncio.Semaphore | None = None
 
     # -- running on the loop ------------------------------------------------------------------------------------
-    def run(self, make: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
-        """Run the coroutine ``make()`` on the loop thread and wait for it (from any other thread)."""
+    def run(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Run the coroutine ``make()`` on the loop thread and wait for it (from any other thread); the coroutine
+        bounds its own time (every request in it has a deadline)."""
 
         async def wrapped() -> T:
             return await make()
 
-        future = asyncio.run_coroutine_threadsafe(wrapped(), _Loop.get())
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise TimeoutError(f"{self.url.store_url}: no answer in {timeout} s") from None
+        return asyncio.run_coroutine_threadsafe(wrapped(), _Loop.get()).result()
 
     def submit(self, make: Callable[[], Awaitable[T]]) -> concurrent.futures.Future[T]:
         async def wrapped() -> T:
             return await make()
 
         return asyncio.run_coroutine_threadsafe(wrapped(), _Loop.get())
+
+    async def _bounded(self, awaitable: Awaitable[T], name: str, what: str) -> T:
+        """``await awaitable`` within ``deadline`` seconds, else a ``TimeoutError`` naming ``name``."""
+        limit = asyncio.timeout(self.options.deadline)
+        try:
+            async with limit:
+                return await awaitable
+        except TimeoutError:
+            if not limit.expired():
+                raise
+            raise self._timeout(name, what) from None
+
+    def _timeout(self, name: str, what: str, attempts: int = 0, last: BaseException | None = None) -> TimeoutError:
+        tried = f"{attempts} attempt{'s' if attempts > 1 else ''}, " if attempts else ""
+        cause = f"last: {last}" if last is not None else "no answer from the server"
+        return TimeoutError(
+            errno.ETIMEDOUT,
+            f"{name}: {what}: no complete answer within the {self.options.deadline:g} s deadline ({tried}{cause}; "
+            "storage_options 'timeout' and 'deadline' set the limits)",
+        )
 
     def _slots(self) -> asyncio.Semaphore:
         if self._semaphore is None:  # created on the loop thread, the only one that touches it
@@ -245,12 +279,12 @@ class StoreClient:
         name = str(self.url.with_key(key))
 
         async def go() -> Any:
-            return await self._obstore.head_async(self.store, key)
+            return await self._bounded(self._obstore.head_async(self.store, key), name, "reading its metadata")
 
         try:
             return dict(self.run(go))
         except Exception as e:
-            raise self._error(e, name, "cannot read the object's metadata") from e
+            raise self._final_error(e, name, "cannot read the object's metadata") from e
 
     def list(self, prefix: str) -> list[dict[str, Any]]:
         """Every object under the directory ``prefix`` (recursively), as obstore's metadata dicts."""
@@ -258,14 +292,18 @@ class StoreClient:
 
         async def go() -> list[dict[str, Any]]:
             found: list[dict[str, Any]] = []
-            async for chunk in self._obstore.list(self.store, prefix or None, chunk_size=1000):
+            pages = aiter(self._obstore.list(self.store, prefix or None, chunk_size=1000))
+            while True:
+                try:  # each page within the deadline: a long listing is many pages
+                    chunk = await self._bounded(anext(pages), name, f"listing (after {len(found)} objects)")
+                except StopAsyncIteration:
+                    return found
                 found.extend(dict(m) for m in chunk)
-            return found
 
         try:
             return self.run(go)
         except Exception as e:
-            raise self._error(e, name, "cannot list the objects") from e
+            raise self._final_error(e, name, "cannot list the objects") from e
 
     # -- data ---------------------------------------------------------------------------------------------------
     def fetch(self, key: str, etag: str | None, ranges: Sequence[tuple[int, int]], sink: Callable[..., None]) -> None:
@@ -293,39 +331,61 @@ class StoreClient:
         if etag:
             options["if_match"] = etag
         delay = 0.05
-        for attempt in range(self.options.retries + 1):
-            async with self._slots():
-                began = time.perf_counter()
-                self.stats.began()
-                try:
-                    result = await self._obstore.get_async(self.store, key, options=options)
-                    data = await result.bytes_async()
-                    if len(data) != end - start:
-                        # If-Match makes a changed object fail with 412; a short body of the same version means the
-                        # object is shorter than it said (or a server without ETags whose object shrank).
-                        raise ObjectChangedError(
-                            f"{name}: the object ended early: asked for bytes [{start}, {end}), got {len(data)} "
-                            "bytes (truncated or replaced since it was opened)"
-                        )
-                    self.stats.record(len(data), time.perf_counter() - began)
-                    sink(i, data)
-                    return
-                except ObjectChangedError:
+        attempts, last = 0, None
+        # The slot is held through retries and backoff, so the deadline counts this range's own time, not its wait
+        # behind the other requests in flight (a struggling server also gets fewer requests meanwhile).
+        async with self._slots():
+            limit = asyncio.timeout(self.options.deadline)
+            try:
+                async with limit:
+                    for attempt in range(self.options.retries + 1):
+                        attempts = attempt + 1
+                        began = time.perf_counter()
+                        self.stats.began()
+                        try:
+                            result = await self._obstore.get_async(self.store, key, options=options)
+                            data = await result.bytes_async()
+                            if len(data) != end - start:
+                                # If-Match makes a changed object fail with 412; a short body of the same version
+                                # means the object is shorter than it said (or a server without ETags shrank it).
+                                raise ObjectChangedError(
+                                    f"{name}: the object ended early: asked for bytes [{start}, {end}), got "
+                                    f"{len(data)} bytes (truncated or replaced since it was opened)"
+                                )
+                            self.stats.record(len(data), time.perf_counter() - began)
+                            sink(i, data)
+                            return
+                        except ObjectChangedError:
+                            raise
+                        except Exception as e:
+                            error = self._error(e, name, f"cannot read bytes [{start}, {end})", changed=True)
+                            if not isinstance(error, _Transient) or attempt == self.options.retries:
+                                if isinstance(error, _Transient):
+                                    raise OSError(
+                                        errno.EIO,
+                                        f"{name}: reading bytes [{start}, {end}) failed {attempts} times; "
+                                        f"last: {error}",
+                                    ) from e
+                                raise error from e
+                            last = error
+                        finally:
+                            self.stats.ended()
+                        self.stats.retries += 1
+                        await asyncio.sleep(delay * (0.5 + random.random()))
+                        delay = min(delay * 2, 2.0)
+            except TimeoutError:
+                if not limit.expired():
                     raise
-                except Exception as e:
-                    error = self._error(e, name, f"cannot read bytes [{start}, {end})", changed=True)
-                    if not isinstance(error, _Transient) or attempt == self.options.retries:
-                        if isinstance(error, _Transient):
-                            raise OSError(
-                                errno.EIO,
-                                f"{name}: reading bytes [{start}, {end}) failed {attempt + 1} times; last: {error}",
-                            ) from e
-                        raise error from e
-                finally:
-                    self.stats.ended()
-            self.stats.retries += 1
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 2.0)
+                raise self._timeout(name, f"reading bytes [{start}, {end})", attempts, last) from None
+
+    def _final_error(self, e: BaseException, name: str, what: str) -> BaseException:
+        """The error to raise for a failure after obstore's own retries (transient ones included)."""
+        if isinstance(e, TimeoutError):
+            return e  # ours, naming the URL and the deadline
+        error = self._error(e, name, what)
+        if isinstance(error, _Transient):
+            return OSError(errno.EIO, f"{name}: {error}")
+        return error
 
     def _error(self, e: BaseException, name: str, what: str, *, changed: bool = False) -> BaseException:
         """Our error for an obstore failure: FileNotFoundError, PermissionError, ObjectChangedError, ConfigError,
