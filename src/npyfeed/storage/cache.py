@@ -126,12 +126,22 @@ def split_cache_options(storage_options: Mapping[str, Any] | None) -> tuple[Cach
     return CacheOptions(directory, size, chunk), options
 
 
+_default_sizes: dict[str, int] = {}
+
+
 def _default_size(directory: str) -> int:
-    """Half the free space of the filesystem holding ``directory`` (or its nearest existing parent)."""
-    probe = Path(directory)
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    return max(1, shutil.disk_usage(probe).free // 2)
+    """Half of the free space of the filesystem holding ``directory`` plus what the cache already holds there:
+    the same limit for every object of a process (and for later jobs), however full the cache is."""
+    if directory not in _default_sizes:
+        probe = Path(directory)
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        try:
+            held = int((Path(directory) / ".used").read_text())
+        except (OSError, ValueError):
+            held = 0
+        _default_sizes[directory] = max(1, (shutil.disk_usage(probe).free + held) // 2)
+    return _default_sizes[directory]
 
 
 class ChunkCache:
@@ -288,6 +298,7 @@ class ChunkCache:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # locked before it has the .part name: no one sees it unlocked
                 os.link(tmp, part)
+                _claims.add(fd)
             except FileExistsError:
                 os.close(fd)
                 _unlink_quietly(tmp)
@@ -324,6 +335,7 @@ class ChunkCache:
         except FileNotFoundError:
             return False
         finally:
+            _claims.discard(fd)
             os.close(fd)
         with self._lock:
             self._verified.add((info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns))
@@ -336,6 +348,7 @@ class ChunkCache:
                 if _part(path).stat().st_ino == os.fstat(fd).st_ino:
                     _part(path).unlink()
         finally:
+            _claims.discard(fd)
             os.close(fd)
 
     # -- reading ------------------------------------------------------------------------------------------------
@@ -458,6 +471,21 @@ def _crc(fd: int, length: int) -> int:
         crc = zlib.crc32(piece, crc)
     return crc
 
+
+# Descriptors of the chunks this process is writing. A forked child inherits them, and with them the flock that
+# says "being written": closed in the child, so a parent that dies mid-write leaves a claim others can take over.
+_claims: set[int] = set()
+
+
+def _close_inherited_claims() -> None:
+    for fd in list(_claims):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _claims.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_claims)
 
 _caches: dict[tuple[int, CacheOptions], ChunkCache] = {}
 _caches_lock = threading.Lock()
