@@ -5,9 +5,9 @@ memmap + ``from_generator``; ``numpy``: ``for b in loader``) on one dataset and 
 then times ``runs`` epochs per way of consuming, taking turns (graph, eager, graph, eager, ...):
 
 - **graph**: the way ``model.fit`` drains a dataset: a ``tf.function`` over the iterator (a ``tf.while_loop`` of
-  ``get_next_as_optional``), ``--segment`` batches per call, that touches one byte per 4 KiB of every batch (a
-  strided sum) and returns each row's id (its first 8 bytes) and whether the labels equal the ids. Every 8th
-  segment one batch is taken eagerly and kept for the content check.
+  ``get_next_as_optional``), 1, 2, 4, ... up to ``--segment`` batches per call, that touches one byte per 4 KiB
+  of every batch (a strided sum) and returns each row's id (its first 8 bytes) and whether the labels equal the
+  ids. Every 8th segment one batch is taken eagerly and kept for the content check.
 - **eager**: a Python ``for`` over the dataset (the numpy path: over the loader), the same touch in NumPy.
 
 Each epoch is one fresh iterator, timed from ``iter()`` to its end (or ``max_seconds`` after its start), and
@@ -123,7 +123,6 @@ def _graph_epoch(
     """One epoch drained by ``drain``; returns (cut short by the time cap, the touch sum)."""
     import tensorflow as tf
 
-    steps = tf.constant(cell["segment"])
     start, segment, touch = time.perf_counter(), 0, 0.0
     iterator = iter(dataset)
     while True:
@@ -134,6 +133,7 @@ def _graph_epoch(
             x, y = as_pair(tf.nest.map_structure(lambda t: t.numpy(), opt.get_value()))
             checker.add(x, y)
             checker.keep(x, y)
+        steps = tf.constant(min(cell["segment"], 1 << segment))  # 1, 2, 4, ...: a slow loader meets the cap
         ids, sizes, ok, touched, batches, more = drain(iterator, steps)
         if int(batches):
             for part in np.split(ids.numpy(), np.cumsum(sizes.numpy())[:-1]):

@@ -82,11 +82,15 @@ def _run_cell(cell: dict[str, Any], src: str) -> dict[str, Any]:
         log = ROOT / "data" / "bench" / "logs"
         log.mkdir(parents=True, exist_ok=True)
         name = f"tf_path_{cell['files']['kind']}_{cell['order']}_{cell['label']}.log".replace("@", "-")
+        limit = cell["max_seconds"] * 20 + 300
         with (log / name).open("w") as f:
-            proc = subprocess.run(
-                [sys.executable, "-m", "benchmarks.tf_consume", str(job), str(out)],
-                cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=cell["max_seconds"] * 20 + 300,
-            )  # fmt: skip
+            try:
+                proc = subprocess.run(
+                    [sys.executable, "-m", "benchmarks.tf_consume", str(job), str(out)],
+                    cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=limit,
+                )  # fmt: skip
+            except subprocess.TimeoutExpired:
+                return {"error": f"no result after {limit:.0f} s, see {log / name}"}
         if not out.exists():
             return {"error": f"exit {proc.returncode}, see {log / name}"}
         return dict(json.loads(out.read_text()))
