@@ -315,6 +315,35 @@ def test_a_killed_reader_leaves_no_damaged_chunk(served: tuple[RangeServer, Path
     assert not list(cache.rglob("*.part"))  # the dead writer's claims were taken over
 
 
+_FULL_DISK = textwrap.dedent(
+    """
+    import resource, signal, sys, warnings
+    import numpy as np
+    import npyfeed
+    url, cache, path = sys.argv[1:4]
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # a chunk file cannot grow past 4 KiB: EFBIG
+    opts = {"cache_dir": cache, "cache_size": "10MB", "cache_chunk_bytes": 8192}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = npyfeed.open(url, storage_options=opts)[:]
+    assert np.array_equal(rows, np.load(path)), "rows differ"
+    messages = [str(w.message) for w in caught]
+    assert any("cannot write a chunk" in m for m in messages), messages
+    """
+)
+
+
+def test_a_cache_that_cannot_be_written_reads_from_the_store(served: tuple[RangeServer, Path], tmp_path: Path) -> None:
+    server, root = served
+    np.save(root / "full.npy", np.random.default_rng(7).standard_normal((3000, 3)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent / "src"), os.environ.get("PYTHONPATH", "")])}
+    args = [f"{server.url}/full.npy", str(tmp_path / "cache"), str(root / "full.npy")]
+    done = subprocess.run([sys.executable, "-c", _FULL_DISK, *args], env=env, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert not chunk_files(tmp_path / "cache") and not list((tmp_path / "cache").rglob("*.part"))
+
+
 # -- the directory alone --------------------------------------------------------------------------------------------
 def test_eviction_takes_the_least_recently_used_chunks(tmp_path: Path) -> None:
     cache = ChunkCache(CacheOptions(str(tmp_path), 3 * (1000 + TRAILER.size), 1000))

@@ -151,18 +151,21 @@ class ChunkCache:
     def __init__(self, options: CacheOptions) -> None:
         self.options = options
         self.root = Path(options.directory)
+        self._lock = threading.Lock()  # flock excludes other processes, not this process's other threads
+        self._failed = False
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / f".probe.{os.getpid()}.{secrets.token_hex(4)}"
             probe.touch()
             probe.unlink()
             (self.root / ".lock").touch()
+            with self._locked():  # flock works there (not on every network filesystem)
+                pass
         except OSError as e:
             raise ConfigError(
                 f"storage_options['cache_dir'] = {options.directory!r}: cannot be used as a cache directory "
                 f"(it must be a writable directory): {e.strerror or e}"
             ) from e
-        self._lock = threading.Lock()  # flock excludes other processes, not this process's other threads
         self._verified: set[tuple[int, int, int, int]] = set()
         self.evicted = 0
         """Chunk files this process deleted to make room (for tests and ``npyfeed bench``)."""
@@ -282,6 +285,19 @@ class ChunkCache:
                 f"{self.served_bytes / 1e6:.1f} MB of rows, and chunks are evicted before they are used again: "
                 f"the data read in random order (shuffle=True) is larger than cache_size ({self.limit / 1e6:.1f} "
                 "MB). Raise cache_size, read in block-shuffle order, or turn the cache off",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+    def failed(self, error: OSError) -> None:
+        """A chunk could not be written here (disk full, filesystem errors): warn once; its rows are read from
+        the store."""
+        with self._lock:
+            first, self._failed = not self._failed, True
+        if first:
+            warnings.warn(
+                f"npyfeed cache {self.options.directory}: cannot write a chunk ({error}); reading those rows from "
+                "the store instead",
                 RuntimeWarning,
                 stacklevel=4,
             )

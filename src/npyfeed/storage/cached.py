@@ -12,6 +12,7 @@ object is a new key, and its old chunks are deleted when the new version is firs
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import os
 import queue
@@ -133,11 +134,27 @@ class CachedObject:
     def _fill_claimed(self, ks: list[int]) -> None:
         if not self._cleaned:
             self._cleaned = True
-            self.cache.remove_other_versions(self.directory, self._version)
+            try:
+                self.cache.remove_other_versions(self.directory, self._version)
+            except OSError as e:
+                self.cache.failed(e)
+        claimed, waiting = self._claim_all(ks)
+        self._write(claimed)
+        for k in waiting:  # another process is fetching them: wait, then take over if it gave up
+            self.cache.wait(self.path(k), _WAIT_SECONDS)
+            fd = self.open(k)
+            if fd is not None:
+                _close([fd])
+            else:
+                self._write(self._claim_all([k])[0])  # claimed again by someone else: its rows skip the cache
+
+    def _claim_all(self, ks: list[int]) -> tuple[dict[int, int], list[int]]:
+        """Claim and reserve room for chunks ``ks``: ``(claimed descriptors, chunks other processes write)``.
+        A chunk with no room, or that cannot be written here, is neither: its rows are read from the store."""
         claimed: dict[int, int] = {}
         waiting = []
-        try:
-            for k in ks:
+        for k in ks:
+            try:
                 fd = self._claim(k)
                 if fd is None:
                     waiting.append(k)
@@ -146,34 +163,10 @@ class CachedObject:
                 elif self.cache.reserve(self.length(k) + TRAILER.size, self.path(k)):
                     claimed[k] = fd
                 else:
-                    self.cache.abandon(fd, self.path(k))  # no room: its rows are fetched without the cache
-            self._download(claimed)
-        except BaseException:
-            for k, fd in claimed.items():
-                self.cache.abandon(fd, self.path(k))
-                self.cache.release(self.length(k) + TRAILER.size)
-            raise
-        for k, fd in claimed.items():
-            if not self.cache.publish(fd, self.path(k), self.length(k), self.digest(k)):
-                self.cache.release(self.length(k) + TRAILER.size)
-        for k in waiting:  # another process is fetching them: wait, then take over if it gave up
-            self.cache.wait(self.path(k), _WAIT_SECONDS)
-            fd = self.open(k)
-            if fd is not None:
-                _close([fd])
-            elif (fd := self._claim(k)) is not None and fd >= 0:
-                if self.cache.reserve(self.length(k) + TRAILER.size, self.path(k)):
-                    claimed = {k: fd}
-                    try:
-                        self._download(claimed)
-                    except BaseException:
-                        self.cache.abandon(fd, self.path(k))
-                        self.cache.release(self.length(k) + TRAILER.size)
-                        raise
-                    if not self.cache.publish(fd, self.path(k), self.length(k), self.digest(k)):
-                        self.cache.release(self.length(k) + TRAILER.size)
-                else:
-                    self.cache.abandon(fd, self.path(k))
+                    self.cache.abandon(fd, self.path(k))  # no room
+            except OSError as e:  # the cache's disk, not the store: read without the cache
+                self.cache.failed(e)
+        return claimed, waiting
 
     def _claim(self, k: int) -> int | None:
         """Claim chunk ``k`` for writing: a descriptor, None if another process is writing it, or -1 if it was
@@ -185,27 +178,58 @@ class CachedObject:
             return -1
         return fd
 
-    def _download(self, claimed: dict[int, int]) -> None:
-        """Fetch the claimed chunks whole, concurrently, each range written to its chunk file as it arrives."""
+    def _write(self, claimed: dict[int, int]) -> None:
+        """Fetch the claimed chunks whole, concurrently, each range written to its chunk file as it arrives, then
+        publish them. A chunk that cannot be written (disk full...) is dropped; a failed fetch drops them all."""
+        if not claimed:
+            return
         ranges: list[tuple[int, int]] = []
-        targets: list[tuple[int, int]] = []  # (descriptor, offset in the chunk)
+        targets: list[tuple[int, int, int]] = []  # (chunk, descriptor, offset in the chunk)
         for k, fd in claimed.items():
             start = k * self.chunk_bytes
             end = start + self.length(k)
             for a in range(start, end, self._request_bytes):
                 ranges.append((a, min(a + self._request_bytes, end)))
-                targets.append((fd, a - start))
+                targets.append((k, fd, a - start))
+        failed: dict[int, OSError] = {}
 
         def sink(i: int, data: Any) -> None:
-            fd, offset = targets[i]
+            k, fd, offset = targets[i]
             view = memoryview(data).cast("B")
-            while view:
-                written = os.pwrite(fd, view, offset)
-                view, offset = view[written:], offset + written
+            try:
+                while view and k not in failed:
+                    written = os.pwrite(fd, view, offset)
+                    view, offset = view[written:], offset + written
+            except OSError as e:  # reported from the reading thread (this is the event loop's)
+                failed[k] = e
 
-        if ranges:
+        try:
             self._fetch(ranges, sink)
-            self.cache.count(fetched=sum(self.length(k) for k in claimed))
+        except BaseException:
+            for k, fd in claimed.items():
+                self._drop(k, fd)
+            raise
+        self.cache.count(fetched=sum(self.length(k) for k in claimed))
+        for k, fd in claimed.items():
+            if k in failed:
+                self.cache.failed(failed[k])
+                self._drop(k, fd)
+                continue
+            try:
+                published = self.cache.publish(fd, self.path(k), self.length(k), self.digest(k))
+            except OSError as e:
+                self.cache.failed(e)
+                published = False
+            if not published:
+                with contextlib.suppress(OSError):
+                    self.cache.release(self.length(k) + TRAILER.size)
+
+    def _drop(self, k: int, fd: int) -> None:
+        """Give up a claimed chunk and the room reserved for it."""
+        with contextlib.suppress(OSError):
+            self.cache.abandon(fd, self.path(k))
+        with contextlib.suppress(OSError):
+            self.cache.release(self.length(k) + TRAILER.size)
 
     # -- reading ------------------------------------------------------------------------------------------------
     def gather(
