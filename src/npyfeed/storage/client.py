@@ -212,9 +212,14 @@ class StoreClient:
         endpoint = str(options.get("endpoint") or options.get("aws_endpoint") or os.environ.get("AWS_ENDPOINT_URL", ""))
         if url.scheme == "http" or (url.scheme == "s3" and endpoint.startswith("http://")):
             client_options.setdefault("allow_http", True)  # an http:// endpoint is asked for by name
-        if url.scheme == "gs" and "STORAGE_EMULATOR_HOST" in os.environ:
-            options.setdefault("base_url", os.environ["STORAGE_EMULATOR_HOST"])
-            client_options.setdefault("allow_http", True)
+        emulator = os.environ.get("STORAGE_EMULATOR_HOST", "")
+        if url.scheme == "gs" and emulator:
+            # Google's clients' convention: the emulator's address ("host:port" or a URL), and no credentials.
+            base = emulator if "://" in emulator else f"http://{emulator}"
+            options.setdefault("base_url", base.rstrip("/"))
+            options.setdefault("skip_signature", True)
+            if base.startswith("http://"):
+                client_options.setdefault("allow_http", True)
         client_options.setdefault("timeout", timedelta(seconds=self.options.timeout))
         client_options.setdefault("connect_timeout", timedelta(seconds=self.options.connect_timeout))
         if retry_config is None:
