@@ -27,7 +27,8 @@ pytest.importorskip("obstore")
 
 import npyfeed
 from npyfeed.errors import ConfigError, ObjectChangedError
-from npyfeed.storage.cache import TRAILER, CacheOptions, ChunkCache, parse_size, split_cache_options
+from npyfeed.storage.cache import TRAILER, ChunkCache
+from npyfeed.storage.cache_options import CacheOptions, parse_size, split_cache_options
 from servers import FaultProxy, MotoS3, RangeServer, environment
 from test_properties import arrays, check_key, row_keys, write
 

@@ -1,8 +1,9 @@
 """A local directory of fixed-size chunks of remote objects, shared by processes and kept under a size limit.
 
 ``storage_options={"cache_dir": "/tmp/npyfeed-cache", "cache_size": "20GB"}`` (and optionally
-``"cache_chunk_bytes"``, 4 MiB by default) turns it on; :class:`npyfeed.storage.cached.CachedObject` reads rows
-through it. This module is the directory alone: names, space, writing and checking chunk files. Layout::
+``"cache_chunk_bytes"``, 4 MiB by default; see :mod:`npyfeed.storage.cache_options`) turns it on;
+:class:`npyfeed.storage.cached.CachedObject` reads rows through it. This module is the directory alone: names,
+space, writing and checking chunk files. Layout::
 
     <cache_dir>/.lock                     flock'ed while space is reserved or freed
     <cache_dir>/.used                     bytes held by chunk files (a counter; rebuilt by a scan when missing)
@@ -30,25 +31,21 @@ import fcntl
 import os
 import re
 import secrets
-import shutil
 import struct
 import threading
 import time
 import warnings
 import zlib
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from npyfeed.errors import ConfigError
+from npyfeed.storage.cache_options import TRAILER_BYTES, CacheOptions
 
-__all__ = ["CACHE_KEYS", "CacheOptions", "ChunkCache", "get_cache", "parse_size", "split_cache_options"]
+__all__ = ["TRAILER", "ChunkCache", "get_cache"]
 
-CACHE_KEYS = ("cache_dir", "cache_size", "cache_chunk_bytes")
-DEFAULT_CHUNK_BYTES = 4 << 20
-
-TRAILER = struct.Struct("<8sQI4x8s")  # magic, data length, crc32 of the data, (padding), key digest: 32 bytes
+TRAILER = struct.Struct("<8sQI4x8s")  # magic, data length, crc32 of the data, (padding), key digest
+assert TRAILER.size == TRAILER_BYTES
 _MAGIC = b"NPYFCHK1"
 _CHUNK_NAME = re.compile(r"^[0-9a-f]{16}-(\d+)-\d+$")
 _PART_NAME = re.compile(r"^[0-9a-f]{16}-(\d+)-\d+\.part$")
@@ -57,91 +54,6 @@ THRASH_RATIO = 4
 """Warn when chunks fetched exceed this many times the rows served, the cache having turned over once."""
 _CRC_PIECE = 1 << 20  # checksums read the chunk in pieces of this size: bounded memory
 _ORPHAN_TMP_SECONDS = 600.0  # a claim's temporary file lives milliseconds; older ones were left by a killed process
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 10**3,
-    "kb": 10**3,
-    "m": 10**6,
-    "mb": 10**6,
-    "g": 10**9,
-    "gb": 10**9,
-    "t": 10**12,
-    "tb": 10**12,
-    "kib": 1 << 10,
-    "mib": 1 << 20,
-    "gib": 1 << 30,
-    "tib": 1 << 40,
-}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
-
-
-def parse_size(value: object, field: str) -> int:
-    """Bytes from an int or a string such as ``"20GB"`` (10^9), ``"1.5GiB"`` (2^30) or ``"512MiB"``."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        result = value
-    elif isinstance(value, str) and (match := _SIZE.match(value)) and match.group(2).lower() in _UNITS:
-        result = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-    else:
-        raise ConfigError(
-            f"storage_options[{field!r}] must be a number of bytes (an int, or a string like '20GB', '512MiB'), "
-            f"got {value!r}"
-        )
-    if result < 1:
-        raise ConfigError(f"storage_options[{field!r}] must be at least 1 byte, got {value!r}")
-    return result
-
-
-@dataclass(frozen=True)
-class CacheOptions:
-    """Where the cache lives, how large it may grow, and the size of its chunks."""
-
-    directory: str
-    size: int
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
-
-    def __post_init__(self) -> None:
-        if self.size < self.chunk_bytes + TRAILER.size:
-            raise ConfigError(
-                f"storage_options['cache_size'] is {self.size} bytes, smaller than one chunk "
-                f"(storage_options['cache_chunk_bytes'] = {self.chunk_bytes} bytes): nothing could be cached"
-            )
-
-
-def split_cache_options(storage_options: Mapping[str, Any] | None) -> tuple[CacheOptions | None, dict[str, Any]]:
-    """The cache's options (None without ``cache_dir``) and the remaining store options."""
-    options = dict(storage_options or {})
-    mine = {k: options.pop(k) for k in CACHE_KEYS if k in options}
-    if not mine:
-        return None, options
-    directory = mine.get("cache_dir")
-    if directory is None or not isinstance(directory, str | os.PathLike) or not os.fspath(directory):
-        raise ConfigError(
-            f"storage_options['cache_dir'] must be a directory path when cache options are given, got {directory!r}"
-        )
-    directory = str(Path(os.fspath(directory)).absolute())
-    chunk = parse_size(mine.get("cache_chunk_bytes", DEFAULT_CHUNK_BYTES), "cache_chunk_bytes")
-    size = parse_size(mine["cache_size"], "cache_size") if "cache_size" in mine else _default_size(directory)
-    return CacheOptions(directory, size, chunk), options
-
-
-_default_sizes: dict[str, int] = {}
-
-
-def _default_size(directory: str) -> int:
-    """Half of the free space of the filesystem holding ``directory`` plus what the cache already holds there:
-    the same limit for every object of a process (and for later jobs), however full the cache is."""
-    if directory not in _default_sizes:
-        probe = Path(directory)
-        while not probe.exists() and probe.parent != probe:
-            probe = probe.parent
-        try:
-            held = int((Path(directory) / ".used").read_text())
-        except (OSError, ValueError):
-            held = 0
-        _default_sizes[directory] = max(1, (shutil.disk_usage(probe).free + held) // 2)
-    return _default_sizes[directory]
 
 
 class ChunkCache:

@@ -28,7 +28,8 @@ import numpy as np
 
 from npyfeed.errors import ObjectChangedError
 from npyfeed.storage.base import AccessPattern
-from npyfeed.storage.cache import get_cache, split_cache_options
+from npyfeed.storage.cache import get_cache
+from npyfeed.storage.cache_options import split_cache_options
 from npyfeed.storage.cached import CachedObject
 from npyfeed.storage.client import StoreClient, get_client
 from npyfeed.storage.ranges import plan_requests
