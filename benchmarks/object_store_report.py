@@ -68,9 +68,10 @@ class Pass:
         lines = [
             f"### +{self.latency:g} ms per request",
             "",
-            "| read | rows/s | MB/s | x whole GET | 1st batch s | total s | requests | rows / request | MB fetched / "
-            "MB delivered | in flight | peak anon MB | cores client / server / others | epoch read | check |",
-            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+            "| read | rows/s | MB/s | x whole GET | 1st batch s | total s | requests | rows / request | "
+            "MB fetched / MB delivered | in flight | latency ms | peak anon MB | cores client / server / others | "
+            "epoch read | check |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
         ]
         for name in ("get", "get-again"):
             r = self.r.get(name)
@@ -78,12 +79,12 @@ class Pass:
                 continue
             label = "whole-object GET (limit)" + (", again at the end" if name == "get-again" else "")
             if "failed" in r:
-                lines.append(f"| {label} | | | | | | | | | | | | | {_check(r)} |")
+                lines.append(f"| {label} | | | | | | | | | | | | | | {_check(r)} |")
                 continue
             mb_s = r["bytes"] / r["seconds"] / MB
             lines.append(
                 f"| {label} | {r['bytes'] / self.sample / r['seconds']:,.0f} | {mb_s:,.0f} | "
-                f"{mb_s / self.get_mb_s:.2f}x | {r['first_s']:.3f} | {r['seconds']:.1f} | 1 | | 1.00 | 1 | "
+                f"{mb_s / self.get_mb_s:.2f}x | {r['first_s']:.3f} | {r['seconds']:.1f} | 1 | | 1.00 | 1 | | "
                 f"{r['peak_anon_mb']:.0f} | {_cores(r)} | all | {_check(r)} |"
             )
         for name, label in [*[(o, f"npyfeed {t}") for o, t in ORDERS.items()], ("block-2", "")]:
@@ -99,20 +100,20 @@ class Pass:
 
     def _row(self, label: str, r: dict[str, Any]) -> str:
         if "failed" in r:
-            return f"| {label} | | | | | | | | | | | | | {_check(r)} |"
+            return f"| {label} | | | | | | | | | | | | | | {_check(r)} |"
         delivered = r["rows"] * self.sample
         read = "all" if r["complete"] else f"{r['rows'] / self.files.num_rows:.0%} (capped)"
         return (
             f"| {label} | {r['rows'] / r['seconds']:,.0f} | {delivered / r['seconds'] / MB:,.0f} | "
             f"{delivered / r['seconds'] / MB / self.get_mb_s:.2f}x | {r['first_s']:.3f} | {r['seconds']:.1f} | "
             f"{r['requests']:,} | {r['rows'] / max(1, r['requests']):,.1f} | {r['bytes'] / max(1, delivered):.2f} | "
-            f"{r['request_s'] / r['seconds']:.1f} | "
+            f"{r['request_s'] / r['seconds']:.1f} | {r['request_s'] / max(1, r['requests']) * 1e3:.0f} | "
             f"{r['peak_anon_mb']:.0f} | {_cores(r)} | {read} | {_check(r)} |"
         )
 
     def _download_rows(self, d: dict[str, Any]) -> list[str]:
         if "failed" in d:
-            return [f"| download, then read locally | | | | | | | | | | | | | {_check(d)} |"]
+            return [f"| download, then read locally | | | | | | | | | | | | | | {_check(d)} |"]
         dl = d["download"]
         lines = []
         for order, title in ORDERS.items():
@@ -128,7 +129,7 @@ class Pass:
             lines.append(
                 f"| download ({dl['seconds']:.1f} s), then npyfeed local {title} | {r['rows'] / total:,.0f} | "
                 f"{delivered / total / MB:,.0f} | {delivered / total / MB / self.get_mb_s:.2f}x | "
-                f"{dl['seconds'] + r['first_s']:.3f} | {total:.1f} | 2 | | | 1 | "
+                f"{dl['seconds'] + r['first_s']:.3f} | {total:.1f} | 2 | | | 1 | | "
                 f"{max(dl['peak_anon_mb'], r['peak_anon_mb']):.0f} | {mean('cores_client'):.2f} / "
                 f"{mean('cores_server'):.2f} / {mean('cores_other'):.2f} | {read} | {_check(r)} |"
             )
@@ -240,7 +241,8 @@ def render(
         "- rows/s and MB/s count delivered rows and labels from building the loader (or starting the GET) to the "
         "end; x whole GET = MB/s over the best whole-object GET of the same latency; requests = range GETs "
         "(header reads included); MB fetched / delivered > 1 when merged gaps or read-ahead fetch more than is "
-        "used; in flight = mean range requests in flight (summed request latencies / wall time); peak anon = "
+        "used; in flight = mean range requests in flight (summed request latencies / wall time); latency = mean "
+        "time of a range request, from the request sent to its last byte (queueing for CPU included); peak anon = "
         "RssAnon above the baseline after imports; cores = CPU of the client process, of the server process and "
         "of everything else over the timed window.",
         "",
