@@ -36,6 +36,7 @@ from npyfeed.prefetch import PrefetchStats, Stopped, prefetch_ordered, stopping
 from npyfeed.remote_order import default_geometry
 from npyfeed.shard import Layout, Shard
 from npyfeed.state import loader_state, restore_state
+from npyfeed.storage.urls import is_url
 from npyfeed.system import available_memory, cpu_count
 
 if TYPE_CHECKING:
@@ -355,7 +356,9 @@ class Loader:
 
         Shuffled data that fits in memory is read whole, sequentially, on a background thread the first time: far
         faster than faulting it in row by row at random, and every later read is a page-cache hit. Data larger
-        than memory is read by row instead, with per-batch hints (see ``io_hints``).
+        than memory is read by row instead, with per-batch hints (see ``io_hints``). Remote objects are never
+        streamed whole (there is no page cache to fill, only a bounded read-ahead pool): a block shuffle fetches
+        its windows ahead instead, each block once.
         """
         with self._lock:
             if epoch in self._prepared:
@@ -365,6 +368,7 @@ class Loader:
                 self.shuffle != "none"
                 and self.io_hints is not False
                 and not self._streamed
+                and not any(is_url(p) for p in self.source.paths)
                 and len(self.source) * self.source.row_bytes <= available_memory() // 2
             )
             self._streamed = self._streamed or stream
