@@ -213,13 +213,15 @@ def test_damaged_chunk_files_are_detected_and_fetched_again(served: tuple[RangeS
     assert len(files) == 16
     with files[1].open("r+b") as f:
         f.truncate(5000)  # truncated
+    for damaged in (files[2], files[6]):
+        with damaged.open("r+b") as f:  # as if written before the machine rebooted: checked by CRC at first use
+            f.seek(-16, os.SEEK_END)
+            f.write(b"\1" * 16)
     with files[2].open("r+b") as f:
         f.seek(100)
         flipped = bytes(255 - b for b in f.read(8))
         f.seek(100)
-        f.write(flipped)  # same length, flipped bytes: only the CRC sees it
-    info = files[2].stat()
-    os.utime(files[2], ns=(info.st_atime_ns, info.st_mtime_ns + 10**9))
+        f.write(flipped)  # same length, flipped bytes (data lost in a crash): only the CRC sees it
     files[3].write_bytes(files[4].read_bytes())  # another chunk's bytes under this name: the trailer's key differs
     files[5].unlink()
     files[5].with_name(files[5].name + ".part").write_bytes(b"left by a killed writer")  # unlocked: an orphan
@@ -228,6 +230,8 @@ def test_damaged_chunk_files_are_detected_and_fetched_again(served: tuple[RangeS
     assert np.array_equal(again[:], x)
     assert server.requests - before == 1 + 4  # a HEAD, and the four bad chunks fetched again
     assert chunk_files(tmp_path) == files and not list(tmp_path.rglob("*.part"))
+    boot = files[0].read_bytes()[-16:]
+    assert boot != b"\1" * 16 and files[6].read_bytes()[-16:] == boot  # checked: trusted for the rest of this boot
     before = server.requests
     assert np.array_equal(npyfeed.open(url, storage_options=opts)[:], x)
     assert server.requests - before == 1

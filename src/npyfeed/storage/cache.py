@@ -9,10 +9,10 @@ space, writing and checking chunk files. Layout::
     <cache_dir>/.used                     bytes held by chunk files (a counter; rebuilt by a scan when missing)
     <cache_dir>/<sha256(url)[:32]>/<sha256(version)[:16]>-<chunk bytes>-<index>      a chunk: data + trailer
 
-- A chunk file is its data followed by a 32-byte trailer (magic, data length, CRC-32 of the data, a digest of the
-  key), so a truncated file, a file of another object, or bytes changed on disk (a power loss before the data was
-  flushed) are caught: such a file is deleted and the chunk fetched again. The CRC is checked once per process per
-  file (inode, size, mtime), a sequential read of the chunk.
+- A chunk file is its data followed by a 48-byte trailer (magic, data length, CRC-32 of the data, a digest of the
+  key, a boot id), so a truncated file, a file of another object, or bytes changed on disk (a power loss before the
+  data was flushed) are caught: such a file is deleted and the chunk fetched again. The CRC is read back when a
+  chunk is written, and checked again the first time a chunk is used after a reboot (see :meth:`ChunkCache.open`).
 - One writer per chunk among all processes: the writer makes a temporary file, locks it (``flock``), and links it
   to ``<name>.part``; a second process finds the ``.part``, waits for its lock, then uses the finished chunk. A
   killed writer leaves an unlocked ``.part``, which the next claimant (or a scan) removes. A chunk is published by
@@ -34,6 +34,7 @@ import secrets
 import struct
 import threading
 import time
+import uuid
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -44,9 +45,12 @@ from npyfeed.storage.cache_options import TRAILER_BYTES, CacheOptions
 
 __all__ = ["TRAILER", "ChunkCache", "get_cache"]
 
-TRAILER = struct.Struct("<8sQI4x8s")  # magic, data length, crc32 of the data, (padding), key digest
+# magic, data length, crc32 of the data, (padding), key digest, boot id of the machine's boot that wrote or last
+# checked it (see ChunkCache.open).
+TRAILER = struct.Struct("<8sQI4x8s16s")
 assert TRAILER.size == TRAILER_BYTES
-_MAGIC = b"NPYFCHK1"
+_MAGIC = b"NPYFCHK2"
+_BOOT_OFFSET = TRAILER.size - 16
 _CHUNK_NAME = re.compile(r"^[0-9a-f]{16}-(\d+)-\d+$")
 _PART_NAME = re.compile(r"^[0-9a-f]{16}-(\d+)-\d+\.part$")
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -257,7 +261,7 @@ class ChunkCache:
         trailer and rename it in place. Closes ``fd``; False if the ``.part`` was taken away meanwhile."""
         try:
             crc = _crc(fd, length)
-            os.pwrite(fd, TRAILER.pack(_MAGIC, length, crc, digest), length)
+            os.pwrite(fd, TRAILER.pack(_MAGIC, length, crc, digest, _boot_id()), length)
             info = os.fstat(fd)
             _part(path).rename(path)
         except FileNotFoundError:
@@ -282,7 +286,13 @@ class ChunkCache:
     # -- reading ------------------------------------------------------------------------------------------------
     def open(self, path: Path, length: int, digest: bytes) -> int | None:
         """An open descriptor of chunk ``path`` if it holds ``length`` good bytes of this key; else None (a file
-        found bad is deleted, so the chunk is fetched again). Marks it used (its atime) for eviction."""
+        found bad is deleted, so the chunk is fetched again). Marks it used (its atime) for eviction.
+
+        A file whose length or trailer is wrong is bad. Its CRC is checked when it was written (or last checked)
+        before the machine's current boot (a crash before the page cache reached the disk is how a complete-looking
+        file goes bad; the CRC of a file written since boot was computed from the bytes it holds). Once checked, its
+        trailer takes the current boot id, so every process of this boot trusts it without reading it again.
+        """
         try:
             fd = os.open(path, os.O_RDONLY | _CLOEXEC)
         except FileNotFoundError:
@@ -292,9 +302,10 @@ class ChunkCache:
             identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
             good = info.st_size == length + TRAILER.size
             if good:
-                magic, found, crc, key = TRAILER.unpack(os.pread(fd, TRAILER.size, length).ljust(TRAILER.size, b"\0"))
+                raw = os.pread(fd, TRAILER.size, length).ljust(TRAILER.size, b"\0")
+                magic, found, crc, key, boot = TRAILER.unpack(raw)
                 good = magic == _MAGIC and found == length and key == digest
-            if good and identity not in self._verified:
+            if good and (boot != _boot_id() or boot == _NO_BOOT_ID) and identity not in self._verified:
                 try:
                     good = _crc(fd, length) == crc
                 except OSError:  # shortened while being checked
@@ -302,6 +313,7 @@ class ChunkCache:
                 if good:
                     with self._lock:
                         self._verified.add(identity)
+                    _mark_checked(path, length)
             if not good:
                 os.close(fd)
                 self._discard(path, info)
@@ -388,6 +400,32 @@ def _remove_orphan(part: Path) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+_NO_BOOT_ID = bytes(16)
+_boot: list[bytes] = []
+
+
+def _boot_id() -> bytes:
+    """This boot of the machine (Linux's ``boot_id``); zeros where unknown (every process then checks CRCs)."""
+    if not _boot:
+        try:
+            _boot.append(uuid.UUID(Path("/proc/sys/kernel/random/boot_id").read_text().strip()).bytes)
+        except (OSError, ValueError):
+            _boot.append(_NO_BOOT_ID)
+    return _boot[0]
+
+
+def _mark_checked(path: Path, length: int) -> None:
+    """Write the current boot id into a checked chunk's trailer (best effort: if it fails, it is checked again)."""
+    if _boot_id() == _NO_BOOT_ID:
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_WRONLY | _CLOEXEC)
+        try:
+            os.pwrite(fd, _boot_id(), length + _BOOT_OFFSET)
+        finally:
+            os.close(fd)
 
 
 def _crc(fd: int, length: int) -> int:
