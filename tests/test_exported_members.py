@@ -19,9 +19,15 @@ def test_the_error_tree_is_rooted_in_builtins() -> None:
     assert issubclass(npyfeed.FileChangedError, OSError)
     assert issubclass(npyfeed.ObjectChangedError, npyfeed.FileChangedError)
     assert issubclass(npyfeed.ObjectChangedError, npyfeed.NpyFormatError)
+    assert issubclass(npyfeed.RemoteShuffleWarning, npyfeed.NpyfeedWarning)
+    assert issubclass(npyfeed.RemoteShuffleWarning, UserWarning)
     for name in npyfeed.__all__:
         value = getattr(npyfeed, name)
-        if isinstance(value, type) and issubclass(value, Exception) and value is not npyfeed.NpyfeedError:
+        if not isinstance(value, type) or value in (npyfeed.NpyfeedError, npyfeed.NpyfeedWarning):
+            continue
+        if issubclass(value, Warning):  # warnings have their own root
+            assert issubclass(value, npyfeed.NpyfeedWarning), name
+        elif issubclass(value, Exception):
             assert issubclass(value, npyfeed.NpyfeedError), name
 
 

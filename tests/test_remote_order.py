@@ -4,6 +4,7 @@ the warning a global shuffle over an object store gives. A real S3 server (moto)
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,3 +95,62 @@ def test_a_failed_set_state_keeps_the_default_geometry(same_files: tuple[str, st
     with pytest.raises(ConfigError, match="other data"):
         remote.set_state({**state, "fingerprint": "0" * 16})
     assert remote._block_geometry() == before
+
+
+# -- the warning for a global shuffle over an object store ----------------------------------------------------------
+def _upload_rows(s3: MotoS3, key: str, row_bytes: int, rows: int = 4000) -> str:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((rows, row_bytes), np.uint8))
+    s3.client().put_object(Bucket=BUCKET, Key=key, Body=buffer.getvalue())
+    return f"s3://{BUCKET}/{key}"
+
+
+# Small requests and no merging across gaps: what a multi-GB object with the default options looks like, at test
+# scale (a small pool, so the block shuffle's windows are sized as for large rows).
+SCALED = {"request_bytes": 4096, "gap_bytes": 0, "prefetch_bytes": 65536}
+
+
+def test_global_shuffle_of_small_rows_warns_once_with_the_request_rate(s3: MotoS3) -> None:
+    url = _upload_rows(s3, "warn/small.npy", 1024)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loader = npyfeed.Loader(url, 16, shuffle=True, seed=0, storage_options=SCALED)
+        assert sum(len(b) for b in loader) == 4000  # a whole epoch: no warning per batch
+    assert [w.category for w in caught] == [npyfeed.RemoteShuffleWarning]
+    assert caught[0].filename == __file__  # it points at the Loader(...) line
+    message = str(caught[0].message)
+    found = re.fullmatch(
+        rf"global shuffle of {re.escape(url)}: rows of 1,024 B, about (\d+) requests per batch of 16 \(([\d.]+) rows "
+        r"per request\), ~([\d,]+) requests per epoch; shuffle='block' reads 3.91 MiB blocks in requests of up to "
+        r"4 KiB, ~1,000 requests per epoch \(silence with warnings.filterwarnings\('ignore', "
+        r"category=npyfeed.RemoteShuffleWarning\)\)",
+        message,
+    )
+    assert found is not None, message
+    estimate = int(found[3].replace(",", ""))
+    stats = loader.source.arrays[0].storage.client.stats  # type: ignore[attr-defined]
+    assert 0.75 * estimate <= stats.requests <= 1.25 * estimate  # what the epoch cost, as announced
+    assert estimate > 2 * 1000
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=npyfeed.RemoteShuffleWarning)  # the standard way to silence it
+        npyfeed.Loader(url, 16, shuffle=True, seed=0, storage_options=SCALED)
+
+
+def test_no_warning_where_a_global_shuffle_costs_no_more_requests(
+    s3: MotoS3, same_files: tuple[str, str, np.ndarray]
+) -> None:
+    small = _upload_rows(s3, "warn/small.npy", 1024)
+    large = _upload_rows(s3, "warn/large.npy", 4096)
+    path, url, _ = same_files
+    with pytest.warns(npyfeed.RemoteShuffleWarning):
+        npyfeed.Loader(small, 16, shuffle=True, seed=0, storage_options=SCALED)  # the case that warns, and:
+    # filterwarnings = error: any warning below fails the test.
+    npyfeed.Loader(large, 16, shuffle=True, seed=0, storage_options=SCALED)  # a row fills a request: same requests
+    npyfeed.Loader(small, 16, shuffle="block", seed=0, storage_options=SCALED)  # not a global shuffle
+    npyfeed.Loader(small, 16, shuffle=True, seed=0, storage_options={**SCALED, "gap_bytes": 1 << 20})  # merged
+    npyfeed.Loader(path, 16, shuffle=True, seed=0, io_hints=False)  # a local file
+    npyfeed.Loader(url, 512, shuffle=True, seed=0, io_hints=False)  # rows merge across 256 KiB gaps
+    with pytest.warns(npyfeed.RemoteShuffleWarning, match="rows of 256 B"):
+        npyfeed.Loader(url, 512, shuffle=True, seed=0, io_hints=False, storage_options={"gap_bytes": 0})  # they don't

@@ -13,8 +13,10 @@ from npyfeed.errors import (
     ConfigError,
     FileChangedError,
     NpyfeedError,
+    NpyfeedWarning,
     NpyFormatError,
     ObjectChangedError,
+    RemoteShuffleWarning,
     WorkerError,
 )
 from npyfeed.format import NpyHeader, read_header
@@ -41,8 +43,10 @@ __all__ = [
     "NpyHeader",
     "NpyWriter",
     "NpyfeedError",
+    "NpyfeedWarning",
     "ObjectChangedError",
     "Order",
+    "RemoteShuffleWarning",
     "RowSlice",
     "RowSource",
     "Sequential",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -26,9 +27,11 @@ import numpy as np
 
 from npyfeed.budget import storages
 from npyfeed.columns import Columns, StorageOptions
+from npyfeed.errors import RemoteShuffleWarning
 from npyfeed.loader import Loader, ShuffleMode
+from npyfeed.remote_order import is_remote
 from npyfeed.storage.client import RequestStats
-from npyfeed.storage.urls import is_url, parse_url
+from npyfeed.storage.urls import parse_url
 from npyfeed.system import cpu_count
 
 __all__ = ["BenchResult", "RequestReport", "drop_from_cache", "raw_read_speed", "recommend", "run_bench"]
@@ -253,7 +256,9 @@ def run_bench(
     for client in clients:
         client.stats.max_in_flight = client.stats.in_flight  # the peak of this run, not of earlier ones
     baseline = anon_memory()
-    loader = Loader(columns, batch_size, shuffle=shuffle, seed=0, num_threads=num_threads, prefetch=prefetch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RemoteShuffleWarning)  # the report measures what it warns about
+        loader = Loader(columns, batch_size, shuffle=shuffle, seed=0, num_threads=num_threads, prefetch=prefetch)
     with peak_anon_memory() as peak:
         rows, seconds = _time_loader(
             loader, epochs=epochs, max_seconds=max_seconds, progress=progress, label=f"shuffle={shuffle}"
@@ -279,7 +284,9 @@ def run_bench(
         for threads in sorted({1, cpu_count(), 2 * cpu_count()}):
             if cold:
                 drop_from_cache(paths)
-            trial = Loader(columns, batch_size, shuffle=shuffle, seed=1, num_threads=threads, prefetch=prefetch)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RemoteShuffleWarning)
+                trial = Loader(columns, batch_size, shuffle=shuffle, seed=1, num_threads=threads, prefetch=prefetch)
             n, s = _time_loader(trial, epochs=1, max_seconds=min(3.0, max_seconds or 3.0), progress=False, label="")
             trial.close()
             result.trials.append({"num_threads": threads, "rows_per_s": n / max(s, 1e-9)})
@@ -291,11 +298,6 @@ def _settle(clients: list[Any], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while any(c.stats.in_flight for c in clients) and time.monotonic() < deadline:
         time.sleep(0.01)
-
-
-def is_remote(storage: Any) -> bool:
-    """True for a storage backend in an object store (it has a request client)."""
-    return is_url(storage.name) and hasattr(storage, "client")
 
 
 def _request_report(

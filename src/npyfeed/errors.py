@@ -10,7 +10,11 @@
     │   └── ObjectChangedError(NpyFormatError)  the same for a remote object (its size or ETag changed)
     └── WorkerError(RuntimeError)        a read or transform failed on a prefetch thread
 
-Every message names the file (when there is one), the field, the value found and what was expected.
+    NpyfeedWarning(Warning)              something works, but not as well as it could
+    └── RemoteShuffleWarning(UserWarning)  a global shuffle over an object store: the request rate it implies
+
+Every message names the file (when there is one), the field, the value found and what was expected. Warnings
+are silenced with the standard filters, e.g. ``warnings.filterwarnings("ignore", category=RemoteShuffleWarning)``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ __all__ = [
     "FileChangedError",
     "NpyFormatError",
     "NpyfeedError",
+    "NpyfeedWarning",
     "ObjectChangedError",
+    "RemoteShuffleWarning",
     "WorkerError",
 ]
 
@@ -57,3 +63,14 @@ class ObjectChangedError(FileChangedError, NpyFormatError):
 
 class WorkerError(NpyfeedError, RuntimeError):
     """Reading or transforming a batch failed on a prefetch thread; the original error is ``__cause__``."""
+
+
+class NpyfeedWarning(Warning):
+    """Base class of npyfeed's warnings: the work goes on, but a setting costs more than it should."""
+
+
+class RemoteShuffleWarning(NpyfeedWarning, UserWarning):
+    """``shuffle=True`` (global) over an object store: rows scattered over the object cost about a request each.
+
+    Given once per Loader, with the requests per batch and per epoch it implies against ``shuffle="block"``.
+    """

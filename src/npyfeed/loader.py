@@ -16,6 +16,7 @@ import contextlib
 import secrets
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -30,10 +31,10 @@ from npyfeed.arguments import ShuffleMode
 from npyfeed.budget import PAGE, Plan, drop_page_tables, hint_ranges, plan, read_windows
 from npyfeed.buffers import BufferPool
 from npyfeed.columns import Columns, Source
-from npyfeed.errors import ConfigError, NpyfeedError, WorkerError
+from npyfeed.errors import ConfigError, NpyfeedError, RemoteShuffleWarning, WorkerError
 from npyfeed.order import BlockShuffle, ChunkCache, GlobalShuffle, Order, Sequential
 from npyfeed.prefetch import PrefetchStats, Stopped, prefetch_ordered, stopping
-from npyfeed.remote_order import default_geometry
+from npyfeed.remote_order import default_geometry, global_shuffle_warning
 from npyfeed.shard import Layout, Shard
 from npyfeed.state import loader_state, restore_state
 from npyfeed.storage.urls import is_url
@@ -161,6 +162,16 @@ class Loader:
         self._rows_mapped = 0  # rows read since the page tables were last dropped
         self._buffers = BufferPool(self._plan.buffers)
         self.stats = PrefetchStats()
+        if self.shuffle == "global":
+            self._warn_remote_shuffle(block)
+
+    def _warn_remote_shuffle(self, block_rows: int) -> None:
+        """Once per Loader: the request rate a global shuffle over an object store implies (if it is high)."""
+        # Rows are gathered (sorted and merged) a read window at a time: several batches, at most window_rows.
+        gathered = min(self.batch_size * self._plan.batches_per_read, self._plan.window_rows)
+        warning = global_shuffle_warning(self.source, self.batch_size, block_rows, gathered)
+        if warning is not None:
+            warnings.warn(warning, RemoteShuffleWarning, stacklevel=3)
 
     def _make_plan(self, batches_per_read: int | None = None, prefetch: int | None = None) -> Plan:
         """The read geometry within the memory budget (see :mod:`npyfeed.budget`)."""

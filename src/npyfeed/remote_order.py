@@ -78,26 +78,30 @@ def default_geometry(source: Any) -> tuple[int, int]:
     return block_rows, max(low, min(high, pool // (2 * block_rows * widest)))
 
 
-def global_shuffle_warning(source: Any, batch_size: int, block_rows: int) -> str | None:
+def global_shuffle_warning(source: Any, batch_size: int, block_rows: int, gathered: int | None = None) -> str | None:
     """The warning for a global shuffle of ``source`` (a Columns) over an object store, or None if it costs
-    about as few requests as a block shuffle of ``block_rows`` blocks (rows large enough, or merged anyway)."""
+    about as few requests as a block shuffle of ``block_rows`` blocks (rows large enough, or merged anyway).
+
+    ``gathered``: rows sorted and merged together (a read of several batches; default one batch).
+    """
     remote = _remote_columns(source)
     n = len(source)
     if not remote or n == 0:
         return None
     batch = min(batch_size, n)
+    together = min(n, max(batch, gathered or batch))
     batches = -(-n // batch)
     per_batch = block_epoch = 0.0
     for array, found in remote:
         opts = found[0].options
         row = max(1, _row_bytes(array))
-        # A sorted batch of `batch` random rows of n: a row starts a new request when none of the next
-        # gap_rows + 1 rows is in the batch too (plan_requests merges rows fewer than gap_bytes apart).
-        alone = (1 - batch / n) ** (opts.gap_bytes // row + 1)
+        # `together` random rows of n, sorted: a row starts a new request when none of the next gap_rows + 1 rows
+        # is among them (plan_requests merges rows fewer than gap_bytes apart).
+        alone = (1 - together / n) ** (opts.gap_bytes // row + 1)
         pieces = -(-row // opts.request_bytes)  # a row larger than a request is fetched in pieces
-        per_batch += (1 + (batch - 1) * alone) * pieces
-        block_bytes = min(block_rows * row, n * row)
-        block_epoch += -(-n // block_rows) * -(-block_bytes // opts.request_bytes)
+        per_batch += (1 + (together - 1) * alone) * pieces * batch / together
+        full, tail = divmod(n, block_rows)  # each block is fetched alone, in pieces of at most request_bytes
+        block_epoch += full * -(-block_rows * row // opts.request_bytes) + -(-tail * row // opts.request_bytes)
     epoch = per_batch * batches
     if per_batch < _WARN_PER_BATCH or epoch < _WARN_RATIO * block_epoch:
         return None
@@ -105,11 +109,19 @@ def global_shuffle_warning(source: Any, batch_size: int, block_rows: int) -> str
     more = sum(len(found) for _, found in remote) - 1
     if more:
         found_name = f"{first} and {more} more object{'s' if more > 1 else ''}"
-    request_mib = remote[0][1][0].options.request_bytes / (1 << 20)
+    request = _size(remote[0][1][0].options.request_bytes)
     return (
         f"global shuffle of {found_name}: rows of {source.row_bytes:,} B, about {per_batch:,.0f} requests per "
         f"batch of {batch} ({batch * len(remote) / per_batch:.1f} rows per request), ~{epoch:,.0f} requests per "
-        f"epoch; shuffle='block' reads {block_rows * source.row_bytes / (1 << 20):,.1f} MiB blocks in "
-        f"{request_mib:g} MiB requests, ~{block_epoch:,.0f} requests per epoch (silence with "
+        f"epoch; shuffle='block' reads {_size(min(block_rows, n) * source.row_bytes)} blocks in requests of up "
+        f"to {request}, ~{block_epoch:,.0f} requests per epoch (silence with "
         "warnings.filterwarnings('ignore', category=npyfeed.RemoteShuffleWarning))"
     )
+
+
+def _size(nbytes: int) -> str:
+    """``8388608`` -> ``"8 MiB"``, ``1536`` -> ``"1.5 KiB"``, ``100`` -> ``"100 B"``."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:,.3g} {unit}"
+    return f"{nbytes:,} B"
