@@ -349,6 +349,33 @@ def test_a_cache_that_cannot_be_written_reads_from_the_store(served: tuple[Range
     assert not chunk_files(tmp_path / "cache") and not list((tmp_path / "cache").rglob("*.part"))
 
 
+_FEW_FILES = textwrap.dedent(
+    """
+    import resource, sys
+    import numpy as np
+    import npyfeed
+    url, cache, path = sys.argv[1:4]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+    opts = {"cache_dir": cache, "cache_size": "10MB", "cache_chunk_bytes": 1024}
+    x = np.load(path)
+    a = npyfeed.open(url, storage_options=opts)
+    rows = np.random.default_rng(0).permutation(len(x))[:3000]
+    for _ in range(2):  # chunks fetched, then read from disk
+        assert np.array_equal(a[rows], x[rows]), "rows differ"
+    """
+)
+
+
+def test_a_batch_over_many_chunks_holds_few_files(served: tuple[RangeServer, Path], tmp_path: Path) -> None:
+    server, root = served
+    np.save(root / "many.npy", np.random.default_rng(8).integers(0, 255, (20000, 16), dtype=np.uint8))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent / "src"), os.environ.get("PYTHONPATH", "")])}
+    args = [f"{server.url}/many.npy", str(tmp_path / "cache"), str(root / "many.npy")]
+    done = subprocess.run([sys.executable, "-c", _FEW_FILES, *args], env=env, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert len(chunk_files(tmp_path / "cache")) == 313  # 3,000 random rows touch all 313 chunks; 200 files allowed
+
+
 # -- the directory alone --------------------------------------------------------------------------------------------
 def test_eviction_takes_the_least_recently_used_chunks(tmp_path: Path) -> None:
     cache = ChunkCache(CacheOptions(str(tmp_path), 3 * (1000 + TRAILER.size), 1000))

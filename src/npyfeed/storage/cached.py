@@ -31,6 +31,7 @@ __all__ = ["CachedObject"]
 # Rows in one chunk closer than this are read with one pread (reading a few KiB more from the page cache is cheaper
 # than another system call).
 _LOCAL_GAP = 16 << 10
+_CLAIMS_AT_ONCE = 64  # chunks fetched together (each holds an open file while it is written)
 _WAIT_SECONDS = 300.0  # longest wait for another process's fetch of a chunk before fetching it here too
 
 Fetch = Callable[[Sequence[tuple[int, int]], Callable[[int, Any], None]], None]
@@ -82,24 +83,17 @@ class CachedObject:
         """A descriptor of chunk ``k`` on disk, or None."""
         return self.cache.open(self.path(k), self.length(k), self.digest(k))
 
-    def acquire(self, ks: Iterable[int]) -> dict[int, int | None]:
-        """Descriptors of chunks ``ks`` (the caller closes them), fetching missing ones; None for a chunk the
-        cache had no room for."""
-        fds: dict[int, int | None] = {}
-        try:
-            missing = []
-            for k in ks:
-                fds[k] = self.open(k)
-                if fds[k] is None:
-                    missing.append(k)
-            if missing:
-                self._fill(missing)
-                for k in missing:
-                    fds[k] = self.open(k)
-            return fds
-        except BaseException:
-            _close(fds.values())
-            raise
+    def fetch_missing(self, ks: Iterable[int]) -> None:
+        """Fetch the chunks of ``ks`` that are not on disk (read-ahead)."""
+        missing = []
+        for k in ks:
+            fd = self.open(k)
+            if fd is None:
+                missing.append(k)
+            else:
+                os.close(fd)
+        if missing:
+            self._fill(missing)
 
     def _fill(self, ks: list[int]) -> None:
         """Fetch chunks ``ks`` into the cache: each once per process (other threads wait for it) and once among
@@ -138,8 +132,11 @@ class CachedObject:
                 self.cache.remove_other_versions(self.directory, self._version)
             except OSError as e:
                 self.cache.failed(e)
-        claimed, waiting = self._claim_all(ks)
-        self._write(claimed)
+        waiting = []
+        for i in range(0, len(ks), _CLAIMS_AT_ONCE):  # bounded: each claimed chunk holds an open file
+            claimed, theirs = self._claim_all(ks[i : i + _CLAIMS_AT_ONCE])
+            waiting += theirs
+            self._write(claimed)
         for k in waiting:  # another process is fetching them: wait, then take over if it gave up
             self.cache.wait(self.path(k), _WAIT_SECONDS)
             fd = self.open(k)
@@ -241,87 +238,87 @@ class CachedObject:
         fallback: Callable[[np.ndarray], None],
     ) -> None:
         """Copy the records at sorted ``indices`` into the rows of ``out2`` (``(n, record_bytes)`` uint8); the
-        positions whose chunks cannot be cached go to ``fallback(positions)``."""
+        positions whose chunks cannot be cached go to ``fallback(positions)``.
+
+        The rows of chunks on disk are read first, then the missing chunks are fetched together and their rows
+        read. One chunk file is open at a time (a batch may touch thousands of chunks).
+        """
         n = int(indices.size)
         offsets = base + indices.astype(np.int64) * record_bytes
         first = offsets // self.chunk_bytes
         last = (offsets + record_bytes - 1) // self.chunk_bytes
-        single = first == last
-        if single.all():
-            needed = np.unique(first)
-        else:  # records spanning chunks: mark first..last of each
-            lo = int(first[0])
-            marks = np.zeros(int(last.max()) - lo + 2, np.int64)
-            np.add.at(marks, first - lo, 1)
-            np.add.at(marks, last - lo + 1, -1)
-            needed = np.flatnonzero(np.cumsum(marks)[:-1] > 0) + lo
-        fds = self.acquire(needed.tolist())
-        missed = np.zeros(n, bool)
+        single = np.flatnonzero(first == last)
+        groups = np.split(single, np.flatnonzero(np.diff(first[single])) + 1) if single.size else []
+        spans = np.flatnonzero(first != last).tolist()  # records spanning chunks
+
+        def read_group(group: np.ndarray) -> bool:
+            k = int(first[group[0]])
+            return self._read_records(k, offsets[group] - k * self.chunk_bytes, group, out2)
+
+        later = [g for g in groups if not read_group(g)]
+        later_spans = [i for i in spans if not self._read_bytes(int(offsets[i]), out2[i])]
+        if later or later_spans:
+            needed = {int(first[g[0]]) for g in later}
+            for i in later_spans:
+                needed.update(range(int(first[i]), int(last[i]) + 1))
+            self._fill(sorted(needed))
+            missed = [g for g in later if not read_group(g)]
+            missed += [np.array([i]) for i in later_spans if not self._read_bytes(int(offsets[i]), out2[i])]
+            if missed:
+                positions = np.sort(np.concatenate(missed))
+                fallback(positions)
+                n -= positions.size
+        self.cache.count(served=n * record_bytes)
+
+    def _read_records(self, k: int, rel: np.ndarray, positions: np.ndarray, out2: np.ndarray) -> bool:
+        """Records at byte offsets ``rel`` (sorted) of chunk ``k`` into rows ``positions`` of ``out2``; False if
+        the chunk is not on disk (nothing read)."""
+        fd = self.open(k)
+        if fd is None:
+            return False
         try:
-            positions = np.flatnonzero(single)
-            if positions.size:
-                chunk_of = first[positions]
-                cuts = np.flatnonzero(np.diff(chunk_of)) + 1
-                for group in np.split(positions, cuts):
-                    k = int(first[group[0]])
-                    fd = fds[k]
-                    if fd is None or not self._read_records(fd, offsets[group] - k * self.chunk_bytes, group, out2):
-                        missed[group] = True
-            for i in np.flatnonzero(~single).tolist():
-                ks = range(int(first[i]), int(last[i]) + 1)
-                if any(fds[k] is None for k in ks) or not self._read_span(fds, int(offsets[i]), out2[i]):
-                    missed[i] = True
-        finally:
-            _close(fds.values())
-        if missed.any():
-            fallback(np.flatnonzero(missed))
-        self.cache.count(served=(n - int(missed.sum())) * record_bytes)
-
-    def _read_records(self, fd: int, rel: np.ndarray, positions: np.ndarray, out2: np.ndarray) -> bool:
-        """Records at byte offsets ``rel`` of one chunk (sorted) into rows ``positions`` of ``out2``."""
-        record_bytes = out2.shape[1]
-        shift = int(rel[0]) % record_bytes
-        local = (rel - shift) // record_bytes
-        for req in plan_requests(local, record_bytes, _LOCAL_GAP, self.chunk_bytes):
-            rows = positions[req.start : req.end]
-            start = shift + req.first * record_bytes
-            count = req.end - req.start
-            if req.records == count and int(rows[-1]) - int(rows[0]) == count - 1:
-                target = out2[int(rows[0]) : int(rows[0]) + count]  # consecutive records into consecutive rows
-                if not _pread_exact(fd, target, start):
+            record_bytes = out2.shape[1]
+            shift = int(rel[0]) % record_bytes
+            local = (rel - shift) // record_bytes
+            for req in plan_requests(local, record_bytes, _LOCAL_GAP, self.chunk_bytes):
+                rows = positions[req.start : req.end]
+                start = shift + req.first * record_bytes
+                count = req.end - req.start
+                if req.records == count and int(rows[-1]) - int(rows[0]) == count - 1:
+                    target = out2[int(rows[0]) : int(rows[0]) + count]  # consecutive records into consecutive rows
+                    if not _pread_exact(fd, target, start):
+                        return False
+                    continue
+                buffer = np.empty((req.records, record_bytes), np.uint8)
+                if not _pread_exact(fd, buffer, start):
                     return False
-                continue
-            buffer = np.empty((req.records, record_bytes), np.uint8)
-            if not _pread_exact(fd, buffer, start):
-                return False
-            out2[rows] = buffer[local[req.start : req.end] - req.first]
-        return True
+                out2[rows] = buffer[local[req.start : req.end] - req.first]
+            return True
+        finally:
+            os.close(fd)
 
-    def _read_span(self, fds: dict[int, int | None], offset: int, row: np.ndarray) -> bool:
-        """One record spanning several chunks, piece by piece."""
+    def _read_bytes(self, offset: int, out: np.ndarray) -> bool:
+        """Bytes ``[offset, offset + out.size)`` into ``out`` (uint8), chunk by chunk; False if a chunk is not on
+        disk."""
         done = 0
-        while done < row.size:
+        while done < out.size:
             k, at = divmod(offset + done, self.chunk_bytes)
-            piece = min(row.size - done, self.chunk_bytes - at)
-            fd = fds[k]
-            if fd is None or not _pread_exact(fd, row[done : done + piece], at):
+            piece = min(out.size - done, self.chunk_bytes - at)
+            fd = self.open(k)
+            if fd is None:
                 return False
+            try:
+                if not _pread_exact(fd, out[done : done + piece], at):
+                    return False
+            finally:
+                os.close(fd)
             done += piece
         return True
 
     def read_cached(self, offset: int, out: np.ndarray) -> bool:
         """Fill ``out`` (uint8) with bytes ``[offset, offset + out.size)`` if every chunk holding them is on disk;
         False (nothing fetched) otherwise."""
-        ks = range(offset // self.chunk_bytes, (offset + out.size - 1) // self.chunk_bytes + 1)
-        fds: dict[int, int | None] = {}
-        try:
-            for k in ks:
-                fds[k] = self.open(k)
-                if fds[k] is None:
-                    return False
-            return self._read_span(fds, offset, out)
-        finally:
-            _close(fds.values())
+        return self._read_bytes(offset, out)
 
     # -- read-ahead ---------------------------------------------------------------------------------------------
     def will_need(self, ranges: Sequence[tuple[int, int]], budget: int) -> None:
@@ -342,7 +339,7 @@ class CachedObject:
 
     def _fetch_ahead(self, ks: list[int]) -> None:
         try:
-            _close(self.acquire(ks).values())
+            self.fetch_missing(ks)
         except Exception:  # only a hint: the gather that needs these chunks fetches them and reports errors
             pass
         finally:
