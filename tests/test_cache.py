@@ -184,6 +184,19 @@ def test_a_cache_smaller_than_the_data_stays_under_its_limit(
         assert np.array_equal(rows, x)
 
 
+def test_a_cached_global_shuffle_is_not_warned_about_requests(served: tuple[RangeServer, Path], tmp_path: Path) -> None:
+    server, root = served
+    x = np.arange(20000, dtype=np.int64)
+    np.save(root / "warned.npy", x)
+    url = f"{server.url}/warned.npy"
+    with pytest.warns(npyfeed.RemoteShuffleWarning, match="requests per batch"):
+        npyfeed.Loader(url, 256, shuffle=True, storage_options={"gap_bytes": 0})  # a request per row
+    cached = npyfeed.Loader(url, 256, shuffle=True, storage_options={"gap_bytes": 0, **options(tmp_path, "1MB", 8192)})
+    before = server.requests
+    assert same_rows(epoch(cached), x)  # no warning: chunks fetched once each
+    assert server.requests - before == -(-(x.nbytes + 128) // 8192)
+
+
 def test_a_replaced_object_is_never_served_from_old_chunks(served: tuple[RangeServer, Path], tmp_path: Path) -> None:
     server, root = served
     x = np.arange(30000, dtype=np.int32)

@@ -84,7 +84,9 @@ def global_shuffle_warning(source: Any, batch_size: int, block_rows: int, gather
 
     ``gathered``: rows sorted and merged together (a read of several batches; default one batch).
     """
-    remote = _remote_columns(source)
+    # Objects read through a local cache (storage_options["cache_dir"]) are fetched in whole chunks once, whatever
+    # the order (and the cache warns itself if it is too small for a global shuffle).
+    remote = [(a, f) for a, f in _remote_columns(source) if all(getattr(s, "cache", None) is None for s in f)]
     n = len(source)
     if not remote or n == 0:
         return None
