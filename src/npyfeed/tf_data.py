@@ -9,6 +9,12 @@ The dataset is a ``range`` mapped through a parallel, stateless ``tf.numpy_funct
   prefetched. Without a transform, one call reads a chunk of about 4 MiB of batches (``loader.batches_per_read``)
   in one pass and ``unbatch()`` splits it: a ``numpy_function`` call costs about 100 us, as much as reading a
   256 KiB batch;
+- one copy per byte for a single batch per read (the gather from the file), two for chunks (``unbatch()`` copies
+  each batch out): the Loader reads into 64-byte-aligned buffers, which ``numpy_function`` wraps without a copy
+  (it copies unaligned arrays), and a chunk is handed over as a view of its buffer. A batch that aliases a buffer
+  keeps it out of the Loader's buffer pool while anything references it, so held batches never change. Batches
+  are never views of the file's mapping: a file truncated or rewritten under a job would change (or fault)
+  bytes already handed out;
 - ``element_spec`` comes from the ``.npy`` headers (the file's dtype in native byte order, its row shape, a static
   batch dimension when every batch is full), shaped like the source: one tensor, a tuple or a dict;
 - an iterator saved with ``tf.train.Checkpoint(iterator=it)`` holds a few hundred bytes (its epoch and position,
