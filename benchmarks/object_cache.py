@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a 64 MB object")
     args = parser.parse_args(argv)
     size_mb = 64 if args.quick else args.size_mb
+    warnings.filterwarnings("ignore", category=npyfeed.RemoteShuffleWarning)  # what the "no cache" rows measure
     with tempfile.TemporaryDirectory(prefix="npyfeed-cache-bench-") as tmp:
         root = Path(tmp)
         rows = make_object(root / "x.npy", size_mb)
