@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,7 +123,9 @@ def test_reads_through_the_cache_match_np_load(
     for _ in range(2):  # cold, then from the chunks left on disk
         remote = npyfeed.open(f"{server.url}/{name}", storage_options=opts)
         assert (remote.shape, remote.dtype) == (expected.shape, expected.dtype)
-        check_key(remote, expected, data.draw(row_keys(expected.shape)))
+        with warnings.catch_warnings():  # a cache of one chunk read at random thrashes, and says so
+            warnings.filterwarnings("ignore", "npyfeed cache .* evicted before they are used again", RuntimeWarning)
+            check_key(remote, expected, data.draw(row_keys(expected.shape)))
         assert disk_bytes(cache) <= size + 64  # + the lock and the counter
 
 
