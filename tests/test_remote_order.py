@@ -46,14 +46,14 @@ def test_default_block_geometry_is_sized_for_the_store(same_files: tuple[str, st
     assert local._block_geometry() == ((1 << 20) // row, 16)  # unchanged: 1 MiB blocks, 16 per window
     remote = npyfeed.Loader(url, 512, shuffle="block", seed=0)
     block, window = remote._block_geometry()
-    assert block == (8 << 20) // row and window == 6
-    assert 2 * block * window * row <= 96 << 20  # two windows fit the default read-ahead pool
+    assert block == (8 << 20) // row and window == 4
+    assert 3 * block * window * row <= 96 << 20  # three windows fit the default read-ahead pool
     bigger = npyfeed.Loader(url, 512, shuffle="block", seed=0, storage_options={"prefetch_bytes": 1 << 30})
     assert bigger._block_geometry() == (block, 16)
-    tiny = npyfeed.Loader(url, 512, shuffle="block", seed=0, storage_options={"prefetch_bytes": 1 << 20})
-    assert tiny._block_geometry() == (block, 2)
+    tiny = npyfeed.Loader(url, 512, shuffle="block", seed=0, storage_options={"prefetch_bytes": 6 << 20})
+    assert tiny._block_geometry() == ((1 << 20) // row, 2)  # smaller blocks: three windows of two still fit
     given = npyfeed.Loader(url, 512, shuffle="block", seed=0, block_rows=100)
-    assert given._block_geometry() == (100, 6)  # what the user gives is kept
+    assert given._block_geometry() == (100, 4)  # what the user gives is kept
 
 
 @pytest.mark.parametrize("direction", ["local->remote", "remote->local"])
@@ -108,8 +108,8 @@ def _upload_rows(s3: MotoS3, key: str, row_bytes: int, rows: int = 4000) -> str:
 
 
 # Small requests and no merging across gaps: what a multi-GB object with the default options looks like, at test
-# scale (a small pool, so the block shuffle's windows are sized as for large rows).
-SCALED = {"request_bytes": 4096, "gap_bytes": 0, "prefetch_bytes": 65536}
+# scale.
+SCALED = {"request_bytes": 4096, "gap_bytes": 0}
 
 
 def test_global_shuffle_of_small_rows_warns_once_with_the_request_rate(s3: MotoS3) -> None:
@@ -154,3 +154,22 @@ def test_no_warning_where_a_global_shuffle_costs_no_more_requests(
     npyfeed.Loader(url, 512, shuffle=True, seed=0, io_hints=False)  # rows merge across 256 KiB gaps
     with pytest.warns(npyfeed.RemoteShuffleWarning, match="rows of 256 B"):
         npyfeed.Loader(url, 512, shuffle=True, seed=0, io_hints=False, storage_options={"gap_bytes": 0})  # they don't
+
+
+def test_a_default_block_shuffle_fetches_each_byte_once(tmp_path: Path) -> None:
+    """Three windows fit the read-ahead pool: with room for two, pieces of the window still being read were
+    evicted by the hints of reads running ahead, and fetched again (1.25x the bytes of an epoch)."""
+    from servers import RangeServer
+
+    rows, row_bytes = 12_288, 1024  # 12 MiB against a 6 MiB pool: 1 MiB blocks, 2 per window
+    x = np.lib.format.open_memmap(tmp_path / "x.npy", "w+", np.uint8, (rows, row_bytes))
+    x[:, :8] = np.arange(rows, dtype="<i8").view(np.uint8).reshape(rows, 8)
+    x.flush()
+    with RangeServer(tmp_path) as server:
+        options = {"prefetch_bytes": 6 << 20, "request_bytes": 256 << 10}
+        loader = npyfeed.Loader(f"{server.url}/x.npy", 128, shuffle="block", seed=3, storage_options=options)
+        assert loader._block_geometry() == (1024, 2)
+        ids = np.concatenate([np.ascontiguousarray(b[:, :8]).view("<i8").ravel() for b in loader])
+        stats = loader.source.arrays[0].storage.client.stats  # type: ignore[attr-defined]
+    assert np.array_equal(np.sort(ids), np.arange(rows)) and not np.array_equal(ids, np.arange(rows))
+    assert stats.bytes < 1.1 * x.nbytes, stats.bytes / x.nbytes

@@ -72,7 +72,7 @@ class Loader:
             ``tf.distribute.InputContext``, or ``"auto"`` (from the engine or launcher, see
             :func:`npyfeed.shard.resolve`). Worker ``i`` reads global batches ``i, i + count, ...``.
         block_rows, window_blocks: block-shuffle geometry. Default: 1 MiB blocks, 16 per window for local files;
-            8 MiB blocks, as many per window as two windows fit in ``prefetch_bytes`` (6 by default) on object
+            8 MiB blocks, as many per window as three windows fit in ``prefetch_bytes`` (4 by default) on object
             stores (see :mod:`npyfeed.remote_order`). A default geometry gives way to the one of a saved state.
         num_threads: reads copying at once (default: the number of cores, at least 2).
         io_threads: reads waiting on storage at once when the data is cold (default: ``4 x num_threads``, at
