@@ -133,6 +133,7 @@ class RequestReport:
     row_reads: int
     """Rows delivered times remote columns: what the requests served."""
     seconds: float
+    """From the Loader's start until its last request (read-ahead included) ended."""
     latency_p50_ms: float
     latency_p99_ms: float
     mean_in_flight: float
@@ -256,6 +257,7 @@ def run_bench(
     for client in clients:
         client.stats.max_in_flight = client.stats.in_flight  # the peak of this run, not of earlier ones
     baseline = anon_memory()
+    began = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RemoteShuffleWarning)  # the report measures what it warns about
         loader = Loader(columns, batch_size, shuffle=shuffle, seed=0, num_threads=num_threads, prefetch=prefetch)
@@ -265,6 +267,7 @@ def run_bench(
         )
     loader.close()
     _settle(clients)
+    span = time.perf_counter() - began  # requests ran from the loader's start until read-ahead settled
     result = BenchResult(
         shuffle=shuffle,
         batch_size=batch_size,
@@ -279,7 +282,7 @@ def run_bench(
         memory_peak=peak[0],
     )
     if clients:
-        result.requests = _request_report(columns, clients, before, rows, seconds, raw_requests)
+        result.requests = _request_report(columns, clients, before, rows, span, raw_requests)
     if sweep:
         for threads in sorted({1, cpu_count(), 2 * cpu_count()}):
             if cold:
