@@ -131,3 +131,25 @@ def test_native_truncated_file_is_an_error_not_a_short_batch(tmp_path: Path) -> 
     os.truncate(path, path.stat().st_size - 8 * 15)
     with pytest.raises(tf.errors.OpError):
         list(ds)
+
+
+@pytest.mark.parametrize("shuffle", [False, "block"])
+@pytest.mark.parametrize("count", [1, 2])
+def test_native_small_groups_across_files(
+    data: dict[str, Any], monkeypatch: pytest.MonkeyPatch, shuffle: Any, count: int
+) -> None:
+    """Groups of a few batches (2 batches) over shards: every group boundary, file boundary and tail."""
+    import npyfeed.tf_native as native
+
+    monkeypatch.setattr(native, "_GROUP_BYTES", 250)
+    for index in range(count):
+        loader = npyfeed.Loader(
+            (data["parts"], data["ids"]),
+            batch_size=7,
+            shuffle=shuffle,
+            seed=5,
+            shard=(index, count),
+            block_rows=6,
+            window_blocks=3,
+        )
+        assert_identical(loader, loader.to_tf_dataset(native=True, epochs=2), [0, 1])

@@ -42,10 +42,11 @@ def files(tmp_path: Path) -> tuple[str, str]:
 
 
 @pytest.mark.slow
-def test_distributed_epoch_delivers_every_row_once(service: object, tmp_path: Path) -> None:
-    loader = npyfeed.Loader(files(tmp_path), batch_size=32, shuffle="block", seed=4, block_rows=20)
+@pytest.mark.parametrize("shuffle", ["block", False])
+def test_distributed_epoch_delivers_every_row_once(service: object, tmp_path: Path, shuffle: object) -> None:
+    loader = npyfeed.Loader(files(tmp_path), batch_size=32, shuffle=shuffle, seed=4, block_rows=20)
     ds = loader.to_tf_dataset(native=True).apply(
-        tf.data.experimental.service.distribute("distributed_epoch", service.target, job_name="epoch")  # type: ignore[attr-defined]
+        tf.data.experimental.service.distribute("distributed_epoch", service.target, job_name=f"epoch{shuffle}")  # type: ignore[attr-defined]
     )
     seen = Counter(int(i) for _, ids in ds for i in ids.numpy())
     assert seen == Counter(range(N))

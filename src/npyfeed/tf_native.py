@@ -8,10 +8,16 @@ tf.data service workers, TPU hosts, ``ParameterServerStrategy`` workers (see ``d
   global batches ``i, i + n, ...``), its rows from the order computed with TF ``uint64`` ops: the same keyed
   Feistel network and cycle walking as :class:`npyfeed.order.GlobalShuffle`, inside
   :class:`npyfeed.order.BlockShuffle`'s windows, so every batch is byte-identical to ``loader.read_batch(e, k)``.
-- **Reads.** The batch's rows, sorted, are cut into runs of consecutive rows within one file; each run is a
-  ``FixedLengthRecordDataset(path, record_bytes=row_bytes, header_bytes=data_offset + first * row_bytes,
-  footer_bytes=...)`` (tensor-valued under ``interleave``), then ``decode_raw`` (big-endian files too) and
-  ``reshape``. A file that shrank gives fewer records and fails the reshape: an error, never a short batch.
+- **Reads.** By ``FixedLengthRecordDataset``, which skips its ``header_bytes`` by *reading* them: a read that
+  starts at byte ``o`` of a file costs a read of ``o`` bytes first. So a sequential epoch is read as
+  ``_SEGMENTS`` segments (``Dataset.range`` elements under ``interleave``), each scanning its files front to back
+  in records of ~1 MiB (a file's first ``rows % record`` rows as one record, so the rest are whole records),
+  ``decode_raw`` once per record, then re-cut into batches (``rebatch``); a worker of several keeps its batches
+  with ``shard``. A block-shuffled epoch is read in groups of about one window of batches: the whole blocks the
+  group touches are read (one record per block, or per piece where a block spans two files), laid end to end,
+  and each batch is a ``gather`` from them (each block read costs its offset in the file: see the docs).
+  Big-endian files are decoded as such. A file whose size changed fails its read or its reshape: an error,
+  never a short batch.
 - **Paths.** TensorFlow opens the files through its own file system layer: local paths work (tested);
   ``gs://`` is built into TensorFlow on Linux; ``s3://``, ``hdfs://`` and others need ``import tensorflow_io``
   on every process that runs the graph (workers included).
@@ -42,7 +48,12 @@ __all__ = ["native_dataset", "rows_op"]
 _ROUNDS = 6  # as npyfeed.order
 _GOLDEN = 0x9E3779B97F4A7C15
 _ROUND_STEP = 0x632BE59BD9B4E019
-_MAX_RUN_BUFFER = 1 << 20  # FixedLengthRecordDataset read buffer per run: the run itself, at most 1 MiB
+_MAX_READ_BUFFER = 1 << 20  # FixedLengthRecordDataset read buffer per piece: the piece itself, at most 1 MiB
+_GROUP_BYTES = 4 << 20  # batches read together by the group path: about 4 MiB
+_SCAN_BYTES = 1 << 20  # records of a sequential scan: about 1 MiB
+_SEGMENTS = 2  # sequential epochs are read as this many segments (each skips to its start by reading: see scan)
+_SEGMENT_CYCLE = 2  # segments read at once
+_CYCLE = 4  # groups read at once
 
 
 def _tf() -> Any:
@@ -145,6 +156,61 @@ def rows_op(loader: Loader) -> Any:
     return rows
 
 
+# -- groups of batches: which rows, which byte ranges ----------------------------------------------------------
+def _group_batches(loader: Loader, order: Any) -> int:
+    """Consecutive batches read together: ~4 MiB when sequential, about one window of blocks when block-shuffled."""
+    layout = loader.layout(-1)
+    batch_bytes = max(1, layout.batch_size * max(1, loader.source.row_bytes))
+    if isinstance(order, BlockShuffle):
+        return max(1, order.window_rows // (layout.batch_size * layout.count))
+    return max(1, _GROUP_BYTES // batch_bytes)
+
+
+def _group_plan(loader: Loader, order: Any, group: int) -> Any:
+    """``plan(epoch, first, stop) -> (row_splits, index, starts, ends)`` for the worker's batches ``[first, stop)``.
+
+    ``starts``/``ends`` are the sorted, disjoint row ranges to read (runs of the batches' rows when sequential,
+    the whole blocks they touch when block-shuffled); ``index`` is each batch row's position in the rows of those
+    ranges, laid end to end; batch ``j`` is ``index[row_splits[j]:row_splits[j + 1]]``.
+    """
+    tf = _tf()
+    layout = loader.layout(-1)
+    first_tail, tail_rows = layout._tail
+    count, index, bs, start, rounds = layout.count, layout.index, layout.batch_size, layout.start, layout.rounds
+    size, extra = divmod(tail_rows, count)
+    tail_lo = first_tail + index * size + min(index, extra)
+    tail_hi = tail_lo + size + (1 if index < extra else 0)
+    num_rows = len(loader.source)
+
+    def plan(epoch: Any, first: Any, stop: Any) -> Any:
+        k = tf.range(first, stop, dtype=tf.int64)
+        lo = tf.where(k < rounds, start + (k * count + index) * bs, tf.constant(tail_lo, tf.int64))
+        hi = tf.where(k < rounds, lo + bs, tf.constant(tail_hi, tf.int64))
+        positions = tf.RaggedTensor.from_row_lengths(tf.ragged.range(lo, hi).flat_values, hi - lo, validate=False)
+        splits = positions.row_splits
+        if isinstance(order, Sequential):
+            rows = positions.flat_values  # increasing: batch k's rows all come before batch k + 1's
+            n = tf.size(rows, out_type=tf.int64)
+            heads = tf.concat([[0], tf.where(rows[1:] - rows[:-1] != 1)[:, 0] + 1], 0)[:n]  # none when no rows
+            starts = tf.gather(rows, heads)
+            ends = tf.gather(rows, tf.concat([heads[1:], [n]], 0)[: tf.size(heads)] - 1) + 1
+        else:
+            assert isinstance(order, BlockShuffle)
+            shuffled = _block_rows(order, epoch, positions.flat_values)
+            # Sorted within each batch: batch-major keys (the batch's number times num_rows, plus the row).
+            batch_of = positions.value_rowids()
+            keys = tf.sort(batch_of * num_rows + shuffled)
+            rows = keys - batch_of * num_rows
+            blocks, _ = tf.unique(tf.sort(rows // order.block_rows))
+            starts = blocks * order.block_rows
+            ends = tf.minimum(starts + order.block_rows, num_rows)
+        at = tf.searchsorted(starts, rows, side="right") - 1
+        offsets = tf.cumsum(ends - starts, exclusive=True)
+        return splits, tf.gather(offsets, at) + rows - tf.gather(starts, at), starts, ends
+
+    return plan
+
+
 # -- reads --------------------------------------------------------------------------------------------------------
 def _files(array: Any, where: str) -> list[NpyArray]:
     files: list[NpyArray] = []
@@ -160,8 +226,13 @@ def _files(array: Any, where: str) -> list[NpyArray]:
     return files
 
 
-def _column_reader(array: Any, where: str) -> Any:
-    """``read(rows) -> tensor [len(rows), *row_shape]`` for one column, from TF file ops."""
+def _column_reader(array: Any, where: str, contiguous: bool) -> tuple[Any, Any]:
+    """``read(splits, index, starts, ends) -> dataset`` of one column's batches, and ``scan(stop)`` (see there).
+
+    The row ranges are cut where files end; each piece is one record of a ``FixedLengthRecordDataset`` (one
+    read), decoded once; the pieces, laid end to end, are the group's rows, and each batch is a slice of them
+    (``contiguous``: sequential) or a gather.
+    """
     tf = _tf()
     files = _files(array, where)
     dtype = array.dtype
@@ -174,33 +245,94 @@ def _column_reader(array: Any, where: str) -> Any:
     little = dtype.byteorder != ">" and not (dtype.byteorder == "=" and np.little_endian is False)
     row_shape = list(array.shape[1:])
     paths = tf.constant([f.path for f in files])
-    starts = tf.constant(np.cumsum([0] + [len(f) for f in files])[:-1], tf.int64)
+    counts = np.array([len(f) for f in files], dtype=np.int64)
+    file_starts = tf.constant(np.cumsum(counts) - counts, tf.int64)
+    file_stops = tf.constant(np.cumsum(counts), tf.int64)
     offsets = tf.constant([f.header.data_offset for f in files], tf.int64)
     ends = tf.constant([f.header.file_bytes for f in files], tf.int64)
 
-    def read_run(file: Any, first: Any, length: Any) -> Any:
+    def read_piece(file: Any, first: Any, length: Any) -> Any:
         header = offsets[file] + first * row_bytes
         footer = ends[file] - header - length * row_bytes
         return tf.data.FixedLengthRecordDataset(
             paths[file],
-            record_bytes=row_bytes,
+            record_bytes=length * row_bytes,
             header_bytes=header,
             footer_bytes=footer,
-            buffer_size=tf.minimum(length * row_bytes, _MAX_RUN_BUFFER),
+            buffer_size=tf.minimum(length * row_bytes, _MAX_READ_BUFFER),
         )
 
-    def read(rows: Any) -> Any:
-        file = tf.searchsorted(starts, rows, side="right") - 1
-        local = rows - tf.gather(starts, file)
-        n = tf.size(rows, out_type=tf.int64)
-        breaks = tf.logical_or(local[1:] - local[:-1] != 1, file[1:] != file[:-1])
-        heads = tf.concat([tf.constant([0], tf.int64), tf.where(breaks)[:, 0] + 1], 0)
-        lengths = tf.concat([heads[1:], [n]], 0) - heads
-        runs = tf.data.Dataset.from_tensor_slices((tf.gather(file, heads), tf.gather(local, heads), lengths))
-        records = runs.flat_map(read_run).batch(tf.maximum(n, 1))
-        return records.map(lambda r: tf.reshape(tf.io.decode_raw(r, out_dtype, little_endian=little), [n, *row_shape]))
+    def pieces(starts: Any, stops: Any) -> Any:
+        f_lo = tf.searchsorted(file_starts, starts, side="right") - 1
+        f_hi = tf.searchsorted(file_starts, stops - 1, side="right") - 1
+        spans = tf.ragged.range(f_lo, f_hi + 1)
+        file, of = spans.flat_values, spans.value_rowids()
+        lo = tf.maximum(tf.gather(starts, of), tf.gather(file_starts, file))
+        hi = tf.minimum(tf.gather(stops, of), tf.gather(file_stops, file))
+        keep = hi > lo  # files of 0 rows between two others
+        file, lo, hi = (tf.boolean_mask(t, keep) for t in (file, lo, hi))
+        return file, lo - tf.gather(file_starts, file), hi - lo
 
-    return read
+    def decode(record: Any) -> Any:
+        return tf.io.decode_raw(record, out_dtype, little_endian=little)
+
+    file_ids = tf.range(len(files), dtype=tf.int64)
+    record = max(1, _SCAN_BYTES // row_bytes)
+
+    def read_part(file: Any, header: Any, size: Any, n: Any) -> Any:
+        footer = ends[file] - header - size * n
+        return tf.data.FixedLengthRecordDataset(
+            paths[file], record_bytes=size, header_bytes=header, footer_bytes=footer, buffer_size=size
+        )
+
+    def scan(first: Any, stop: Any) -> Any:
+        """Rows ``[first, stop)`` in order: a dataset of ``[k, *row_shape]`` tensors, each file read front to back.
+
+        ``FixedLengthRecordDataset`` skips its header by reading it, so a read from row ``r`` costs a read of
+        rows ``[0, r)`` of its file: each file's rows are one record of ``rows % record`` rows, then records of
+        ``record`` rows from the same ``FixedLengthRecordDataset``.
+        """
+        lo = tf.clip_by_value(first - file_starts, 0, file_stops - file_starts)
+        hi = tf.clip_by_value(stop - file_starts, 0, file_stops - file_starts)
+        head, full = (hi - lo) % record, (hi - lo) // record
+        header = offsets + lo * row_bytes
+        table = [  # per file: its head record, then its full records (file order: interleaved by the stack)
+            tf.reshape(tf.stack([a, b], axis=1), [-1])
+            for a, b in (
+                (file_ids, file_ids),
+                (header, header + head * row_bytes),
+                (head * row_bytes, tf.fill(tf.shape(head), tf.constant(record * row_bytes, tf.int64))),
+                (tf.ones_like(head), full),
+            )
+        ]
+        keep = tf.logical_and(table[2] > 0, table[3] > 0)
+        parts = tuple(tf.boolean_mask(t, keep) for t in table)
+        shape = [-1, *row_shape]
+        return (
+            tf.data.Dataset.from_tensor_slices(parts)
+            .flat_map(read_part)
+            .map(lambda r: tf.reshape(decode(r), shape), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        )
+
+    def read(splits: Any, index: Any, starts: Any, stops: Any) -> Any:
+        total = tf.reduce_sum(stops - starts)
+        file, first, length = pieces(starts, stops)
+        records = tf.data.Dataset.from_tensor_slices((file, first, length)).flat_map(read_piece).map(decode)
+        # Laid end to end (one copy); a file that changed size gives a missing or extra record: the reshape fails.
+        rows = records.ragged_batch(tf.maximum(tf.size(file, out_type=tf.int64), 1)).map(
+            lambda r: tf.reshape(r.flat_values, [total, *row_shape])
+        )
+        batches = tf.size(splits, out_type=tf.int64) - 1
+
+        def batch(buffer: Any, j: Any) -> Any:
+            lo, hi = splits[j], splits[j + 1]
+            if contiguous:
+                return buffer[index[lo] : index[lo] + hi - lo]
+            return tf.gather(buffer, index[lo:hi])
+
+        return rows.flat_map(lambda buffer: tf.data.Dataset.range(batches).map(lambda j: batch(buffer, j)))
+
+    return read, scan
 
 
 def native_dataset(
@@ -229,35 +361,95 @@ def native_dataset(
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
         raise ConfigError(f"epochs must be a positive int or None, got {epochs!r}")
     source = loader.source
+    # tf.nest.flatten order of the source's structure (dict keys sorted), matching ``spec``.
+    flat_keys = sorted(range(len(source.keys)), key=lambda j: source.keys[j]) if source.kind == "dict" else None
     readers = []
     for key, array in zip(source.keys, source.arrays, strict=True):
         where = f"{array.paths[0]} (column {key!r})" if source.kind != "array" else array.paths[0]
-        readers.append(_column_reader(array, where))
-    rows_of = rows_op(loader)
+        readers.append(_column_reader(array, where, contiguous=isinstance(order, Sequential)))
     batches = len(loader)
-    # tf.nest.flatten order of the source's structure (dict keys sorted), matching ``spec``.
-    flat_keys = sorted(range(len(source.keys)), key=lambda j: source.keys[j]) if source.kind == "dict" else None
+    if isinstance(order, Sequential):
+        dataset = _sequential(loader, readers, batches, epochs, source, flat_keys)
+        return _finish(dataset, source, spec)
+    group = _group_batches(loader, order)
+    groups = -(-batches // group)
+    plan = _group_plan(loader, order, group)
 
-    def one_batch(i: Any) -> Any:
-        epoch = start_epoch + i // batches
-        rows = rows_of(epoch, i % batches)
-        columns = [reader(rows) for reader in readers]
-        if source.kind == "array":
-            return columns[0]
-        if source.kind == "dict":
-            return tf.data.Dataset.zip({source.keys[j]: columns[j] for j in flat_keys or []})
-        return tf.data.Dataset.zip(tuple(columns))
+    def one_group(i: Any) -> Any:
+        epoch = start_epoch + i // groups
+        first = i % groups * group
+        splits, index, starts, ends = plan(epoch, first, tf.minimum(first + group, batches))
+        return _zip([read(splits, index, starts, ends) for read, _ in readers], source, flat_keys)
 
     # No epochs given: as good as endless (epoch numbers stay well inside int64).
-    total = tf.data.Dataset.range(batches * (epochs if epochs is not None else 1 << 40))
+    total = tf.data.Dataset.range(groups * (epochs if epochs is not None else 1 << 40))
+    # block_length=group: each group's batches in a row, then the next group's (the last group of an epoch may be
+    # shorter: interleave moves on when it ends), so the order is the loader's.
     dataset = total.interleave(
-        one_batch,
-        cycle_length=num_parallel_calls or 4,
-        block_length=1,
+        one_group,
+        cycle_length=num_parallel_calls or _CYCLE,
+        block_length=group,
         num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE,
         deterministic=True,
         name="npyfeed_native_read",
     )
+    return _finish(dataset, source, spec)
+
+
+def _sequential(loader: Loader, readers: list[Any], batches: int, epochs: int | None, source: Any, keys: Any) -> Any:
+    """Sequential epochs: ``_SEGMENTS`` segments of batches, each scanned front to back and re-cut (``rebatch``).
+
+    A segment is a ``Dataset.range`` element (under tf.data service's ``distributed_epoch``, whole segments go to
+    workers). Worker ``i`` of ``n`` scans the full rounds and keeps global batches ``i, i + n, ...``
+    (``shard``: it reads ``n`` times its rows), then reads its share of the tail by the group path.
+    """
+    tf = _tf()
+    layout = loader.layout(-1)
+    count, index, bs, rounds = layout.count, layout.index, layout.batch_size, layout.rounds
+    num_rows = len(loader.source)
+    scanned = batches if count == 1 else rounds  # batches read by scans; a worker of several reads its tail apart
+    per_segment = max(1, -(-scanned // _SEGMENTS))
+    segments = -(-scanned // per_segment)
+    tail = 1 if batches > scanned else 0
+    per_epoch = segments + tail
+    plan = _group_plan(loader, Sequential(num_rows), 1) if tail else None
+
+    def element(i: Any) -> Any:
+        j = i % per_epoch
+        is_segment = j < segments
+        k0 = tf.where(is_segment, j * per_segment, 0)
+        k1 = tf.where(is_segment, tf.minimum(k0 + per_segment, scanned), 0)
+        first, stop = k0 * count * bs, tf.minimum(k1 * count * bs, num_rows)
+        part = _zip([scan(first, stop).rebatch(bs) for _, scan in readers], source, keys)
+        if count > 1:
+            part = part.shard(count, index)
+        if plan is not None:
+            last = tf.where(is_segment, rounds, rounds + 1)
+            part = part.concatenate(_zip([read(*plan(0, rounds, last)) for read, _ in readers], source, keys))
+        return part
+
+    total = tf.data.Dataset.range(per_epoch * (epochs if epochs is not None else 1 << 40))
+    return total.interleave(
+        element,
+        cycle_length=_SEGMENT_CYCLE,
+        block_length=per_segment,
+        num_parallel_calls=_SEGMENT_CYCLE,
+        deterministic=True,
+        name="npyfeed_native_scan",
+    )
+
+
+def _zip(columns: list[Any], source: Any, keys: Any) -> Any:
+    tf = _tf()
+    if source.kind == "array":
+        return columns[0]
+    if source.kind == "dict":
+        return tf.data.Dataset.zip({source.keys[j]: columns[j] for j in keys or []})
+    return tf.data.Dataset.zip(tuple(columns))
+
+
+def _finish(dataset: Any, source: Any, spec: Any) -> Any:
+    tf = _tf()
     if source.kind == "tuple":
         dataset = dataset.map(lambda *columns: _with_spec(columns, spec))
     else:
