@@ -362,3 +362,17 @@ def test_tf_data_over_s3(s3: MotoS3) -> None:
     got = np.concatenate([b.numpy() for b in loader.to_tf_dataset()])
     assert np.array_equal(np.sort(got, axis=0), x)
     assert tf.is_tensor(next(iter(loader.to_tf_dataset())))
+
+
+def test_a_new_endpoint_in_the_environment_gets_a_new_client(tmp_path: Path) -> None:
+    """Clients are shared per store, options and environment: the same bucket behind another AWS_ENDPOINT_URL is
+    another store (a cached client kept reading from the first server while its connections lived)."""
+    for value in (1, 2):
+        root = tmp_path / str(value)
+        (root / "same-bucket").mkdir(parents=True)
+        np.save(root / "same-bucket" / "x.npy", np.full(10, value))
+    with RangeServer(tmp_path / "1") as one, RangeServer(tmp_path / "2") as two:
+        for server, value in ((one, 1), (two, 2), (one, 1)):
+            env = {"AWS_ENDPOINT_URL": server.url, "AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}
+            with environment({**env, "AWS_REGION": "us-east-1"}):
+                assert npyfeed.open("s3://same-bucket/x.npy")[:].tolist() == [value] * 10

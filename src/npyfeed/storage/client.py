@@ -432,13 +432,18 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-_clients: dict[tuple[int, str, str], StoreClient] = {}
+_clients: dict[tuple[int, str, str, str], StoreClient] = {}
 _clients_lock = threading.Lock()
+# Environment variables a store's configuration is read from (endpoint, region, credentials): a client made under
+# other values is another client, or a job that changes AWS_ENDPOINT_URL would keep talking to the old endpoint.
+_ENV_PREFIXES = ("AWS_", "GOOGLE_", "STORAGE_EMULATOR_HOST")
 
 
 def get_client(url: ObjectUrl, storage_options: Mapping[str, Any] | None = None) -> StoreClient:
-    """The process's client for ``url``'s store with these options (clients are shared: one pool per store)."""
-    key = (os.getpid(), url.store_url, repr(sorted((storage_options or {}).items())))
+    """The process's client for ``url``'s store with these options and this environment (clients are shared: one
+    pool per store)."""
+    env = repr(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)))
+    key = (os.getpid(), url.store_url, repr(sorted((storage_options or {}).items())), env)
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
