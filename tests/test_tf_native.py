@@ -153,3 +153,23 @@ def test_native_small_groups_across_files(
             window_blocks=3,
         )
         assert_identical(loader, loader.to_tf_dataset(native=True, epochs=2), [0, 1])
+
+
+def test_native_s3_needs_tensorflow_io(tmp_path: Path) -> None:
+    """An s3:// file: a ConfigError naming the URL and tensorflow-io when TF has no s3 file system, else it builds."""
+    pytest.importorskip("obstore")
+    pytest.importorskip("moto")
+    from servers import MotoS3, environment
+
+    body = tmp_path / "x.npy"
+    np.save(body, np.arange(40, dtype=np.int64))
+    with MotoS3() as s3, environment(s3.env):
+        s3.client().create_bucket(Bucket="npyfeed-native")
+        s3.client().put_object(Bucket="npyfeed-native", Key="x.npy", Body=body.read_bytes())
+        loader = npyfeed.Loader("s3://npyfeed-native/x.npy", batch_size=8)
+        assert loader.read_batch(0, 0).tolist() == list(range(8))  # npyfeed itself reads it
+        if "s3" in tf.io.gfile.get_registered_schemes():  # tensorflow_io imported: TF's own S3 reads it
+            loader.to_tf_dataset(native=True)
+        else:
+            with pytest.raises(ConfigError, match=r"s3://npyfeed-native/x\.npy.*tensorflow_io.*native=False"):
+                loader.to_tf_dataset(native=True)

@@ -19,8 +19,10 @@ tf.data service workers, TPU hosts, ``ParameterServerStrategy`` workers (see ``d
   Big-endian files are decoded as such. A file whose size changed fails its read or its reshape: an error,
   never a short batch.
 - **Paths.** TensorFlow opens the files through its own file system layer: local paths work (tested);
-  ``gs://`` is built into TensorFlow on Linux; ``s3://``, ``hdfs://`` and others need ``import tensorflow_io``
-  on every process that runs the graph (workers included).
+  ``gs://`` is built into TensorFlow on Linux (with TensorFlow's own GCS credentials, not ``storage_options``);
+  ``s3://``, ``hdfs://`` and others need ``import tensorflow_io`` on every process that runs the graph (workers
+  included). A scheme TensorFlow has not registered in this process is a ``ConfigError`` when the dataset is
+  built (tested for ``s3://``).
 
 Not native: Python ``transform`` (put TF-op preprocessing in a ``.map`` after it), a global shuffle (one file
 read per row; use ``shuffle="block"``, or ``native=False``), mixes, Fortran-ordered or string files.
@@ -212,11 +214,27 @@ def _group_plan(loader: Loader, order: Any, group: int) -> Any:
 
 
 # -- reads --------------------------------------------------------------------------------------------------------
+def _check_scheme(path: str) -> None:
+    """A URL whose scheme TensorFlow's file system layer cannot open here is refused now, not mid-epoch."""
+    scheme, sep, _ = path.partition("://")
+    if not sep:
+        return
+    registered = sorted(s for s in _tf().io.gfile.get_registered_schemes() if s)
+    if scheme not in registered:
+        raise ConfigError(
+            f"{path}: native=True reads through TensorFlow's file system layer, which has no {scheme}:// here "
+            f"(registered: {', '.join(s + '://' for s in registered)}). For s3://, hdfs:// and others, "
+            "`import tensorflow_io` first (pip install tensorflow-io), in every process that runs the graph "
+            f"(tf.data service workers included); or use native=False, which reads {scheme}:// through npyfeed"
+        )
+
+
 def _files(array: Any, where: str) -> list[NpyArray]:
     files: list[NpyArray] = []
     for part in list(array.parts) if isinstance(array, ConcatArray) else [array]:
         if not isinstance(part, NpyArray):
             raise ConfigError(f"{where}: native=True reads .npy files or shards of them, not {type(part).__name__}")
+        _check_scheme(part.path)
         files.append(part)
         if part.fortran_order and part.ndim > 1:
             raise ConfigError(
