@@ -499,7 +499,9 @@ class Loader:
         """Make the next ``iter()`` continue exactly after the last batch delivered when ``state`` was taken.
 
         The state may come from a job with another shard count: this shard then reads its share of the rest of
-        the saved epoch (:meth:`num_batches` of it, the same on every shard), and later epochs are whole.
+        the saved epoch (:meth:`num_batches` of it, the same on every shard), and later epochs are whole. A block
+        geometry this loader chose by default (not given as ``block_rows``/``window_blocks``) becomes the saved
+        one, so a state saved reading local files resumes reading the same files from a store, and back.
         """
         saved = self._adoptable_geometry(state)
         if saved is None:

@@ -2,7 +2,8 @@
 
 What all workers consumed is one global position in the epoch's order (see :mod:`npyfeed.shard`), so a state
 is ``(seed, epoch, position)`` plus what must not change between save and restore: the files (a fingerprint of
-their paths, sizes and headers), the batch size, the shuffle and its block geometry, ``drop_remainder``. The
+their paths, sizes and headers), the batch size, the shuffle and its block geometry (which a loader that chose
+its own by default adopts: local and remote defaults differ), ``drop_remainder``. The
 worker count may change: each new worker calls ``set_state`` with the state of any one old worker (all took it
 at the same synchronous step), and the rest of the epoch is shared out among the new workers.
 """
