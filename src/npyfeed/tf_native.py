@@ -468,7 +468,9 @@ def _zip(columns: list[Any], source: Any, keys: Any) -> Any:
 
 def _finish(dataset: Any, source: Any, spec: Any) -> Any:
     tf = _tf()
-    if source.kind == "tuple":
+    if dataset.element_spec == spec:
+        pass  # already the header's spec: no map (one tf.data stage less per batch)
+    elif source.kind == "tuple":
         dataset = dataset.map(lambda *columns: _with_spec(columns, spec))
     else:
         dataset = dataset.map(lambda batch: _with_spec(batch, spec))
