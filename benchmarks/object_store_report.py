@@ -23,7 +23,8 @@ FIRST_TARGET_S = 1.0
 
 def _commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        cmd = ["git", "rev-parse", "--short", "HEAD"]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=Path(__file__).parent)
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
