@@ -141,7 +141,8 @@ class ChunkCache:
                 self._write_used(used - nbytes)
 
     def used(self) -> int:
-        """Bytes on disk now, by a scan (also rewrites the counter)."""
+        """Bytes held, by a scan (also rewrites the counter): chunk files, and chunks being written at their full
+        size (an upper bound while writers are claiming: a claim is made before its room is reserved)."""
         with self._locked():
             used = self._evict(None)
             self._write_used(used)
@@ -295,7 +296,7 @@ class ChunkCache:
         """
         try:
             fd = os.open(path, os.O_RDONLY | _CLOEXEC)
-        except FileNotFoundError:
+        except OSError:  # not there (or no way to it: read from the store)
             return None
         try:
             info = os.fstat(fd)

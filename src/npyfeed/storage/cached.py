@@ -327,7 +327,8 @@ class CachedObject:
             self._after_fork()
         with self._lock:
             todo = []
-            limit = max(1, budget // self.chunk_bytes)
+            # At most a quarter of the cache ahead: more would evict chunks before the reads that wanted them.
+            limit = max(1, min(budget, self.cache.limit // 4) // self.chunk_bytes)
             for start, end in ranges:
                 for k in range(max(0, start) // self.chunk_bytes, min(end, self.size) // self.chunk_bytes + 1):
                     if k < self.chunks and k not in self._queued and len(self._queued) < limit:
