@@ -135,13 +135,15 @@ def test_native_truncated_file_is_an_error_not_a_short_batch(tmp_path: Path) -> 
 
 @pytest.mark.parametrize("shuffle", [False, "block"])
 @pytest.mark.parametrize("count", [1, 2])
-def test_native_small_groups_across_files(
+def test_native_small_reads_across_files(
     data: dict[str, Any], monkeypatch: pytest.MonkeyPatch, shuffle: Any, count: int
 ) -> None:
-    """Groups of a few batches (2 batches) over shards: every group boundary, file boundary and tail."""
+    """Small scan records (3 rows), 3 segments, groups of 2 batches, over shards: every record, segment, group
+    and file boundary, and the tail."""
     import npyfeed.tf_native as native
 
-    monkeypatch.setattr(native, "_GROUP_BYTES", 250)
+    monkeypatch.setattr(native, "_SCAN_BYTES", 12)
+    monkeypatch.setattr(native, "_SEGMENTS", 3)
     for index in range(count):
         loader = npyfeed.Loader(
             (data["parts"], data["ids"]),

@@ -51,7 +51,6 @@ _ROUNDS = 6  # as npyfeed.order
 _GOLDEN = 0x9E3779B97F4A7C15
 _ROUND_STEP = 0x632BE59BD9B4E019
 _MAX_READ_BUFFER = 1 << 20  # FixedLengthRecordDataset read buffer per piece: the piece itself, at most 1 MiB
-_GROUP_BYTES = 4 << 20  # batches read together by the group path: about 4 MiB
 _SCAN_BYTES = 1 << 20  # records of a sequential scan: about 1 MiB
 _SEGMENTS = 2  # sequential epochs are read as this many segments (each skips to its start by reading: see scan)
 _SEGMENT_CYCLE = 2  # segments read at once
@@ -159,13 +158,10 @@ def rows_op(loader: Loader) -> Any:
 
 
 # -- groups of batches: which rows, which byte ranges ----------------------------------------------------------
-def _group_batches(loader: Loader, order: Any) -> int:
-    """Consecutive batches read together: ~4 MiB when sequential, about one window of blocks when block-shuffled."""
+def _group_batches(loader: Loader, order: BlockShuffle) -> int:
+    """Consecutive batches a block-shuffled epoch reads together: about one window of blocks."""
     layout = loader.layout(-1)
-    batch_bytes = max(1, layout.batch_size * max(1, loader.source.row_bytes))
-    if isinstance(order, BlockShuffle):
-        return max(1, order.window_rows // (layout.batch_size * layout.count))
-    return max(1, _GROUP_BYTES // batch_bytes)
+    return max(1, order.window_rows // (layout.batch_size * layout.count))
 
 
 def _group_plan(loader: Loader, order: Any, group: int) -> Any:
@@ -389,6 +385,7 @@ def native_dataset(
     if isinstance(order, Sequential):
         dataset = _sequential(loader, readers, batches, epochs, source, flat_keys)
         return _finish(dataset, source, spec)
+    assert isinstance(order, BlockShuffle)
     group = _group_batches(loader, order)
     groups = -(-batches // group)
     plan = _group_plan(loader, order, group)
