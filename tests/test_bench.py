@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import npyfeed
-from npyfeed.bench import drop_from_cache, raw_read_speed, recommend, run_bench
+from npyfeed.bench import drop_from_cache, raw_object_speed, raw_read_speed, recommend, run_bench
+from npyfeed.budget import storages
 from npyfeed.cli import main
 from npyfeed.storage.client import RequestStats
 from servers import RangeServer, environment
@@ -177,3 +178,16 @@ def test_request_stats_are_bounded_and_give_percentiles() -> None:
     spent = stats.since(before)
     assert (spent.requests, spent.bytes) == (1, 10) and spent.latency(0.5) == pytest.approx(5.0, rel=0.06)
     assert RequestStats().latency(0.5) == 0.0
+
+
+def test_raw_object_read_goes_in_pieces_each_within_one_request(s3_bench: tuple[RangeServer, str]) -> None:
+    server, url = s3_bench
+    columns = npyfeed.Columns.of(url)
+    objects = list(storages(columns))
+    size = objects[0].size
+    seen = server.requests
+    speed, requests = raw_object_speed(objects, piece=100_000)
+    assert requests == -(-size // 100_000) == server.requests - seen  # one GET per piece, nothing else
+    assert speed > 0
+    _, capped = raw_object_speed(objects, max_bytes=250_000, piece=100_000)
+    assert capped == 3  # 100k + 100k + 50k: the cap ends the last piece early
