@@ -134,16 +134,24 @@ def _block_rows(order: BlockShuffle, epoch: Any, positions: Any) -> Any:
     return tf.cast(block * br + inner % br, tf.int64)
 
 
+def _worker_batches(loader: Loader) -> tuple[int, int, int, int, int, int, int]:
+    """This worker's share of an epoch: ``(count, index, batch_size, start, rounds, tail_lo, tail_hi)``, where
+    batch ``k < rounds`` starts at row position ``start + (k * count + index) * batch_size`` and the tail batch
+    holds positions ``[tail_lo, tail_hi)`` (the rows after the last full round, shared out as the Loader does)."""
+    layout = loader.layout(-1)
+    first_tail, tail_rows = layout._tail
+    count, index = layout.count, layout.index
+    size, extra = divmod(tail_rows, count)
+    tail_lo = first_tail + index * size + min(index, extra)
+    tail_hi = tail_lo + size + (1 if index < extra else 0)
+    return count, index, layout.batch_size, layout.start, layout.rounds, tail_lo, tail_hi
+
+
 def rows_op(loader: Loader) -> Any:
     """``rows(epoch, index)``: the sorted rows of batch ``index`` of ``epoch`` in TF ops (``loader.batch_rows``)."""
     tf = _tf()
     order = loader.order.order if isinstance(loader.order, ChunkCache) else loader.order
-    layout = loader.layout(-1)
-    first_tail, tail_rows = layout._tail
-    count, index, bs, start, rounds = layout.count, layout.index, layout.batch_size, layout.start, layout.rounds
-    size, extra = divmod(tail_rows, count)
-    tail_lo = first_tail + index * size + min(index, extra)
-    tail_hi = tail_lo + size + (1 if index < extra else 0)
+    count, index, bs, start, rounds, tail_lo, tail_hi = _worker_batches(loader)
 
     def rows(epoch: Any, k: Any) -> Any:
         lo = tf.where(k < rounds, start + (k * count + index) * bs, tf.constant(tail_lo, tf.int64))
@@ -172,12 +180,7 @@ def _group_plan(loader: Loader, order: Any, group: int) -> Any:
     ranges, laid end to end; batch ``j`` is ``index[row_splits[j]:row_splits[j + 1]]``.
     """
     tf = _tf()
-    layout = loader.layout(-1)
-    first_tail, tail_rows = layout._tail
-    count, index, bs, start, rounds = layout.count, layout.index, layout.batch_size, layout.start, layout.rounds
-    size, extra = divmod(tail_rows, count)
-    tail_lo = first_tail + index * size + min(index, extra)
-    tail_hi = tail_lo + size + (1 if index < extra else 0)
+    count, index, bs, start, rounds, tail_lo, tail_hi = _worker_batches(loader)
     num_rows = len(loader.source)
 
     def plan(epoch: Any, first: Any, stop: Any) -> Any:
