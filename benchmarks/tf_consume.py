@@ -1,8 +1,9 @@
 """One cell of ``benchmarks.tf_path`` in a fresh process: ``python -m benchmarks.tf_consume CELL.json OUT.json``.
 
 A cell is one loader (``default``: ``to_tf_dataset()``; ``native``: ``to_tf_dataset(native=True)``; ``recipe``:
-memmap + ``from_generator``; ``numpy``: ``for b in loader``) on one dataset and order. It builds the loader once,
-then times ``runs`` epochs per way of consuming, taking turns (graph, eager, graph, eager, ...):
+memmap + ``from_generator``; ``ceiling``: the file held as one tensor, batches sliced from it without a copy,
+TensorFlow's own per-element cost; ``numpy``: ``for b in loader``) on one dataset and order. It builds the loader
+once, then times ``runs`` epochs per way of consuming, taking turns (graph, eager, graph, eager, ...):
 
 - **graph**: the way ``model.fit`` drains a dataset: a ``tf.function`` over the iterator (a ``tf.while_loop`` of
   ``get_next_as_optional``), 1, 2, 4, ... up to ``--segment`` batches per call, that touches one byte per 4 KiB
@@ -59,12 +60,12 @@ def build(cell: dict[str, Any]) -> Any:
         return _loader(cell, shuffled).to_tf_dataset()
     if runner == "native":
         return _loader(cell, "block" if shuffled else False).to_tf_dataset(native=True, epochs=1)
-    if runner == "recipe":
-        from benchmarks.baselines_tf import recipe_dataset
+    if runner in ("recipe", "ceiling"):
+        from benchmarks.baselines_tf import ceiling_dataset, recipe_dataset
 
         files = BenchFiles(**cell["files"])
         job = Job("recipe", files, cell["batch_size"], shuffled, cell["max_seconds"], "warm", cell["seed"])
-        return recipe_dataset(job)
+        return recipe_dataset(job) if runner == "recipe" else ceiling_dataset(job)
     raise ValueError(f"unknown runner {runner!r}")
 
 
