@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import npyfeed
+from children import epoch_in_child
 from npyfeed import ColumnMismatchError, ConfigError, Loader, Shard, WorkerError
 
 N = 1003  # prime-ish: batches never divide evenly
@@ -308,3 +309,17 @@ def test_state_from_another_configuration_is_refused(files: dict[str, Any]) -> N
         Loader(files["paths"]["y"], 100).set_state({"epoch": 1})
     with pytest.raises(ConfigError, match="invalid position"):
         Loader(files["paths"]["y"], 100).set_state({**state, "position": N + 1})
+
+
+@pytest.mark.parametrize("shuffle", [False, True, "block"])
+def test_a_process_forked_after_an_epoch_reads_with_read_threads_of_its_own(tmp_path: Path, shuffle: Any) -> None:
+    """A child forked after its parent iterated (a DataLoader worker, a multiprocessing pool) inherits the Loader's
+    read pool but not its threads: it starts its own instead of waiting on them forever."""
+    x = np.arange(60_000, dtype=np.int32).reshape(20_000, 3)
+    np.save(tmp_path / "x.npy", x)
+    loader = Loader(tmp_path / "x.npy", batch_size=300, shuffle=shuffle, seed=5)
+    list(loader)  # epoch 0 in the parent: its read pool has threads now
+    status, got = epoch_in_child("fork", loader)
+    assert status == "ok", got
+    assert np.array_equal(got, np.concatenate([loader.read_batch(1, i) for i in range(len(loader))]))
+    assert np.array_equal(np.sort(got, axis=0), x)

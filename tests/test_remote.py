@@ -24,6 +24,7 @@ pytest.importorskip("obstore")
 pytest.importorskip("moto")
 
 import npyfeed
+from children import epoch_in_child
 from npyfeed.errors import NpyFormatError, ObjectChangedError
 from npyfeed.storage.ranges import plan_requests
 from npyfeed.storage.urls import match_key, parse_url
@@ -136,6 +137,24 @@ def test_pickled_array_reconnects_and_checks_the_version(s3: MotoS3) -> None:
     upload(s3, "pickle/x.npy", x + 1)
     with pytest.raises(ObjectChangedError, match=re.escape("pickle/x.npy")):
         pickle.loads(pickle.dumps(a))
+
+
+def test_a_process_forked_after_requests_refuses_instead_of_hanging(s3: MotoS3) -> None:
+    """obstore's runtime does not survive fork: a forked child (a PyTorch DataLoader worker by default, a
+    multiprocessing pool) that made a request would wait forever. It gets a ConfigError naming the URL and the
+    remedy; a spawned child (the loader pickled) reads the epoch exactly."""
+    x = np.arange(40_000, dtype=np.float32).reshape(10_000, 4)
+    url = upload(s3, "fork/x.npy", x)
+    loader = npyfeed.Loader(url, batch_size=500, shuffle="block", seed=3)
+    assert np.array_equal(np.sort(np.concatenate(list(loader)), axis=0), x)  # epoch 0: requests, read-ahead
+    status, message = epoch_in_child("fork", loader)
+    assert status == "ConfigError"
+    assert "fork/x.npy" in message and "spawn" in message
+    status, got = epoch_in_child("spawn", loader)  # epoch 1, as the pickled loader's next
+    assert status == "ok", got
+    expected = np.concatenate([loader.read_batch(1, i) for i in range(len(loader))])
+    assert np.array_equal(got, expected)
+    assert np.array_equal(np.concatenate(list(loader)), expected)  # the parent's client still works
 
 
 # -- bad input and faults -------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import threading
 import time
@@ -157,6 +158,7 @@ class Loader:
         self._streamed = False
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = os.getpid()
         self._plan = self._make_plan()
         self._planned_at = time.monotonic()
         self._rows_mapped = 0  # rows read since the page tables were last dropped
@@ -470,6 +472,9 @@ class Loader:
             stop_event.set()  # reads still running stop at their next batch or window
 
     def _executor(self) -> ThreadPoolExecutor:
+        if self._pool_pid != os.getpid():
+            # A forked child (a DataLoader worker) inherits the pool but not its threads: waiting on it would hang.
+            self._pool, self._pool_pid = None, os.getpid()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.io_threads, thread_name_prefix="npyfeed")
             weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
@@ -477,9 +482,9 @@ class Loader:
 
     def close(self) -> None:
         """Stop the read threads (a later ``iter()`` starts new ones)."""
-        if self._pool is not None:
+        if self._pool is not None and self._pool_pid == os.getpid():
             self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        self._pool = None
 
     def __enter__(self) -> Loader:
         return self

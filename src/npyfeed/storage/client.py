@@ -439,13 +439,31 @@ _clients_lock = threading.Lock()
 _ENV_PREFIXES = ("AWS_", "GOOGLE_", "STORAGE_EMULATOR_HOST")
 
 
+# The process that made the first client, and with it started obstore's runtime (its tokio threads).
+_runtime_pid: int | None = None
+
+
 def get_client(url: ObjectUrl, storage_options: Mapping[str, Any] | None = None) -> StoreClient:
     """The process's client for ``url``'s store with these options and this environment (clients are shared: one
-    pool per store)."""
+    pool per store).
+
+    Raises ConfigError in a process forked from one that already made requests: obstore's runtime does not
+    survive ``fork`` (tokio-rs/tokio#4301; its threads stay in the parent), and any request would wait forever.
+    """
+    global _runtime_pid
+    if _runtime_pid is not None and _runtime_pid != os.getpid():
+        raise ConfigError(
+            f"{url}: this process (pid {os.getpid()}) was forked from one that had already made requests to object "
+            f"storage (pid {_runtime_pid}); the object-store client (obstore's runtime) does not survive fork, so a "
+            "request here would hang. Start workers with 'spawn' or 'forkserver' instead: "
+            "torch.utils.data.DataLoader(..., multiprocessing_context='spawn'), multiprocessing.get_context('spawn'); "
+            "npyfeed's loaders and arrays pickle and reconnect in the worker"
+        )
     env = repr(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)))
     key = (os.getpid(), url.store_url, repr(sorted((storage_options or {}).items())), env)
     with _clients_lock:
         client = _clients.get(key)
         if client is None:
             client = _clients[key] = StoreClient(url, storage_options)
+            _runtime_pid = os.getpid()
         return client

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import os
 import threading
 import warnings
 from collections import OrderedDict
@@ -54,8 +55,9 @@ class ObjectFile:
         self._url = parse_url(url)
         self._name = str(self._url)
         self._storage_options = dict(storage_options or {})
-        cache_options, store_options = split_cache_options(self._storage_options)
-        self.client: StoreClient = get_client(self._url, store_options)
+        cache_options, self._store_options = split_cache_options(self._storage_options)
+        self._pid = os.getpid()
+        self._client: StoreClient | None = get_client(self._url, self._store_options)
         info = meta if meta is not None else self.client.head(self._url.key)
         self._size = int(info["size"])
         self._etag: str | None = info.get("e_tag") or None
@@ -77,11 +79,36 @@ class ObjectFile:
                     self._name,
                     self.version,
                     self._size,
-                    functools.partial(self.client.fetch, self._url.key, self._etag),
+                    self._fetch_ranges,
                     self.options.request_bytes,
                 )
         # (start, end) -> Future[np.ndarray]: ranges fetched ahead of use, oldest first.
         self._ahead: OrderedDict[tuple[int, int], concurrent.futures.Future[np.ndarray]] = OrderedDict()
+
+    @property
+    def client(self) -> StoreClient:
+        """This process's client for the object's store (in a forked child, a :class:`ConfigError`: see
+        :func:`npyfeed.storage.client.get_client`)."""
+        self._adopt()
+        if self._client is None:
+            self._client = get_client(self._url, self._store_options)
+        return self._client
+
+    def _adopt(self) -> None:
+        """In a forked child: drop the parent's client and read-ahead (futures only its threads would complete).
+
+        Reads the child can serve without a request (from the local cache) still work; the first request asks
+        :func:`~npyfeed.storage.client.get_client` for a client, which refuses in a forked child instead of hanging.
+        """
+        if self._pid != os.getpid():
+            self._lock = threading.Lock()
+            self._ahead = OrderedDict()
+            self._client = None
+            self._pid = os.getpid()
+
+    def _fetch_ranges(self, ranges: Sequence[tuple[int, int]], sink: Any) -> None:
+        """Fetch byte ranges of this version of the object (for the chunk cache)."""
+        self.client.fetch(self._url.key, self._etag, ranges, sink)
 
     @property
     def name(self) -> str:
@@ -236,6 +263,7 @@ class ObjectFile:
             wanted = [(max(0, a), min(b, self._size)) for a, b in ranges]
             self.cache.will_need([(a, b) for a, b in wanted if b - a >= _MIN_PREFETCH], self.options.prefetch_bytes)
             return
+        self._adopt()
         step = self.options.request_bytes
         with self._lock:
             held = sum(b - a for a, b in self._ahead)
@@ -275,6 +303,7 @@ class ObjectFile:
 
     def _from_ahead(self, base: int, record_bytes: int, indices: np.ndarray, out2: np.ndarray) -> np.ndarray | None:
         """Copy the records that lie inside fetched-ahead ranges; return the positions still to fetch (None: all)."""
+        self._adopt()
         with self._lock:
             if not self._ahead:
                 return None
@@ -305,6 +334,7 @@ class ObjectFile:
         """Nothing to tune remotely: the read pattern shows in the requests themselves."""
 
     def close(self) -> None:
+        self._adopt()
         with self._lock:
             self._ahead.clear()
 
