@@ -124,26 +124,35 @@ def test_native_refusals(data: dict[str, Any], tmp_path: Path) -> None:
         npyfeed.Loader(base, batch_size=8).to_tf_dataset(epochs=3)
 
 
-def test_native_truncated_file_is_an_error_not_a_short_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shuffle", [False, "block"])
+@pytest.mark.parametrize("change", ["shrunk", "grown"])
+def test_native_resized_file_is_an_error_not_a_short_batch(tmp_path: Path, shuffle: Any, change: str) -> None:
     path = tmp_path / "x.npy"
     np.save(path, np.arange(100, dtype=np.int64))
-    ds = npyfeed.Loader(str(path), batch_size=30).to_tf_dataset(native=True)
-    os.truncate(path, path.stat().st_size - 8 * 15)
+    loader = npyfeed.Loader(str(path), batch_size=30, shuffle=shuffle, block_rows=8, window_blocks=2)
+    ds = loader.to_tf_dataset(native=True)
+    if change == "shrunk":
+        os.truncate(path, path.stat().st_size - 8 * 15)
+    else:
+        with open(path, "ab") as f:
+            f.write(np.arange(100, 140, dtype=np.int64).tobytes())
     with pytest.raises(tf.errors.OpError):
         list(ds)
 
 
-@pytest.mark.parametrize("shuffle", [False, "block"])
+@pytest.mark.parametrize(("shuffle", "pass_bytes"), [(False, 1), ("block", 1), ("block", 432)])
 @pytest.mark.parametrize("count", [1, 2])
 def test_native_small_reads_across_files(
-    data: dict[str, Any], monkeypatch: pytest.MonkeyPatch, shuffle: Any, count: int
+    data: dict[str, Any], monkeypatch: pytest.MonkeyPatch, shuffle: Any, count: int, pass_bytes: int
 ) -> None:
-    """Small scan records (3 rows), 3 segments, groups of 2 batches, over shards: every record, segment, group
-    and file boundary, and the tail."""
+    """Small scan records (3 rows), 3 segments; block passes of one window (``pass_bytes`` 1) or two (432 bytes:
+    two windows of 18 rows of 12 bytes), over shards: every record, segment, pass and file boundary, and the
+    tail."""
     import npyfeed.tf_native as native
 
     monkeypatch.setattr(native, "_SCAN_BYTES", 12)
     monkeypatch.setattr(native, "_SEGMENTS", 3)
+    monkeypatch.setattr(native, "_PASS_BYTES", pass_bytes)
     for index in range(count):
         loader = npyfeed.Loader(
             (data["parts"], data["ids"]),

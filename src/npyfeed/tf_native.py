@@ -13,9 +13,10 @@ tf.data service workers, TPU hosts, ``ParameterServerStrategy`` workers (see ``d
   ``_SEGMENTS`` segments (``Dataset.range`` elements under ``interleave``), each scanning its files front to back
   in records of ~1 MiB (a file's first ``rows % record`` rows as one record, so the rest are whole records),
   ``decode_raw`` once per record, then re-cut into batches (``rebatch``); a worker of several keeps its batches
-  with ``shard``. A block-shuffled epoch is read in groups of about one window of batches: the whole blocks the
-  group touches are read (one record per block, or per piece where a block spans two files), laid end to end,
-  and each batch is a ``gather`` from them (each block read costs its offset in the file: see the docs).
+  with ``shard``. A block-shuffled epoch is read in passes of whole windows of blocks (about ``_PASS_BYTES``):
+  a pass scans each file it touches once, in records of one block, up to the last block it wants, keeps those
+  (one record per block, or per piece where a block spans two files), lays them out in one tensor, and each
+  batch is a ``gather`` from it. An epoch costs about ``data size / _PASS_BYTES`` reads of the data set.
   Big-endian files are decoded as such. A file whose size changed fails its read or its reshape: an error,
   never a short batch.
 - **Paths.** TensorFlow opens the files through its own file system layer: local paths work (tested);
@@ -39,6 +40,7 @@ import numpy as np
 from npyfeed.errors import ConfigError
 from npyfeed.order import BlockShuffle, ChunkCache, Sequential, mix64
 from npyfeed.sources import ConcatArray, NpyArray
+from npyfeed.system import available_memory
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -54,7 +56,8 @@ _MAX_READ_BUFFER = 1 << 20  # FixedLengthRecordDataset read buffer per piece: th
 _SCAN_BYTES = 1 << 20  # records of a sequential scan: about 1 MiB
 _SEGMENTS = 2  # sequential epochs are read as this many segments (each skips to its start by reading: see scan)
 _SEGMENT_CYCLE = 2  # segments read at once
-_CYCLE = 4  # groups read at once
+_PASS_BYTES = 256 << 20  # a block-shuffled pass holds about this many bytes of blocks (all columns)
+_PASS_CYCLE = 2  # passes read at once
 
 
 def _tf() -> Any:
@@ -166,10 +169,15 @@ def rows_op(loader: Loader) -> Any:
 
 
 # -- groups of batches: which rows, which byte ranges ----------------------------------------------------------
-def _group_batches(loader: Loader, order: BlockShuffle) -> int:
-    """Consecutive batches a block-shuffled epoch reads together: about one window of blocks."""
+def _group_batches(loader: Loader, order: BlockShuffle, cycle: int) -> int:
+    """Consecutive batches a block-shuffled epoch reads in one pass: whole windows of blocks, as many as fit in
+    ``_PASS_BYTES``, at least one. Less when memory is short: ``cycle`` passes are read while one is cut into
+    batches, each held twice at its peak (its blocks, then the tensor they are laid out in)."""
     layout = loader.layout(-1)
-    return max(1, order.window_rows // (layout.batch_size * layout.count))
+    window = max(1, order.window_rows // (layout.batch_size * layout.count))
+    row_bytes = sum(a.dtype.itemsize * int(np.prod(a.shape[1:])) for a in loader.source.arrays)
+    budget = min(_PASS_BYTES, available_memory() // (8 * (cycle + 1)))
+    return window * max(1, budget // max(1, order.window_rows * row_bytes))
 
 
 def _group_plan(loader: Loader, order: Any, group: int) -> Any:
@@ -213,6 +221,14 @@ def _group_plan(loader: Loader, order: Any, group: int) -> Any:
 
 
 # -- reads --------------------------------------------------------------------------------------------------------
+def _contains(sorted_values: Any, value: Any) -> Any:
+    """Whether scalar ``value`` (>= 0) is in the sorted 1-D ``sorted_values``."""
+    tf = _tf()
+    at = tf.searchsorted(sorted_values, value[None])[0]
+    padded = tf.concat([sorted_values, tf.constant([-1], sorted_values.dtype)], 0)  # ``at`` may be the size
+    return tf.equal(tf.gather(padded, at), value)
+
+
 def _check_scheme(path: str) -> None:
     """A URL whose scheme TensorFlow's file system layer cannot open here is refused now, not mid-epoch."""
     scheme, sep, _ = path.partition("://")
@@ -243,12 +259,13 @@ def _files(array: Any, where: str) -> list[NpyArray]:
     return files
 
 
-def _column_reader(array: Any, where: str, contiguous: bool) -> tuple[Any, Any]:
+def _column_reader(array: Any, where: str, block_rows: int | None) -> tuple[Any, Any, Any]:
     """``read(splits, index, starts, ends) -> dataset`` of one column's batches, and ``scan(stop)`` (see there).
 
-    The row ranges are cut where files end; each piece is one record of a ``FixedLengthRecordDataset`` (one
-    read), decoded once; the pieces, laid end to end, are the group's rows, and each batch is a slice of them
-    (``contiguous``: sequential) or a gather.
+    The row ranges are cut where files end. Sequential (``block_rows`` None): each piece is one record of a
+    ``FixedLengthRecordDataset``, and each batch is a slice of the pieces laid end to end. Block-shuffled: the
+    pieces are whole blocks, read by one front-to-back scan of each file (see ``blocks``), and each batch is a
+    gather from them.
     """
     tf = _tf()
     files = _files(array, where)
@@ -294,6 +311,9 @@ def _column_reader(array: Any, where: str, contiguous: bool) -> tuple[Any, Any]:
         return tf.io.decode_raw(record, out_dtype, little_endian=little)
 
     file_ids = tf.range(len(files), dtype=tf.int64)
+    if block_rows is not None:  # rows of each file before its first block boundary; records a file can hold
+        heads = tf.constant(np.minimum(-(np.cumsum(counts) - counts) % block_rows, counts), tf.int64)
+        most = int(counts.max(initial=0)) // block_rows + 2
     record = max(1, _SCAN_BYTES // row_bytes)
 
     def read_part(file: Any, header: Any, size: Any, n: Any) -> Any:
@@ -331,25 +351,99 @@ def _column_reader(array: Any, where: str, contiguous: bool) -> tuple[Any, Any]:
             .map(lambda r: tf.reshape(decode(r), shape), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         )
 
+    def blocks(starts: Any, stops: Any) -> tuple[Any, Any]:
+        """The pieces of ``[starts, stops)`` (whole blocks, cut where files end) in order, and their rows.
+
+        ``FixedLengthRecordDataset`` skips its header by reading it, so a file's whole blocks are read by one
+        scan from its first block boundary to the end of the last block wanted, in records of one block, keeping
+        the wanted ones: a pass costs at most one read of each file it touches, however many blocks it wants. The
+        piece before a file's first block boundary (a block begun in the previous file) is a record of its own at
+        the front; the piece after its last boundary (a block that ends in the next file, or the partial last
+        block) is a record of its own too, and costs a read of the file up to it.
+        """
+        assert block_rows is not None
+        file, lo, length = pieces(starts, stops)
+        file = tf.cast(file, tf.int64)
+        head = tf.gather(heads, file)
+        whole = tf.logical_and(lo >= head, tf.equal(length, block_rows))
+        record = tf.where(whole, (lo - head) // block_rows, 0)
+        wanted = tf.boolean_mask(file * most + record, whole)  # sorted: pieces are in (file, row) order
+        touched, _ = tf.unique(file)
+        in_file = tf.equal(file[None, :], touched[:, None])  # [touched, pieces]
+
+        def per_file(mask: Any) -> Any:
+            return tf.reduce_sum(tf.where(mask, length, 0), axis=1), tf.reduce_max(tf.where(mask, lo, 0), axis=1)
+
+        first_len, _ = per_file(tf.logical_and(in_file, tf.logical_and(~whole, tf.equal(lo, 0))))
+        last_len, last_lo = per_file(tf.logical_and(in_file, tf.logical_and(~whole, lo > 0)))
+        scanned = tf.reduce_max(tf.where(tf.logical_and(in_file, whole), record + 1, 0), axis=1)
+        base = tf.gather(offsets, touched)
+        first_of = tf.gather(heads, touched)
+        table = [  # per touched file: the piece before its first boundary, the scan, the piece after its last
+            tf.reshape(tf.stack(columns, axis=1), [-1])
+            for columns in (
+                (touched, touched, touched),
+                (base, base + first_of * row_bytes, base + last_lo * row_bytes),
+                (first_len, tf.fill(tf.shape(touched), tf.constant(block_rows, tf.int64)), last_len),
+                (tf.ones_like(touched), scanned, tf.ones_like(touched)),
+                (tf.zeros_like(touched), tf.ones_like(touched), tf.zeros_like(touched)),
+            )
+        ]
+        keep = tf.logical_and(table[2] > 0, table[3] > 0)
+        parts = tuple(tf.boolean_mask(t, keep) for t in table)
+
+        def read_part(f: Any, header: Any, rows: Any, n: Any, is_scan: Any) -> Any:
+            size = rows * row_bytes
+            records = tf.data.FixedLengthRecordDataset(
+                paths[f],
+                record_bytes=size,
+                header_bytes=header,
+                footer_bytes=ends[f] - header - size * n,
+                buffer_size=tf.minimum(size, _MAX_READ_BUFFER),
+            )
+
+            def kept(i: Any, _: Any) -> Any:
+                # Not a scan, or past its end (a file that grew: the reshape fails), or a wanted block.
+                return tf.logical_or(tf.logical_or(tf.equal(is_scan, 0), i >= n), _contains(wanted, f * most + i))
+
+            # Records not wanted are read (the scan passes over them) but neither kept nor decoded.
+            return records.enumerate().filter(kept)
+
+        records = tf.data.Dataset.from_tensor_slices(parts).flat_map(read_part).map(lambda _, r: r)
+        return records, length
+
     def read(splits: Any, index: Any, starts: Any, stops: Any) -> Any:
+        """Sequential row ranges as a dataset of batches: the pieces laid end to end (one copy), then sliced."""
+        # A file that changed size gives a missing or an extra record: the reshape to the rows wanted fails.
         total = tf.reduce_sum(stops - starts)
         file, first, length = pieces(starts, stops)
         records = tf.data.Dataset.from_tensor_slices((file, first, length)).flat_map(read_piece).map(decode)
-        # Laid end to end (one copy); a file that changed size gives a missing or extra record: the reshape fails.
-        rows = records.ragged_batch(tf.maximum(tf.size(file, out_type=tf.int64), 1)).map(
+        rows = records.ragged_batch(tf.size(file, out_type=tf.int64) + 1).map(
             lambda r: tf.reshape(r.flat_values, [total, *row_shape])
         )
         batches = tf.size(splits, out_type=tf.int64) - 1
 
         def batch(buffer: Any, j: Any) -> Any:
             lo, hi = splits[j], splits[j + 1]
-            if contiguous:
-                return buffer[index[lo] : index[lo] + hi - lo]
-            return tf.gather(buffer, index[lo:hi])
+            return buffer[index[lo] : index[lo] + hi - lo]
 
         return rows.flat_map(lambda buffer: tf.data.Dataset.range(batches).map(lambda j: batch(buffer, j)))
 
-    return read, scan
+    def load(index: Any, starts: Any, stops: Any) -> tuple[Any, Any]:
+        """Whole blocks as one tensor, each piece padded to a block (a dense batch: ``ragged_batch`` copies several
+        times slower), and where each of ``index`` (a row of the blocks laid end to end) lies in it."""
+        records, length = blocks(starts, stops)
+        count = tf.size(length, out_type=tf.int64)
+        rows = records.map(lambda r: tf.reshape(decode(r), [-1, *row_shape])).padded_batch(
+            count + 1, padded_shapes=[block_rows, *row_shape]
+        )
+        # One element of ``count`` pieces: a file that changed size gives a missing or an extra record, and fails.
+        buffer = tf.reshape(rows.get_single_element(), [count * block_rows, *row_shape])
+        first_of = tf.cumsum(length, exclusive=True)  # each piece's first row, laid end to end
+        piece = tf.searchsorted(first_of, index, side="right") - 1
+        return buffer, tf.cast(piece, tf.int64) * block_rows + index - tf.gather(first_of, piece)
+
+    return read, scan, load
 
 
 def native_dataset(
@@ -383,34 +477,35 @@ def native_dataset(
     readers = []
     for key, array in zip(source.keys, source.arrays, strict=True):
         where = f"{array.paths[0]} (column {key!r})" if source.kind != "array" else array.paths[0]
-        readers.append(_column_reader(array, where, contiguous=isinstance(order, Sequential)))
+        readers.append(_column_reader(array, where, None if isinstance(order, Sequential) else order.block_rows))
     batches = len(loader)
     if isinstance(order, Sequential):
         dataset = _sequential(loader, readers, batches, epochs, source, flat_keys)
         return _finish(dataset, source, spec)
     assert isinstance(order, BlockShuffle)
-    group = _group_batches(loader, order)
+    cycle = num_parallel_calls or _PASS_CYCLE
+    group = _group_batches(loader, order, cycle)
     groups = -(-batches // group)
     plan = _group_plan(loader, order, group)
 
-    def one_group(i: Any) -> Any:
+    def one_pass(i: Any) -> Any:
         epoch = start_epoch + i // groups
         first = i % groups * group
         splits, index, starts, ends = plan(epoch, first, tf.minimum(first + group, batches))
-        return _zip([read(splits, index, starts, ends) for read, _ in readers], source, flat_keys)
+        return splits, tuple(load(index, starts, ends) for _, _, load in readers)
 
-    # No epochs given: as good as endless (epoch numbers stay well inside int64).
+    def cut(splits: Any, loaded: Any) -> Any:
+        def batch(j: Any) -> Any:
+            lo, hi = splits[j], splits[j + 1]
+            return _structure([tf.gather(buffer, at[lo:hi]) for buffer, at in loaded], source, flat_keys)
+
+        return tf.data.Dataset.range(tf.size(splits, out_type=tf.int64) - 1).map(batch)
+
+    # No epochs given: as good as endless (epoch numbers stay well inside int64). A pass is a tensor of its
+    # blocks (not a nested dataset), so the passes held at once are the ``cycle`` being read and the one cut.
     total = tf.data.Dataset.range(groups * (epochs if epochs is not None else 1 << 40))
-    # block_length=group: each group's batches in a row, then the next group's (the last group of an epoch may be
-    # shorter: interleave moves on when it ends), so the order is the loader's.
-    dataset = total.interleave(
-        one_group,
-        cycle_length=num_parallel_calls or _CYCLE,
-        block_length=group,
-        num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE,
-        deterministic=True,
-        name="npyfeed_native_read",
-    )
+    dataset = total.map(one_pass, num_parallel_calls=cycle, deterministic=True, name="npyfeed_native_read")
+    dataset = dataset.flat_map(cut)
     return _finish(dataset, source, spec)
 
 
@@ -438,12 +533,12 @@ def _sequential(loader: Loader, readers: list[Any], batches: int, epochs: int | 
         k0 = tf.where(is_segment, j * per_segment, 0)
         k1 = tf.where(is_segment, tf.minimum(k0 + per_segment, scanned), 0)
         first, stop = k0 * count * bs, tf.minimum(k1 * count * bs, num_rows)
-        part = _zip([scan(first, stop).rebatch(bs) for _, scan in readers], source, keys)
+        part = _zip([scan(first, stop).rebatch(bs) for _, scan, _ in readers], source, keys)
         if count > 1:
             part = part.shard(count, index)
         if plan is not None:
             last = tf.where(is_segment, rounds, rounds + 1)
-            part = part.concatenate(_zip([read(*plan(0, rounds, last)) for read, _ in readers], source, keys))
+            part = part.concatenate(_zip([read(*plan(0, rounds, last)) for read, _, _ in readers], source, keys))
         return part
 
     total = tf.data.Dataset.range(per_epoch * (epochs if epochs is not None else 1 << 40))
@@ -455,6 +550,15 @@ def _sequential(loader: Loader, readers: list[Any], batches: int, epochs: int | 
         deterministic=True,
         name="npyfeed_native_scan",
     )
+
+
+def _structure(columns: list[Any], source: Any, keys: Any) -> Any:
+    """One batch's column tensors in the source's structure."""
+    if source.kind == "array":
+        return columns[0]
+    if source.kind == "dict":
+        return {source.keys[j]: columns[j] for j in keys or []}
+    return tuple(columns)
 
 
 def _zip(columns: list[Any], source: Any, keys: Any) -> Any:
