@@ -149,8 +149,9 @@ def test_native_small_reads_across_files(
     two windows of 18 rows of 12 bytes), over shards: every record, segment, pass and file boundary, and the
     tail."""
     import npyfeed.tf_native as native
+    import npyfeed.tf_ops.reads as reads
 
-    monkeypatch.setattr(native, "_SCAN_BYTES", 12)
+    monkeypatch.setattr(reads, "_SCAN_BYTES", 12)
     monkeypatch.setattr(native, "_SEGMENTS", 3)
     monkeypatch.setattr(native, "_PASS_BYTES", pass_bytes)
     for index in range(count):

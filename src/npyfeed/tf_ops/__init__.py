@@ -1,0 +1,1 @@
+"""TensorFlow-op building blocks of ``to_tf_dataset(native=True)`` (:mod:`npyfeed.tf_native`)."""
