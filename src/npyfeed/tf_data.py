@@ -54,13 +54,21 @@ external state).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from npyfeed.errors import ConfigError, NpyfeedError, WorkerError
 from npyfeed.tf_calls import GATE
+from npyfeed.tf_spec import (
+    _tf,
+    check_signature,
+    element_spec,
+    full_batches,
+    header_spec,
+    leaf_paths,
+)
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -68,106 +76,6 @@ if TYPE_CHECKING:
     from npyfeed.loader import Loader
 
 __all__ = ["element_spec", "to_tf_dataset"]
-
-
-def _tf() -> Any:
-    try:
-        import tensorflow as tf
-    except ImportError as e:  # pragma: no cover - exercised only without TensorFlow
-        raise ImportError("npyfeed's tf.data adapter needs TensorFlow: pip install 'npyfeed[tf]'") from e
-    return tf
-
-
-def _tf_dtype(dtype: np.dtype[Any], where: str) -> Any:
-    """The TensorFlow dtype for a NumPy dtype (byte order made native), or a ConfigError saying why not."""
-    tf = _tf()
-    if dtype.names is not None or dtype.subdtype is not None:
-        raise ConfigError(
-            f"{where}: structured dtype {dtype} has no TensorFlow equivalent; pass a transform that splits the "
-            "fields into plain arrays (e.g. lambda b: (b['x'], b['y'])) or save one .npy per field"
-        )
-    if dtype.kind in "SU":
-        return tf.string
-    try:
-        return tf.as_dtype(dtype.newbyteorder("="))
-    except TypeError as e:
-        raise ConfigError(
-            f"{where}: dtype {dtype} has no TensorFlow equivalent (TensorFlow has bool, ints, uints, float16/32/64, "
-            "bfloat16, complex64/128 and strings); pass a transform that converts it, e.g. .astype('int64')"
-        ) from e
-
-
-def _normalize(structure: Any) -> Any:
-    """Lists become tuples (what Keras and tf.data expect for ``(x, y)``); dicts keep their keys."""
-    if isinstance(structure, Mapping):
-        return {k: _normalize(v) for k, v in structure.items()}
-    if isinstance(structure, list):
-        return tuple(_normalize(v) for v in structure)
-    if isinstance(structure, tuple) and not hasattr(structure, "_fields"):
-        return tuple(_normalize(v) for v in structure)
-    return structure
-
-
-def _leaf_paths(structure: Any, prefix: str = "") -> list[str]:
-    """Each leaf's path (``"x"``, ``"0"``, ``"inputs/image"``) in ``tf.nest.flatten`` order (dict keys sorted)."""
-    if isinstance(structure, Mapping):
-        return [p for k in sorted(structure) for p in _leaf_paths(structure[k], f"{prefix}{k}/")]
-    if isinstance(structure, (tuple, list)):
-        return [p for i, v in enumerate(structure) for p in _leaf_paths(v, f"{prefix}{i}/")]
-    return [prefix.rstrip("/") or "(the batch)"]
-
-
-def _full_batches(loader: Loader) -> bool:
-    """Whether every batch of every epoch has exactly ``batch_size`` rows (the batch dimension can be static)."""
-    return len(loader) > 0 and (loader.drop_remainder or loader.num_rows % loader.batch_size == 0)
-
-
-def _header_spec(loader: Loader) -> Any:
-    """The element spec of untransformed batches, from the ``.npy`` headers alone (nothing is read)."""
-    tf = _tf()
-    batch_dim = loader.batch_size if _full_batches(loader) else None
-    specs = []
-    for key, array in zip(loader.source.keys, loader.source.arrays, strict=True):
-        where = f"{', '.join(array.paths[:2])} (column {key!r})" if loader.source.kind != "array" else array.paths[0]
-        specs.append(tf.TensorSpec((batch_dim, *array.shape[1:]), _tf_dtype(array.dtype, where)))
-    return loader.source.pack(specs)
-
-
-def _probed_spec(loader: Loader, epoch: int) -> Any:
-    """The element spec of transformed batches, from batch 0 of ``epoch`` read and transformed once."""
-    tf = _tf()
-    if len(loader) == 0:
-        raise ConfigError(
-            f"cannot probe the transform's output: {loader!r} has no batch; pass output_signature= to to_tf_dataset()"
-        )
-    batch = _normalize(loader.read_batch(epoch, 0))
-    rows = min(loader.batch_size, loader.num_rows)
-    batch_dim = loader.batch_size if _full_batches(loader) else None
-
-    specs = []
-    for path, leaf in zip(_leaf_paths(batch), tf.nest.flatten(batch), strict=True):
-        array = np.asarray(leaf)
-        shape: tuple[int | None, ...] = array.shape
-        if array.ndim and array.shape[0] == rows:
-            shape = (batch_dim, *array.shape[1:])
-        specs.append(tf.TensorSpec(shape, _tf_dtype(array.dtype, f"transform output {path}")))
-    return tf.nest.pack_sequence_as(batch, specs)
-
-
-def element_spec(loader: Loader, *, epoch: int | None = None) -> Any:
-    """The ``element_spec`` :func:`to_tf_dataset` gives ``loader`` (headers, or one probed batch with a transform)."""
-    if loader.transform is None:
-        return _header_spec(loader)
-    return _probed_spec(loader, loader.epoch if epoch is None else epoch)
-
-
-def _check_signature(signature: Any) -> Any:
-    tf = _tf()
-    signature = _normalize(signature)
-    for leaf in tf.nest.flatten(signature):
-        if not isinstance(leaf, tf.TensorSpec):
-            raise ConfigError(f"output_signature must be a nest of tf.TensorSpec, found {leaf!r}")
-    return signature
 
 
 class _Reader:
@@ -184,7 +92,7 @@ class _Reader:
         self.spec = spec
         self.starts = starts
         self.trusted = trusted
-        self.paths = _leaf_paths(spec)
+        self.paths = leaf_paths(spec)
         self.specs = tf.nest.flatten(spec)
         self.dtypes = [None if s.dtype == tf.string else np.dtype(s.dtype.as_numpy_dtype) for s in self.specs]
         self.shapes = [tuple(s.shape.as_list()) for s in self.specs]
@@ -311,7 +219,7 @@ def _chunk_starts(loader: Loader) -> np.ndarray:
     and a last, partial batch, alone in its own chunk (a chunk is ``[k, batch_size, ...]``).
     """
     num_batches = len(loader)
-    full = num_batches if _full_batches(loader) else max(0, num_batches - 1)
+    full = num_batches if full_batches(loader) else max(0, num_batches - 1)
     starts = [0] if full else []
     starts += range(1, full, loader.batches_per_read)
     if full < num_batches:
@@ -367,11 +275,11 @@ def to_tf_dataset(
         from npyfeed.tf_native import native_dataset
 
         return native_dataset(
-            loader, start_epoch=start, epochs=epochs, num_parallel_calls=num_parallel_calls, spec=_header_spec(loader)
+            loader, start_epoch=start, epochs=epochs, num_parallel_calls=num_parallel_calls, spec=header_spec(loader)
         )
     if epochs != 1:
         raise ConfigError(f"epochs= applies to native=True (got {epochs!r}); repeat the dataset with .repeat()")
-    spec = _check_signature(output_signature) if output_signature is not None else element_spec(loader, epoch=start)
+    spec = check_signature(output_signature) if output_signature is not None else element_spec(loader, epoch=start)
     flat_specs = tf.nest.flatten(spec)
     num_batches = len(loader)
     # Untransformed batches are read several at a time (about 4 MiB, see Loader.batches_per_read): one
