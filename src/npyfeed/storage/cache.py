@@ -26,7 +26,6 @@ space, writing and checking chunk files. Layout::
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import re
@@ -34,13 +33,24 @@ import secrets
 import struct
 import threading
 import time
-import uuid
 import warnings
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 from npyfeed.errors import ConfigError
+from npyfeed.storage.cache_files import (
+    CLOEXEC,
+    NO_BOOT_ID,
+    boot_id,
+    claims,
+    crc_of,
+    mark_checked,
+    part_path,
+    remove_orphan,
+    scandir,
+    unlink_quietly,
+    unlocked,
+)
 from npyfeed.storage.cache_options import TRAILER_BYTES, CacheOptions
 
 __all__ = ["TRAILER", "ChunkCache", "get_cache"]
@@ -50,13 +60,10 @@ __all__ = ["TRAILER", "ChunkCache", "get_cache"]
 TRAILER = struct.Struct("<8sQI4x8s16s")
 assert TRAILER.size == TRAILER_BYTES
 _MAGIC = b"NPYFCHK2"
-_BOOT_OFFSET = TRAILER.size - 16
 _CHUNK_NAME = re.compile(r"^[0-9a-f]{16}-(\d+)-\d+$")
 _PART_NAME = re.compile(r"^[0-9a-f]{16}-(\d+)-\d+\.part$")
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 THRASH_RATIO = 4
 """Warn when chunks fetched exceed this many times the rows served, the cache having turned over once."""
-_CRC_PIECE = 1 << 20  # checksums read the chunk in pieces of this size: bounded memory
 _ORPHAN_TMP_SECONDS = 600.0  # a claim's temporary file lives milliseconds; older ones were left by a killed process
 
 
@@ -99,7 +106,7 @@ class ChunkCache:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         with self._lock:
-            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | _CLOEXEC, 0o666)
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | CLOEXEC, 0o666)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 yield
@@ -126,7 +133,7 @@ class ChunkCache:
         with self._locked():
             used = self._read_used()
             if used is None or used + nbytes > self.limit:
-                used = self._evict(self.limit - nbytes, exclude=None if part is None else _part(part).name)
+                used = self._evict(self.limit - nbytes, exclude=None if part is None else part_path(part).name)
                 if used + nbytes > self.limit:
                     self._write_used(used)
                     return False
@@ -155,10 +162,10 @@ class ChunkCache:
         chunks: list[tuple[int, int, str]] = []  # (atime, size, path)
         total = 0
         now = time.time()
-        for sub in _scandir(self.root):
+        for sub in scandir(self.root):
             if not sub.is_dir(follow_symlinks=False):
                 continue
-            for entry in _scandir(sub.path):
+            for entry in scandir(sub.path):
                 try:
                     info = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
@@ -169,18 +176,18 @@ class ChunkCache:
                 elif match := _PART_NAME.match(entry.name):
                     if entry.name == exclude:
                         continue
-                    if _unlocked(entry.path):  # its writer died
-                        _unlink_quietly(entry.path)
+                    if unlocked(entry.path):  # its writer died
+                        unlink_quietly(entry.path)
                     else:
                         total += max(info.st_size, int(match.group(1)) + TRAILER.size)
                 elif entry.name.endswith(".tmp") and now - info.st_mtime > _ORPHAN_TMP_SECONDS:
-                    _unlink_quietly(entry.path)
+                    unlink_quietly(entry.path)
         if target is not None and total > target:
             chunks.sort()
             for _, size, path in chunks:
                 if total <= target:
                     break
-                if _unlink_quietly(path):
+                if unlink_quietly(path):
                     self.evicted += 1
                 total -= size
         return total
@@ -224,35 +231,35 @@ class ChunkCache:
         """Become the one writer of chunk ``path``: an open, locked descriptor of ``<path>.part``, or None if
         another live process is writing it (see :meth:`wait`)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        part = _part(path)
+        part = part_path(path)
         for _ in range(3):
             tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o644)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | CLOEXEC, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # locked before it has the .part name: no one sees it unlocked
                 os.link(tmp, part)
-                _claims.add(fd)
+                claims.add(fd)
             except FileExistsError:
                 os.close(fd)
-                _unlink_quietly(tmp)
-                if not _remove_orphan(part):
+                unlink_quietly(tmp)
+                if not remove_orphan(part):
                     return None
                 continue
             except BaseException:
                 os.close(fd)
-                _unlink_quietly(tmp)
+                unlink_quietly(tmp)
                 raise
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             return fd
         return None
 
     def wait(self, path: Path, timeout: float) -> None:
         """Wait (at most ``timeout`` seconds) until no process is writing chunk ``path``."""
-        part = _part(path)
+        part = part_path(path)
         deadline = time.monotonic() + timeout
         delay = 0.002
         while time.monotonic() < deadline:
-            if not part.exists() or _unlocked(part, shared=True):
+            if not part.exists() or unlocked(part, shared=True):
                 return
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
@@ -261,14 +268,14 @@ class ChunkCache:
         """Finish the claimed chunk ``path`` whose ``length`` data bytes were written to ``fd``: append the
         trailer and rename it in place. Closes ``fd``; False if the ``.part`` was taken away meanwhile."""
         try:
-            crc = _crc(fd, length)
-            os.pwrite(fd, TRAILER.pack(_MAGIC, length, crc, digest, _boot_id()), length)
+            crc = crc_of(fd, length)
+            os.pwrite(fd, TRAILER.pack(_MAGIC, length, crc, digest, boot_id()), length)
             info = os.fstat(fd)
-            _part(path).rename(path)
+            part_path(path).rename(path)
         except FileNotFoundError:
             return False
         finally:
-            _claims.discard(fd)
+            claims.discard(fd)
             os.close(fd)
         with self._lock:
             self._verified.add((info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns))
@@ -278,10 +285,10 @@ class ChunkCache:
         """Give up a claimed chunk: remove its ``.part`` (if still ours) and close ``fd``."""
         try:
             with contextlib.suppress(FileNotFoundError):
-                if _part(path).stat().st_ino == os.fstat(fd).st_ino:
-                    _part(path).unlink()
+                if part_path(path).stat().st_ino == os.fstat(fd).st_ino:
+                    part_path(path).unlink()
         finally:
-            _claims.discard(fd)
+            claims.discard(fd)
             os.close(fd)
 
     # -- reading ------------------------------------------------------------------------------------------------
@@ -295,7 +302,7 @@ class ChunkCache:
         trailer takes the current boot id, so every process of this boot trusts it without reading it again.
         """
         try:
-            fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | CLOEXEC)
         except OSError:  # not there (or no way to it: read from the store)
             return None
         try:
@@ -306,15 +313,15 @@ class ChunkCache:
                 raw = os.pread(fd, TRAILER.size, length).ljust(TRAILER.size, b"\0")
                 magic, found, crc, key, boot = TRAILER.unpack(raw)
                 good = magic == _MAGIC and found == length and key == digest
-            if good and (boot != _boot_id() or boot == _NO_BOOT_ID) and identity not in self._verified:
+            if good and (boot != boot_id() or boot == NO_BOOT_ID) and identity not in self._verified:
                 try:
-                    good = _crc(fd, length) == crc
+                    good = crc_of(fd, length) == crc
                 except OSError:  # shortened while being checked
                     good = False
                 if good:
                     with self._lock:
                         self._verified.add(identity)
-                    _mark_checked(path, length)
+                    mark_checked(path, length, TRAILER.size)
             if not good:
                 os.close(fd)
                 self._discard(path, info)
@@ -339,7 +346,7 @@ class ChunkCache:
         """Delete the chunk files in ``directory`` (one object) whose version is not ``keep`` (a replaced object's
         old chunks: never served again), giving back their space."""
         freed = 0
-        for entry in _scandir(directory):
+        for entry in scandir(directory):
             if _CHUNK_NAME.match(entry.name) and not entry.name.startswith(keep + "-"):
                 with contextlib.suppress(FileNotFoundError):
                     size = entry.stat(follow_symlinks=False).st_size
@@ -348,111 +355,6 @@ class ChunkCache:
         if freed:
             self.release(freed)
 
-
-def _scandir(path: str | os.PathLike[str]) -> list[os.DirEntry[str]]:
-    try:
-        with os.scandir(path) as it:
-            return list(it)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def _part(path: Path) -> Path:
-    return path.with_name(path.name + ".part")
-
-
-def _unlink_quietly(path: str | os.PathLike[str]) -> bool:
-    try:
-        Path(path).unlink()
-        return True
-    except FileNotFoundError:
-        return False
-
-
-def _unlocked(path: str | os.PathLike[str], *, shared: bool = False) -> bool:
-    """Whether no process holds the flock of ``path`` (a missing file counts as unlocked)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | _CLOEXEC)
-    except FileNotFoundError:
-        return True
-    try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def _remove_orphan(part: Path) -> bool:
-    """Remove ``part`` if its writer is gone (its lock is free); whether it is gone now."""
-    try:
-        fd = os.open(part, os.O_RDONLY | _CLOEXEC)
-    except FileNotFoundError:
-        return True
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        with contextlib.suppress(FileNotFoundError):
-            if part.stat().st_ino == os.fstat(fd).st_ino:
-                part.unlink()
-        return True
-    finally:
-        os.close(fd)
-
-
-_NO_BOOT_ID = bytes(16)
-_boot: list[bytes] = []
-
-
-def _boot_id() -> bytes:
-    """This boot of the machine (Linux's ``boot_id``); zeros where unknown (every process then checks CRCs)."""
-    if not _boot:
-        try:
-            _boot.append(uuid.UUID(Path("/proc/sys/kernel/random/boot_id").read_text().strip()).bytes)
-        except (OSError, ValueError):
-            _boot.append(_NO_BOOT_ID)
-    return _boot[0]
-
-
-def _mark_checked(path: Path, length: int) -> None:
-    """Write the current boot id into a checked chunk's trailer (best effort: if it fails, it is checked again)."""
-    if _boot_id() == _NO_BOOT_ID:
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_WRONLY | _CLOEXEC)
-        try:
-            os.pwrite(fd, _boot_id(), length + _BOOT_OFFSET)
-        finally:
-            os.close(fd)
-
-
-def _crc(fd: int, length: int) -> int:
-    crc = 0
-    for offset in range(0, length, _CRC_PIECE):
-        piece = os.pread(fd, min(_CRC_PIECE, length - offset), offset)
-        if not piece:
-            raise OSError(errno.EIO, "a cache chunk file ended early")
-        crc = zlib.crc32(piece, crc)
-    return crc
-
-
-# Descriptors of the chunks this process is writing. A forked child inherits them, and with them the flock that
-# says "being written": closed in the child, so a parent that dies mid-write leaves a claim others can take over.
-_claims: set[int] = set()
-
-
-def _close_inherited_claims() -> None:
-    for fd in list(_claims):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _claims.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_inherited_claims)
 
 _caches: dict[tuple[int, CacheOptions], ChunkCache] = {}
 _caches_lock = threading.Lock()
