@@ -6,9 +6,10 @@
 ``--model cnn`` (default) writes (or reuses) the quickstart's image dataset (12 KiB rows) and trains the
 quickstart CNN. ``--model linear`` writes (or reuses) 1 KiB rows (256 float32) with int64 labels and trains one
 ``Dense`` layer on them: a model far cheaper than its input, so the epoch time is the feed's (the case of a GPU
-or a small model). Each trains for ``--epochs`` epochs three ways, each in a fresh process: from in-memory
+or a small model). Each trains for ``--epochs`` epochs four ways (``--feeds``), each in a fresh process: from in-memory
 arrays (``model.fit(x, y, shuffle=True)`` with the file loaded into RAM first: the reference, only possible while
-the data fits in memory), from ``npyfeed.Loader(...).to_tf_dataset()`` shuffled, and from the usual
+the data fits in memory), from ``npyfeed.Loader(...).to_tf_dataset()`` shuffled, from
+``to_tf_dataset(native=True)`` block-shuffled (no Python in the feed), and from the usual
 ``np.memmap`` + ``from_generator`` recipe (header offset fixed). The last epoch's wall time is reported (the
 first includes tracing). Target (issue 10): npyfeed within 1.1x of the in-memory epoch on the linear model.
 """
@@ -46,6 +47,9 @@ if mode == "memory":  # Keras' own path for in-memory arrays: model.fit(x, y, ba
 elif mode == "npyfeed":
     loader = npyfeed.Loader((images, labels), batch, shuffle=True, seed=0)
     ds = loader.to_tf_dataset()
+elif mode == "native":  # no Python in the feed: a block shuffle in TensorFlow ops
+    loader = npyfeed.Loader((images, labels), batch, shuffle="block", seed=0)
+    ds = loader.to_tf_dataset(native=True, epochs=None)
 else:  # the classic recipe, with the header offset fixed so rows are right
     y_mm = np.load(labels, mmap_mode="r")
     def gen():
@@ -74,7 +78,7 @@ steps = -(-n // batch)
 if ds is None:
     history = model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, callbacks=[Timer()], shuffle=True)
 else:
-    history = model.fit(ds, epochs=epochs, steps_per_epoch=steps if mode == "recipe" else None, verbose=0,
+    history = model.fit(ds, epochs=epochs, steps_per_epoch=None if mode == "npyfeed" else steps, verbose=0,
                         callbacks=[Timer()], shuffle=False)
 print(json.dumps({"mode": mode, "epoch_seconds": times, "rows": n,
                   "accuracy": float(history.history["accuracy"][-1])}))
@@ -121,6 +125,12 @@ def main() -> None:
         default="cnn",
         help="cnn: the quickstart CNN on 12 KiB images; linear: one Dense layer on 1 KiB rows (data-bound)",
     )
+    parser.add_argument(
+        "--feeds",
+        default="memory,npyfeed,native,recipe",
+        help="of memory, npyfeed (to_tf_dataset(), global shuffle), native (to_tf_dataset(native=True), block "
+        "shuffle), recipe",
+    )
     args = parser.parse_args()
 
     if args.model == "cnn":
@@ -132,7 +142,7 @@ def main() -> None:
         images, labels = write_linear_dataset(args.data_dir, args.size_gb)
     print(f"{'feed':<34} {'last epoch s':>12} {'rows/s':>10} {'vs memory':>10}")
     results = {}
-    for mode in ("memory", "npyfeed", "recipe"):
+    for mode in args.feeds.split(","):
         started = time.perf_counter()
         out = subprocess.run(
             [
@@ -160,6 +170,7 @@ def main() -> None:
         label = {
             "memory": "in-memory arrays (model.fit(x, y))",
             "npyfeed": "npyfeed to_tf_dataset()",
+            "native": "npyfeed native=True, block",
             "recipe": "memmap + from_generator",
         }[mode]
         print(
