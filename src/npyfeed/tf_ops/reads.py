@@ -174,15 +174,18 @@ def column_reader(array: Any, where: str, block_rows: int | None) -> tuple[Any, 
         whole = tf.logical_and(lo >= head, tf.equal(length, block_rows))
         record = tf.where(whole, (lo - head) // block_rows, 0)
         wanted = tf.boolean_mask(file * most + record, whole)  # sorted: pieces are in (file, row) order
-        touched, _ = tf.unique(file)
-        in_file = tf.equal(file[None, :], touched[:, None])  # [touched, pieces]
+        touched, of = tf.unique(file)  # the files this pass reads, and each piece's place among them
+        n = tf.size(touched)
 
-        def per_file(mask: Any) -> Any:
-            return tf.reduce_sum(tf.where(mask, length, 0), axis=1), tf.reduce_max(tf.where(mask, lo, 0), axis=1)
+        def per_file(values: Any, mask: Any, reduce: Any) -> Any:
+            return reduce(tf.where(mask, values, tf.zeros_like(values)), of, n)  # >= 0: every file has a piece
 
-        first_len, _ = per_file(tf.logical_and(in_file, tf.logical_and(~whole, tf.equal(lo, 0))))
-        last_len, last_lo = per_file(tf.logical_and(in_file, tf.logical_and(~whole, lo > 0)))
-        scanned = tf.reduce_max(tf.where(tf.logical_and(in_file, whole), record + 1, 0), axis=1)
+        first = tf.logical_and(~whole, tf.equal(lo, 0))
+        last = tf.logical_and(~whole, lo > 0)
+        first_len = per_file(length, first, tf.math.unsorted_segment_sum)
+        last_len = per_file(length, last, tf.math.unsorted_segment_sum)
+        last_lo = per_file(lo, last, tf.math.unsorted_segment_max)
+        scanned = per_file(record + 1, whole, tf.math.unsorted_segment_max)
         base = tf.gather(offsets, touched)
         first_of = tf.gather(heads, touched)
         table = [  # per touched file: the piece before its first boundary, the scan, the piece after its last
