@@ -62,13 +62,13 @@ import numpy as np
 from npyfeed.errors import ConfigError, NpyfeedError, WorkerError
 from npyfeed.tf_calls import GATE
 from npyfeed.tf_spec import (
-    _tf,
     check_signature,
     element_spec,
     full_batches,
     header_spec,
     leaf_paths,
 )
+from npyfeed.tf_spec import require_tensorflow as _tf
 
 if TYPE_CHECKING:
     import tensorflow as tf

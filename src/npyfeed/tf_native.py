@@ -36,13 +36,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from npyfeed.errors import ConfigError
 from npyfeed.order import BlockShuffle, ChunkCache, Sequential
 from npyfeed.system import available_memory
 from npyfeed.tf_ops.order import group_plan, rows_op
 from npyfeed.tf_ops.reads import column_reader
+from npyfeed.tf_spec import require_tensorflow as _tf
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -57,21 +56,14 @@ _PASS_BYTES = 256 << 20  # a block-shuffled pass holds about this many bytes of 
 _PASS_CYCLE = 2  # passes read at once
 
 
-def _tf() -> Any:
-    import tensorflow as tf
-
-    return tf
-
-
 def _group_batches(loader: Loader, order: BlockShuffle, cycle: int) -> int:
     """Consecutive batches a block-shuffled epoch reads in one pass: whole windows of blocks, as many as fit in
     ``_PASS_BYTES``, at least one. Less when memory is short: ``cycle`` passes are read while one is cut into
     batches, each held twice at its peak (its blocks, then the tensor they are laid out in)."""
     layout = loader.layout(-1)
     window = max(1, order.window_rows // (layout.batch_size * layout.count))
-    row_bytes = sum(a.dtype.itemsize * int(np.prod(a.shape[1:])) for a in loader.source.arrays)
     budget = min(_PASS_BYTES, available_memory() // (8 * (cycle + 1)))
-    return window * max(1, budget // max(1, order.window_rows * row_bytes))
+    return window * max(1, budget // max(1, order.window_rows * loader.source.row_bytes))
 
 
 def native_dataset(

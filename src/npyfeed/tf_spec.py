@@ -21,11 +21,13 @@ __all__ = [
     "leaf_paths",
     "normalize",
     "probed_spec",
+    "require_tensorflow",
     "tf_dtype",
 ]
 
 
-def _tf() -> Any:
+def require_tensorflow() -> Any:
+    """The ``tensorflow`` module, imported on first use; an ImportError saying how to install it."""
     try:
         import tensorflow as tf
     except ImportError as e:  # pragma: no cover - exercised only without TensorFlow
@@ -35,7 +37,7 @@ def _tf() -> Any:
 
 def tf_dtype(dtype: np.dtype[Any], where: str) -> Any:
     """The TensorFlow dtype for a NumPy dtype (byte order made native), or a ConfigError saying why not."""
-    tf = _tf()
+    tf = require_tensorflow()
     if dtype.names is not None or dtype.subdtype is not None:
         raise ConfigError(
             f"{where}: structured dtype {dtype} has no TensorFlow equivalent; pass a transform that splits the "
@@ -79,7 +81,7 @@ def full_batches(loader: Loader) -> bool:
 
 def header_spec(loader: Loader) -> Any:
     """The element spec of untransformed batches, from the ``.npy`` headers alone (nothing is read)."""
-    tf = _tf()
+    tf = require_tensorflow()
     batch_dim = loader.batch_size if full_batches(loader) else None
     specs = []
     for key, array in zip(loader.source.keys, loader.source.arrays, strict=True):
@@ -90,7 +92,7 @@ def header_spec(loader: Loader) -> Any:
 
 def probed_spec(loader: Loader, epoch: int) -> Any:
     """The element spec of transformed batches, from batch 0 of ``epoch`` read and transformed once."""
-    tf = _tf()
+    tf = require_tensorflow()
     if len(loader) == 0:
         raise ConfigError(
             f"cannot probe the transform's output: {loader!r} has no batch; pass output_signature= to to_tf_dataset()"
@@ -117,7 +119,7 @@ def element_spec(loader: Loader, *, epoch: int | None = None) -> Any:
 
 
 def check_signature(signature: Any) -> Any:
-    tf = _tf()
+    tf = require_tensorflow()
     signature = normalize(signature)
     for leaf in tf.nest.flatten(signature):
         if not isinstance(leaf, tf.TensorSpec):

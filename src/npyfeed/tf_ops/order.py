@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from npyfeed.order import BlockShuffle, ChunkCache, Sequential, mix64
+from npyfeed.tf_spec import require_tensorflow as _tf
 
 if TYPE_CHECKING:
     from npyfeed.loader import Loader
@@ -21,12 +22,6 @@ __all__ = ["group_plan", "rows_op", "worker_batches"]
 _ROUNDS = 6  # as npyfeed.order
 _GOLDEN = 0x9E3779B97F4A7C15
 _ROUND_STEP = 0x632BE59BD9B4E019
-
-
-def _tf() -> Any:
-    import tensorflow as tf
-
-    return tf
 
 
 def _u64(value: int) -> Any:

@@ -14,17 +14,12 @@ import numpy as np
 
 from npyfeed.errors import ConfigError
 from npyfeed.sources import ConcatArray, NpyArray
+from npyfeed.tf_spec import require_tensorflow as _tf
 
 __all__ = ["column_reader"]
 
 _MAX_READ_BUFFER = 1 << 20  # FixedLengthRecordDataset read buffer per piece: the piece itself, at most 1 MiB
 _SCAN_BYTES = 1 << 20  # records of a sequential scan: about 1 MiB
-
-
-def _tf() -> Any:
-    import tensorflow as tf
-
-    return tf
 
 
 def _contains(sorted_values: Any, value: Any) -> Any:
