@@ -28,8 +28,8 @@ pytest.importorskip("obstore")
 
 import npyfeed
 from npyfeed.errors import ConfigError, ObjectChangedError
-from npyfeed.storage.cache import TRAILER, ChunkCache
-from npyfeed.storage.cache_options import CacheOptions, parse_size, split_cache_options
+from npyfeed.storage.cache.directory import TRAILER, ChunkDirectory
+from npyfeed.storage.cache.options import CacheOptions, parse_size, split_cache_options
 from servers import FaultProxy, MotoS3, RangeServer, environment
 from test_properties import arrays, check_key, row_keys, write
 
@@ -379,7 +379,7 @@ def test_a_batch_over_many_chunks_holds_few_files(served: tuple[RangeServer, Pat
 
 # -- the directory alone --------------------------------------------------------------------------------------------
 def test_eviction_takes_the_least_recently_used_chunks(tmp_path: Path) -> None:
-    cache = ChunkCache(CacheOptions(str(tmp_path), 3 * (1000 + TRAILER.size), 1000))
+    cache = ChunkDirectory(CacheOptions(str(tmp_path), 3 * (1000 + TRAILER.size), 1000))
     digest = b"k" * 8
     paths = [tmp_path / "obj" / f"{'0' * 16}-1000-{k}" for k in range(4)]
     for k, path in enumerate(paths[:3]):

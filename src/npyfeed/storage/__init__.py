@@ -31,7 +31,7 @@ def open_storage(
 
     ``storage_options`` configure the object store (endpoint, credentials, region, npyfeed's request tuning; see
     :class:`npyfeed.storage.client.ClientOptions`) and the local cache (``cache_dir``...; see
-    :mod:`npyfeed.storage.cache`); ``meta`` is the object's listing entry, when known (saves a
+    :mod:`npyfeed.storage.cache.directory`); ``meta`` is the object's listing entry, when known (saves a
     HEAD request).
     """
     if is_url(name):

@@ -11,7 +11,7 @@ version (every later GET carries ``If-Match``), and reads what NpyArray asks for
   however its rows are spread over batches.
 
 With ``storage_options["cache_dir"]``, gathers and read-ahead go through a local chunk cache instead
-(:mod:`npyfeed.storage.cached`): data reused across epochs is fetched once.
+(:mod:`npyfeed.storage.cache.cached_object`): data reused across epochs is fetched once.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import numpy as np
 
 from npyfeed.errors import ObjectChangedError
 from npyfeed.storage.base import AccessPattern
-from npyfeed.storage.cache import get_cache
-from npyfeed.storage.cache_options import split_cache_options
-from npyfeed.storage.cached import CachedObject
+from npyfeed.storage.cache.cached_object import CachedObject
+from npyfeed.storage.cache.directory import chunk_directory
+from npyfeed.storage.cache.options import split_cache_options
 from npyfeed.storage.client import StoreClient, get_client
 from npyfeed.storage.ranges import plan_requests
 from npyfeed.storage.urls import match_key, parse_url
@@ -75,7 +75,7 @@ class ObjectFile:
                 )
             else:
                 self.cache = CachedObject(
-                    get_cache(cache_options),
+                    chunk_directory(cache_options),
                     self._name,
                     self.version,
                     self._size,

@@ -1,4 +1,4 @@
-"""Rows of a remote object read through the local chunk cache (:mod:`npyfeed.storage.cache`).
+"""Rows of a remote object read through the local chunk cache (:mod:`npyfeed.storage.cache.directory`).
 
 The object is cut into aligned chunks of ``cache_chunk_bytes``. A gather works out which chunks its rows touch,
 opens those on disk, fetches the missing ones whole (each chunk once, however many threads or processes ask for it
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from npyfeed.storage.cache import TRAILER, ChunkCache, get_cache
+from npyfeed.storage.cache.directory import TRAILER, ChunkDirectory, chunk_directory
 from npyfeed.storage.ranges import plan_requests
 
 __all__ = ["CachedObject"]
@@ -38,14 +38,14 @@ Fetch = Callable[[Sequence[tuple[int, int]], Callable[[int, Any], None]], None]
 
 
 class CachedObject:
-    """One version of one object in a :class:`ChunkCache`.
+    """One version of one object in a :class:`ChunkDirectory`.
 
     ``fetch(ranges, sink)`` fetches byte ranges of that version from the store (``sink(i, data)`` per range, on
     any thread); ``request_bytes`` bounds one range request.
     """
 
     def __init__(
-        self, cache: ChunkCache, name: str, version: object, size: int, fetch: Fetch, request_bytes: int
+        self, cache: ChunkDirectory, name: str, version: object, size: int, fetch: Fetch, request_bytes: int
     ) -> None:
         self.cache = cache
         self.name = name
@@ -63,7 +63,7 @@ class CachedObject:
     def _after_fork(self) -> None:
         """Fresh per-process state (a forked worker inherits locks and fetches in flight of its parent's threads)."""
         self._pid = os.getpid()
-        self.cache = get_cache(self.cache.options)
+        self.cache = chunk_directory(self.cache.options)
         self._lock = threading.Lock()
         self._inflight: dict[int, concurrent.futures.Future[bool]] = {}
         self._queued: set[int] = set()  # chunks waiting for the read-ahead threads
@@ -97,7 +97,7 @@ class CachedObject:
 
     def _fill(self, ks: list[int]) -> None:
         """Fetch chunks ``ks`` into the cache: each once per process (other threads wait for it) and once among
-        processes (see :meth:`ChunkCache.claim`)."""
+        processes (see :meth:`ChunkDirectory.claim`)."""
         if self._pid != os.getpid():
             self._after_fork()
         mine: dict[int, concurrent.futures.Future[bool]] = {}

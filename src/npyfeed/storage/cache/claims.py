@@ -1,4 +1,5 @@
-"""The chunk cache's files: flock claims and their orphans, boot ids and CRCs (see :mod:`npyfeed.storage.cache`)."""
+"""The chunk cache's files: flock claims and their orphans, boot ids and CRCs (see
+:mod:`npyfeed.storage.cache.directory`)."""
 
 from __future__ import annotations
 

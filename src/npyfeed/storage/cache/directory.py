@@ -1,9 +1,9 @@
 """A local directory of fixed-size chunks of remote objects, shared by processes and kept under a size limit.
 
 ``storage_options={"cache_dir": "/tmp/npyfeed-cache", "cache_size": "20GB"}`` (and optionally
-``"cache_chunk_bytes"``, 4 MiB by default; see :mod:`npyfeed.storage.cache_options`) turns it on;
-:class:`npyfeed.storage.cached.CachedObject` reads rows through it. This module is the directory alone: names,
-space, writing and checking chunk files. Layout::
+``"cache_chunk_bytes"``, 4 MiB by default; see :mod:`npyfeed.storage.cache.options`) turns it on;
+:class:`npyfeed.storage.cache.cached_object.CachedObject` reads rows through it. This module is the directory
+alone: names, space, writing and checking chunk files. Layout::
 
     <cache_dir>/.lock                     flock'ed while space is reserved or freed
     <cache_dir>/.used                     bytes held by chunk files (a counter; rebuilt by a scan when missing)
@@ -12,7 +12,7 @@ space, writing and checking chunk files. Layout::
 - A chunk file is its data followed by a 48-byte trailer (magic, data length, CRC-32 of the data, a digest of the
   key, a boot id), so a truncated file, a file of another object, or bytes changed on disk (a power loss before the
   data was flushed) are caught: such a file is deleted and the chunk fetched again. The CRC is read back when a
-  chunk is written, and checked again the first time a chunk is used after a reboot (see :meth:`ChunkCache.open`).
+  chunk is written, and checked again the first time a chunk is used after a reboot (see :meth:`ChunkDirectory.open`).
 - One writer per chunk among all processes: the writer makes a temporary file, locks it (``flock``), and links it
   to ``<name>.part``; a second process finds the ``.part``, waits for its lock, then uses the finished chunk. A
   killed writer leaves an unlocked ``.part``, which the next claimant (or a scan) removes. A chunk is published by
@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from npyfeed.errors import ConfigError
-from npyfeed.storage.cache_files import (
+from npyfeed.storage.cache.claims import (
     CLOEXEC,
     NO_BOOT_ID,
     boot_id,
@@ -51,12 +51,12 @@ from npyfeed.storage.cache_files import (
     unlink_quietly,
     unlocked,
 )
-from npyfeed.storage.cache_options import TRAILER_BYTES, CacheOptions
+from npyfeed.storage.cache.options import TRAILER_BYTES, CacheOptions
 
-__all__ = ["TRAILER", "ChunkCache", "get_cache"]
+__all__ = ["TRAILER", "ChunkDirectory", "chunk_directory"]
 
 # magic, data length, crc32 of the data, (padding), key digest, boot id of the machine's boot that wrote or last
-# checked it (see ChunkCache.open).
+# checked it (see ChunkDirectory.open).
 TRAILER = struct.Struct("<8sQI4x8s16s")
 assert TRAILER.size == TRAILER_BYTES
 _MAGIC = b"NPYFCHK2"
@@ -67,7 +67,7 @@ THRASH_RATIO = 4
 _ORPHAN_TMP_SECONDS = 600.0  # a claim's temporary file lives milliseconds; older ones were left by a killed process
 
 
-class ChunkCache:
+class ChunkDirectory:
     """One cache directory: reserving space (evicting the least recently used chunks), claiming, publishing and
     checking chunk files. Thread-safe; processes coordinate through ``flock``."""
 
@@ -356,15 +356,15 @@ class ChunkCache:
             self.release(freed)
 
 
-_caches: dict[tuple[int, CacheOptions], ChunkCache] = {}
+_caches: dict[tuple[int, CacheOptions], ChunkDirectory] = {}
 _caches_lock = threading.Lock()
 
 
-def get_cache(options: CacheOptions) -> ChunkCache:
-    """The process's :class:`ChunkCache` for these options (one per directory and settings)."""
+def chunk_directory(options: CacheOptions) -> ChunkDirectory:
+    """The process's :class:`ChunkDirectory` for these options (one per directory and settings)."""
     key = (os.getpid(), options)
     with _caches_lock:
         cache = _caches.get(key)
         if cache is None:
-            cache = _caches[key] = ChunkCache(options)
+            cache = _caches[key] = ChunkDirectory(options)
         return cache

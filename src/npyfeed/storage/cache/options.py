@@ -22,7 +22,7 @@ __all__ = ["CACHE_KEYS", "DEFAULT_CHUNK_BYTES", "TRAILER_BYTES", "CacheOptions",
 CACHE_KEYS = ("cache_dir", "cache_size", "cache_chunk_bytes")
 DEFAULT_CHUNK_BYTES = 4 << 20
 TRAILER_BYTES = 48
-"""Bytes a chunk file holds after its data (:data:`npyfeed.storage.cache.TRAILER`)."""
+"""Bytes a chunk file holds after its data (:data:`npyfeed.storage.cache.directory.TRAILER`)."""
 
 _UNITS = {
     "": 1,
