@@ -20,7 +20,7 @@ import numpy as np
 
 from npyfeed.errors import NpyfeedError
 from npyfeed.format import MAX_HEADER_SIZE, NpyHeader, read_header
-from npyfeed.storage.urls import is_url
+from npyfeed.storage.urls import is_url, redact
 from npyfeed.writer import describe_partial
 
 __all__ = ["main"]
@@ -149,10 +149,12 @@ def _inspect(args: argparse.Namespace) -> int:
         try:
             header = _read_header(path, args.max_header_size)
         except NpyfeedError as e:  # its message starts with the path
-            partial = describe_partial(path)
+            partial = None if is_url(path) else describe_partial(path)
             error = str(e) if partial is None else f"{path}: {partial}"
         except OSError as e:
             error = f"{path}: cannot open: {e.strerror or e}"
+        except ValueError as e:  # a URL npyfeed cannot read (its message names it)
+            error = str(e)
         else:
             reports.append(_describe(header))
             if not args.json:
@@ -161,8 +163,9 @@ def _inspect(args: argparse.Namespace) -> int:
                 print(_format_text(reports[-1]))
             continue
         status = 1
+        error = redact(error)
         print(f"npyfeed inspect: {error}", file=sys.stderr)
-        reports.append({"path": path, "valid": False, "error": error})
+        reports.append({"path": redact(path), "valid": False, "error": error})
     if args.json:
         print(json.dumps(reports, indent=2))
     return status
@@ -291,16 +294,16 @@ def _bench(args: argparse.Namespace) -> int:
             storage_options=dict(args.storage_option) or None,
         )
     except NpyfeedError as e:
-        print(f"npyfeed bench: {e}", file=sys.stderr)
+        print(f"npyfeed bench: {redact(e)}", file=sys.stderr)
         return 1
     except OSError as e:
-        print(f"npyfeed bench: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        print(redact(f"npyfeed bench: {e.filename or ''}: {e.strerror or e}"), file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps({**result.as_dict(), "recommended": recommend(result)}, indent=2))
         return 0
     mb = 1e6
-    print(f"files           {', '.join(args.files)}")
+    print(f"files           {redact(', '.join(args.files))}")
     print(
         f"settings        batch_size={result.batch_size} shuffle={result.shuffle} threads={result.num_threads} "
         f"prefetch={'auto' if result.prefetch is None else result.prefetch} {'cold' if result.cold else 'warm'}"

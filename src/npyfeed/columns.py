@@ -19,7 +19,7 @@ from npyfeed.buffers import BufferPool
 from npyfeed.errors import ColumnMismatchError, ConfigError
 from npyfeed.format import MAX_HEADER_SIZE
 from npyfeed.storage import open_storage
-from npyfeed.storage.urls import has_glob, is_url, local_path, parse_url
+from npyfeed.storage.urls import has_glob, is_url, local_path, parse_url, redact
 
 __all__ = ["Columns", "Source", "open", "split"]
 
@@ -83,7 +83,8 @@ def _glob_urls(pattern: str, storage_options: StorageOptions) -> list[tuple[Path
 
     matches = glob_objects(pattern, storage_options)
     if not matches:
-        raise FileNotFoundError(errno.ENOENT, f"{pattern}: no object matches the pattern", pattern)
+        shown = redact(pattern)
+        raise FileNotFoundError(errno.ENOENT, f"{shown}: no object matches the pattern", shown)
     return list(matches)
 
 

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from npyfeed.errors import ConfigError, ObjectChangedError
 from npyfeed.storage.request_stats import RequestStats
-from npyfeed.storage.urls import ObjectUrl
+from npyfeed.storage.urls import ObjectUrl, redact
 
 __all__ = ["ClientOptions", "RequestStats", "StoreClient", "get_client", "import_obstore"]
 
@@ -158,7 +158,7 @@ class StoreClient:
             make_store: Any = from_url  # its overloads are per store kind; options are checked by obstore itself
             self.store = make_store(url.store_url, client_options=client_options, retry_config=retry_config, **options)
         except Exception as e:
-            raise ConfigError(f"{url.store_url}: cannot configure the store: {_first_line(e)}") from e
+            raise ConfigError(f"{redact(url.store_url)}: cannot configure the store: {_first_line(e)}") from _shown(e)
         self._semaphore: asyncio.Semaphore | None = None
 
     # -- running on the loop ------------------------------------------------------------------------------------
@@ -205,7 +205,7 @@ class StoreClient:
     # -- metadata -----------------------------------------------------------------------------------------------
     def head(self, key: str) -> dict[str, Any]:
         """Size, ETag and modification time of ``key``; ``FileNotFoundError`` naming the URL if it is missing."""
-        name = str(self.url.with_key(key))
+        name = redact(self.url.with_key(key))
 
         async def go() -> Any:
             return await self._bounded(self._obstore.head_async(self.store, key), name, "reading its metadata")
@@ -213,11 +213,11 @@ class StoreClient:
         try:
             return dict(self.run(go))
         except Exception as e:
-            raise self._final_error(e, name, "cannot read the object's metadata") from e
+            raise self._final_error(e, name, "cannot read the object's metadata") from _shown(e)
 
     def list(self, prefix: str) -> list[dict[str, Any]]:
         """Every object under the directory ``prefix`` (recursively), as obstore's metadata dicts."""
-        name = f"{self.url.store_url}/{prefix}"
+        name = redact(f"{self.url.store_url}/{prefix}")
 
         async def go() -> list[dict[str, Any]]:
             found: list[dict[str, Any]] = []
@@ -232,7 +232,7 @@ class StoreClient:
         try:
             return self.run(go)
         except Exception as e:
-            raise self._final_error(e, name, "cannot list the objects") from e
+            raise self._final_error(e, name, "cannot list the objects") from _shown(e)
 
     # -- data ---------------------------------------------------------------------------------------------------
     def fetch(self, key: str, etag: str | None, ranges: Sequence[tuple[int, int]], sink: Callable[..., None]) -> None:
@@ -255,7 +255,7 @@ class StoreClient:
             raise
 
     async def _get(self, key: str, etag: str | None, i: int, start: int, end: int, sink: Callable[..., None]) -> None:
-        name = str(self.url.with_key(key))
+        name = redact(self.url.with_key(key))
         options: dict[str, Any] = {"range": (start, end)}
         if etag:
             options["if_match"] = etag
@@ -294,8 +294,8 @@ class StoreClient:
                                         errno.EIO,
                                         f"{name}: reading bytes [{start}, {end}) failed {attempts} times; "
                                         f"last: {error}",
-                                    ) from e
-                                raise error from e
+                                    ) from _shown(e)
+                                raise error from _shown(e)
                             last = error
                         finally:
                             self.stats.ended()
@@ -321,7 +321,7 @@ class StoreClient:
         or a :class:`_Transient` one worth retrying."""
         exc = self._obstore.exceptions
         text = _first_line(e)
-        if isinstance(e, exc.PreconditionError) or (changed and isinstance(e, exc.NotFoundError)):
+        if isinstance(e, exc.PreconditionError) or (changed and isinstance(e, exc.NotFoundError | FileNotFoundError)):
             state = "deleted" if isinstance(e, exc.NotFoundError) else "replaced (its ETag changed)"
             return ObjectChangedError(f"{name}: the object was {state} since it was opened: {text}")
         if isinstance(e, exc.NotFoundError | FileNotFoundError):
@@ -352,8 +352,23 @@ def _status(message: str) -> int | None:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
+    text = redact(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+def _shown(e: BaseException) -> BaseException:
+    """``e`` to chain as a cause, or, when its message holds a URL's credentials, a stand-in of the same type (or
+    an ``OSError``) with them redacted: a traceback prints every cause."""
+    text = redact(e)
+    if text == str(e):
+        return e
+    try:
+        copy = type(e)(text)
+    except Exception:
+        copy = OSError(text)
+    if str(copy) != text:
+        copy = OSError(text)
+    return copy
 
 
 _clients: dict[tuple[int, str, str, str], StoreClient] = {}
@@ -377,9 +392,9 @@ def get_client(url: ObjectUrl, storage_options: Mapping[str, Any] | None = None)
     global _runtime_pid
     if _runtime_pid is not None and _runtime_pid != os.getpid():
         raise ConfigError(
-            f"{url}: this process (pid {os.getpid()}) was forked from one that had already made requests to object "
-            f"storage (pid {_runtime_pid}); the object-store client (obstore's runtime) does not survive fork, so a "
-            "request here would hang. Start workers with 'spawn' or 'forkserver' instead: "
+            f"{redact(url)}: this process (pid {os.getpid()}) was forked from one that had already made requests to "
+            f"object storage (pid {_runtime_pid}); the object-store client (obstore's runtime) does not survive fork, "
+            "so a request here would hang. Start workers with 'spawn' or 'forkserver' instead: "
             "torch.utils.data.DataLoader(..., multiprocessing_context='spawn'), multiprocessing.get_context('spawn'); "
             "npyfeed's loaders and arrays pickle and reconnect in the worker"
         )

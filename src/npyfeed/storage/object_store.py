@@ -34,7 +34,7 @@ from npyfeed.storage.cache.directory import chunk_directory
 from npyfeed.storage.cache.options import split_cache_options
 from npyfeed.storage.client import StoreClient, get_client
 from npyfeed.storage.ranges import plan_requests
-from npyfeed.storage.urls import match_key, parse_url
+from npyfeed.storage.urls import match_key, parse_url, redact
 
 __all__ = ["ObjectFile", "glob_objects"]
 
@@ -53,7 +53,7 @@ class ObjectFile:
         meta: Mapping[str, Any] | None = None,
     ) -> None:
         self._url = parse_url(url)
-        self._name = str(self._url)
+        self._name = redact(self._url)  # for messages and reprs: never the credentials a URL may carry
         self._storage_options = dict(storage_options or {})
         cache_options, self._store_options = split_cache_options(self._storage_options)
         self._pid = os.getpid()
@@ -131,7 +131,7 @@ class ObjectFile:
 
     # -- pickling: a worker process reconnects and checks it is still the same version ---------------------------
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self._name, "storage_options": self._storage_options, "version": self.version}
+        return {"url": str(self._url), "storage_options": self._storage_options, "version": self.version}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["url"], storage_options=state["storage_options"])  # type: ignore[misc]
@@ -349,7 +349,9 @@ def glob_objects(pattern: str, storage_options: Mapping[str, Any] | None = None)
     """``(url, metadata)`` of every object matching the glob ``pattern`` (``s3://b/train/x_*.npy``), sorted."""
     url = parse_url(pattern)
     if url.scheme in ("http", "https"):
-        raise ValueError(f"{pattern}: an HTTP server cannot be listed; give each URL (a list of URLs is accepted)")
+        raise ValueError(
+            f"{redact(pattern)}: an HTTP server cannot be listed; give each URL (a list of URLs is accepted)"
+        )
     client = get_client(url, split_cache_options(storage_options)[1])
     found = [(str(url.with_key(m["path"])), m) for m in client.list(url.list_prefix) if match_key(url.key, m["path"])]
     return sorted(found)

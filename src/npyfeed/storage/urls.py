@@ -1,8 +1,9 @@
 """URLs npyfeed reads in place: ``s3://bucket/key``, ``gs://bucket/key``, ``https://host/path`` and ``file:///path``.
 
 Pure string handling (no client imported): telling a URL from a path, splitting it into the store it names and
-the key inside that store, and matching glob patterns (``s3://bucket/train/x_*.npy``) segment by segment, so a
-``*`` never crosses a ``/`` (what :mod:`glob` does for local paths).
+the key inside that store, matching glob patterns (``s3://bucket/train/x_*.npy``) segment by segment, so a
+``*`` never crosses a ``/`` (what :mod:`glob` does for local paths), and :func:`redact`, the one function every
+message, repr, state and log line passes URLs through so that credentials in them are never printed.
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-__all__ = ["REMOTE_SCHEMES", "ObjectUrl", "has_glob", "is_url", "local_path", "match_key", "parse_url"]
+__all__ = ["REMOTE_SCHEMES", "ObjectUrl", "has_glob", "is_url", "local_path", "match_key", "parse_url", "redact"]
 
 REMOTE_SCHEMES = ("s3", "gs", "http", "https")
 _GLOB_CHARS = frozenset("*?[")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _ALIASES = {"s3a": "s3", "gcs": "gs"}
+# A URL inside any text: scheme, authority (userinfo@host:port), path, then a query or fragment. The query ends at
+# whitespace, a quote or a closing bracket, so redacting one in a message keeps the text around it.
+_URL_IN_TEXT = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^\s/?#'\"<>]*)([^\s?#'\"<>]*)([?#][^\s'\"<>)\]]*)?")
+REDACTED = "<redacted>"
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,25 @@ def is_url(name: object) -> bool:
     return isinstance(name, str) and _SCHEME.match(name) is not None
 
 
+def redact(text: object) -> str:
+    """``text`` with the credentials of every URL in it replaced by ``<redacted>``: the query string and fragment
+    (presigned ``X-Amz-Signature=...``, ``?token=...``) and the userinfo (``user:password@``).
+
+    >>> redact("https://host/x.npy?X-Amz-Signature=abc")
+    'https://host/x.npy?<redacted>'
+    >>> redact("cannot read 'http://user:pw@host:8080/d/x.npy': HTTP 404")
+    "cannot read 'http://<redacted>@host:8080/d/x.npy': HTTP 404"
+    """
+
+    def one(match: re.Match[str]) -> str:
+        scheme, authority, path, query = match.groups()
+        if "@" in authority:
+            authority = f"{REDACTED}@{authority.rpartition('@')[2]}"
+        return f"{scheme}{authority}{path}{query[0] + REDACTED if query else ''}"
+
+    return _URL_IN_TEXT.sub(one, str(text))
+
+
 def has_glob(text: str) -> bool:
     return bool(_GLOB_CHARS & set(text))
 
@@ -66,12 +90,12 @@ def has_glob(text: str) -> bool:
 def local_path(url: str) -> str:
     """The local path of a ``file://`` URL (``file:///data/x.npy`` -> ``/data/x.npy``)."""
     if not url.startswith("file://"):
-        raise ValueError(f"{url}: not a file:// URL")
+        raise ValueError(f"{redact(url)}: not a file:// URL")
     rest = url[len("file://") :]
     if rest and not rest.startswith("/"):
         host, _, path = rest.partition("/")
         if host not in ("", "localhost"):
-            raise ValueError(f"{url}: file:// URLs name a local path (file:///path), not host {host!r}")
+            raise ValueError(f"{redact(url)}: file:// URLs name a local path (file:///path), not host {host!r}")
         rest = "/" + path
     return unquote(rest)
 
@@ -81,19 +105,20 @@ def parse_url(url: str | os.PathLike[str]) -> ObjectUrl:
     text = os.fspath(url)
     match = _SCHEME.match(text)
     if match is None:
-        raise ValueError(f"{text}: not a URL (expected scheme://...)")
+        raise ValueError(f"{redact(text)}: not a URL (expected scheme://...)")
+    shown = redact(text)
     scheme = _ALIASES.get(match.group(1).lower(), match.group(1).lower())
     if scheme not in REMOTE_SCHEMES:
         raise ValueError(
-            f"{text}: unsupported URL scheme {match.group(1)!r}: expected one of s3://, gs://, https://, http:// "
+            f"{shown}: unsupported URL scheme {match.group(1)!r}: expected one of s3://, gs://, https://, http:// "
             "or file://"
         )
     authority, _, key = text[match.end() :].partition("/")
     if not authority:
         what = "bucket" if scheme in ("s3", "gs") else "host"
-        raise ValueError(f"{text}: the URL names no {what}")
+        raise ValueError(f"{shown}: the URL names no {what}")
     if "?" in key or "#" in key:
-        raise ValueError(f"{text}: query strings and fragments are not supported in object URLs")
+        raise ValueError(f"{shown}: query strings and fragments are not supported in object URLs")
     return ObjectUrl(scheme, authority, key)
 
 
