@@ -54,7 +54,7 @@ external state).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -212,6 +212,44 @@ def _stacked(views: list[np.ndarray]) -> np.ndarray:
     return np.ndarray((len(views), *first.shape), first.dtype, buffer=owner, offset=offset)
 
 
+def _fit_split(
+    spec: Any, targets: str | Sequence[str] | None, sample_weights: str | None
+) -> Callable[[dict[str, Any]], tuple[Any, ...]] | None:
+    """The map from a dict batch to Keras' ``(inputs, targets[, sample_weights])``, or None without ``targets``."""
+    if targets is None:
+        if sample_weights is not None:
+            raise ConfigError(f"sample_weights={sample_weights!r} needs targets= (the key of the targets)")
+        return None
+    if not isinstance(spec, dict):
+        raise ConfigError(
+            f"targets={targets!r} picks keys of dict batches, but the batches are {type(spec).__name__}s; "
+            "use a dict source ({'image': ..., 'label': ...}) or a transform that returns a dict"
+        )
+    names = [targets] if isinstance(targets, str) else list(targets)
+    if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise ConfigError(f"targets must be a key or a list of distinct keys, got {targets!r}")
+    if sample_weights is not None and not isinstance(sample_weights, str):
+        raise ConfigError(f"sample_weights must be a key, got {sample_weights!r}")
+    picked = [*names, *([sample_weights] if sample_weights is not None else [])]
+    for name in picked:
+        if name not in spec:
+            raise ConfigError(f"no key {name!r} in the batches: they have {sorted(spec)}")
+    if sample_weights in names:
+        raise ConfigError(f"sample_weights={sample_weights!r} is also a target")
+    inputs = [k for k in spec if k not in picked]
+    if not inputs:
+        raise ConfigError(f"targets and sample_weights take every key of the batches ({sorted(spec)}): no inputs left")
+    single = isinstance(targets, str)
+
+    @_tf().autograph.experimental.do_not_convert
+    def split(batch: dict[str, Any]) -> tuple[Any, ...]:
+        out = batch[names[0]] if single else {n: batch[n] for n in names}
+        pair = ({k: batch[k] for k in inputs}, out)
+        return pair if sample_weights is None else (*pair, batch[sample_weights])
+
+    return split
+
+
 def _chunk_starts(loader: Loader) -> np.ndarray:
     """First batch of each chunk read in one call, and ``len(loader)`` after the last.
 
@@ -237,6 +275,8 @@ def to_tf_dataset(
     prefetch: int | None = None,
     native: bool = False,
     epochs: int | None = 1,
+    targets: str | Sequence[str] | None = None,
+    sample_weights: str | None = None,
 ) -> tf.data.Dataset:
     """A ``tf.data.Dataset`` of ``loader``'s batches: one epoch per iterator, ``len(loader)`` elements.
 
@@ -254,6 +294,11 @@ def to_tf_dataset(
             hosts); byte-identical batches, for sequential and block orders. See :mod:`npyfeed.tf_native`.
         epochs: with ``native=True``, the consecutive epochs from ``start_epoch`` the dataset holds (``None``:
             endless); a native dataset has no epoch counter, so every iterator starts at ``start_epoch``.
+        targets: for batches that are dicts (a dict source, or a transform returning dicts), the key of the
+            targets, or a list of keys (targets as a dict, for a model with named outputs): each element becomes
+            ``(inputs, targets)``, inputs being the dict of the other keys, as Keras ``fit`` wants them.
+        sample_weights: with ``targets``, the key of per-row sample weights: elements become
+            ``(inputs, targets, sample_weights)``.
 
     >>> ds = loader.to_tf_dataset()  # doctest: +SKIP
     >>> model.fit(ds, epochs=3)  # doctest: +SKIP
@@ -274,12 +319,16 @@ def to_tf_dataset(
             raise ConfigError("native=True derives the element spec from the .npy headers; drop output_signature=")
         from npyfeed.tf_native import native_dataset
 
-        return native_dataset(
-            loader, start_epoch=start, epochs=epochs, num_parallel_calls=num_parallel_calls, spec=header_spec(loader)
+        spec = header_spec(loader)
+        split = _fit_split(spec, targets, sample_weights)
+        native_ds = native_dataset(
+            loader, start_epoch=start, epochs=epochs, num_parallel_calls=num_parallel_calls, spec=spec
         )
+        return native_ds if split is None else native_ds.map(split, name="npyfeed_targets")
     if epochs != 1:
         raise ConfigError(f"epochs= applies to native=True (got {epochs!r}); repeat the dataset with .repeat()")
     spec = check_signature(output_signature) if output_signature is not None else element_spec(loader, epoch=start)
+    split = _fit_split(spec, targets, sample_weights)
     flat_specs = tf.nest.flatten(spec)
     num_batches = len(loader)
     # Untransformed batches are read several at a time (about 4 MiB, see Loader.batches_per_read): one
@@ -334,6 +383,8 @@ def to_tf_dataset(
         # chunk is therefore a single batch: by the time a second batch is delivered, the saved state holds the
         # iterator's epoch.
         dataset = dataset.unbatch()
+    if split is not None:
+        dataset = dataset.map(split, name="npyfeed_targets")
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_batches)).prefetch(prefetch or tf.data.AUTOTUNE)
     options = tf.data.Options()
     # Checkpoints record positions, not buffered batches; reads are pure functions of (epoch, index), so what
