@@ -7,6 +7,10 @@ not check signatures). moto's server, by contrast, reads the whole object for ev
 of a 64 MiB object), which rules it out for multi-GB benchmarks. Used by ``tests/`` and ``benchmarks.object_store``.
 
 - ``honour_range=False`` answers every GET with the whole file (a server npyfeed must refuse);
+- ``etag=False`` / ``last_modified=False`` leave those headers out (servers that send no ETag, like Go's
+  ``http.ServeContent``, or no validator at all), and ``If-Match`` is then not honoured; ``partial_status=200``
+  answers a range with ``200`` and a correct ``Content-Range`` (rclone's S3 server does);
+  ``headers_seen`` keeps the conditional headers of every request;
 - ``delay`` (seconds) is added before every answer: a store's per-request latency, without a proxy copying the
   bytes (on loopback a copying proxy would measure its own CPU, not the latency).
 
@@ -71,8 +75,11 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
             return
         info = target.stat()
         etag = '"' + hashlib.md5(f"{info.st_ino}-{info.st_size}-{info.st_mtime_ns}".encode()).hexdigest() + '"'
+        self.server.headers_seen.append(
+            {k: v for k, v in self.headers.items() if k.lower().startswith("if-") or k.lower() == "range"}
+        )
         match = self.headers.get("If-Match")
-        if match is not None and match not in ("*", etag):
+        if self.server.etag and match is not None and match not in ("*", etag):
             self._send_error(412, "PreconditionFailed")
             return
         start, end = 0, info.st_size
@@ -87,15 +94,17 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
             if start >= info.st_size or start >= end:
                 self._send_error(416, "InvalidRange")
                 return
-            self.send_response(206)
+            self.send_response(self.server.partial_status)
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{info.st_size}")
         else:
             self.send_response(200)
         self.send_header("Content-Length", str(end - start))
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("ETag", etag)
+        if self.server.etag:
+            self.send_header("ETag", etag)
         self.send_header("Accept-Ranges", "bytes" if self.server.honour_range else "none")
-        self.send_header("Last-Modified", self.date_time_string(int(info.st_mtime)))
+        if self.server.last_modified:
+            self.send_header("Last-Modified", self.date_time_string(int(info.st_mtime)))
         self.end_headers()
         if self.command == "HEAD":
             return
@@ -111,22 +120,43 @@ class _RangeHTTPServer(http.server.ThreadingHTTPServer):
     honour_range: bool
     delay: float
     requests: int
+    etag: bool
+    last_modified: bool
+    partial_status: int
+    headers_seen: list[dict[str, str]]
 
 
 class RangeServer:
     """Serve the files under ``root`` over HTTP on 127.0.0.1 (``url`` is the base), honouring ``Range``."""
 
     def __init__(
-        self, root: str | os.PathLike[str], *, honour_range: bool = True, delay: float = 0.0, port: int = 0
+        self,
+        root: str | os.PathLike[str],
+        *,
+        honour_range: bool = True,
+        delay: float = 0.0,
+        port: int = 0,
+        etag: bool = True,
+        last_modified: bool = True,
+        partial_status: int = 206,
     ) -> None:
         self._server = _RangeHTTPServer(("127.0.0.1", port), _RangeHandler)
         self._server.root = Path(root).resolve()
         self._server.honour_range = honour_range
         self._server.delay = delay
         self._server.requests = 0
+        self._server.etag = etag
+        self._server.last_modified = last_modified
+        self._server.partial_status = partial_status
+        self._server.headers_seen = []
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def headers_seen(self) -> list[dict[str, str]]:
+        """``Range`` and ``If-*`` headers of every request so far, in order."""
+        return self._server.headers_seen
 
     @property
     def requests(self) -> int:

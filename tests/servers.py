@@ -9,6 +9,11 @@
   server over a directory (``GET``/``HEAD``, single ``Range``, ``ETag`` and ``If-Match``, the body sent with
   ``sendfile``). Path-style (``/bucket/key``), so it also answers obstore's S3 reads; ``honour_range=False`` makes
   it answer every GET with the whole file (a server npyfeed must refuse).
+- :class:`S3rver`: s3rver (npm) over a directory: an S3 implementation that ignores ``If-Match`` (it answers a
+  replaced object's bytes with their new ETag).
+- :class:`Nginx`: nginx serving a directory over HTTP, or HTTPS with a certificate from a :class:`TestCA`; it sends
+  ``ETag`` (mtime and size, one-second resolution) and ``Last-Modified`` and honours ``If-Match`` and
+  ``If-Unmodified-Since``.
 - :class:`FaultProxy`: an HTTP proxy in front of either that answers a share of requests 503, resets a share of
   connections halfway through the body, stalls a share (reads the request, never answers), and delays requests,
   from a seeded random stream; it counts what it did.
@@ -20,6 +25,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import socket
 import struct
 import subprocess
@@ -28,11 +34,12 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from benchmarks.s3_server import RangeServer
 
-__all__ = ["FakeGCS", "FaultProxy", "MotoS3", "RangeServer", "free_port"]
+__all__ = ["FakeGCS", "FaultProxy", "MotoS3", "Nginx", "RangeServer", "S3rver", "TestCA", "free_port"]
 
 
 def free_port() -> int:
@@ -143,6 +150,203 @@ class FakeGCS:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class _Daemon:
+    """A server process on a free port of 127.0.0.1, started and waited for, stopped (terminate, then kill)."""
+
+    name = "server"
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> Any:
+        self._process = subprocess.Popen(
+            self._command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    errors = b""
+                    if self._process.poll() is not None and self._process.stderr is not None:
+                        errors = self._process.stderr.read()
+                    self.stop()
+                    raise RuntimeError(f"{self.name} did not start on port {self.port}: {errors.decode()}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            if self._process.stderr is not None:
+                self._process.stderr.close()
+            self._process = None
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class S3rver(_Daemon):
+    """s3rver (``npm install -g s3rver``) over ``root`` on 127.0.0.1, path-style; ``env`` reaches it with its fixed
+    credentials (``S3RVER``/``S3RVER``: it checks signatures). It ignores ``If-Match``."""
+
+    name = "s3rver"
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        super().__init__()
+        self.root = os.fspath(root)
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "S3RVER",
+            "AWS_SECRET_ACCESS_KEY": "S3RVER",
+            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def _command(self) -> list[str]:
+        return ["s3rver", "-d", self.root, "-a", "127.0.0.1", "-p", str(self.port), "--silent", "--no-vhost-buckets"]
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id="S3RVER",
+            aws_secret_access_key="S3RVER",
+            region_name="us-east-1",
+        )
+
+
+class TestCA:
+    """A certificate authority made for one test, and a server certificate it signed for 127.0.0.1, as PEM files
+    in ``directory``: ``ca_file``, ``cert_file``, ``key_file``."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        def name(text: str) -> x509.Name:
+            return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+        now = datetime.datetime.now(datetime.UTC)
+        ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+        ca = (
+            x509.CertificateBuilder()
+            .subject_name(name("npyfeed test CA"))
+            .issuer_name(name("npyfeed test CA"))
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        import ipaddress
+
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name("127.0.0.1"))
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.ca_file = folder / "ca.pem"
+        self.cert_file = folder / "server.pem"
+        self.key_file = folder / "server.key"
+        self.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        self.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        self.key_file.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+
+    @property
+    def ca_pem(self) -> str:
+        return self.ca_file.read_text()
+
+
+class Nginx(_Daemon):
+    """nginx serving the files under ``root`` on 127.0.0.1 (``url`` is the base), over HTTPS with ``tls`` (a
+    :class:`TestCA`'s server certificate), else HTTP. Its configuration, logs and pid live in ``workdir``."""
+
+    name = "nginx"
+
+    def __init__(self, root: str | os.PathLike[str], workdir: str | os.PathLike[str], tls: TestCA | None = None):
+        super().__init__()
+        self.root = Path(root).resolve()
+        self.workdir = Path(workdir).resolve()
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+
+    def _command(self) -> list[str]:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        listen = f"127.0.0.1:{self.port}"
+        tls = ""
+        if self.tls is not None:
+            listen += " ssl"
+            tls = f"ssl_certificate {self.tls.cert_file}; ssl_certificate_key {self.tls.key_file};"
+        # As root, nginx's workers would run as "nobody", who cannot read a test's private directory.
+        user = "user root;" if os.geteuid() == 0 else ""
+        temp = " ".join(
+            f"{kind}_temp_path {self.workdir / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        config = self.workdir / "nginx.conf"
+        config.write_text(
+            f"""{user}
+daemon off;
+worker_processes 1;
+pid {self.workdir / "nginx.pid"};
+error_log stderr error;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    {temp}
+    server {{
+        listen {listen};
+        {tls}
+        root {self.root};
+        location / {{ }}
+    }}
+}}
+"""
+        )
+        binary = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin") or "nginx"
+        return [binary, "-p", str(self.workdir), "-c", str(config), "-e", "stderr"]
 
 
 class FaultProxy:

@@ -17,6 +17,7 @@ from npyfeed.errors import (
     NpyFormatError,
     ObjectChangedError,
     RemoteShuffleWarning,
+    UnversionedObjectWarning,
     WorkerError,
 )
 from npyfeed.format import NpyHeader, read_header
@@ -51,6 +52,7 @@ __all__ = [
     "RowSource",
     "Sequential",
     "Shard",
+    "UnversionedObjectWarning",
     "WorkerError",
     "__version__",
     "mix",

@@ -11,7 +11,8 @@
     └── WorkerError(RuntimeError)        a read or transform failed on a prefetch thread
 
     NpyfeedWarning(Warning)              something works, but not as well as it could
-    └── RemoteShuffleWarning(UserWarning)  a global shuffle over an object store: the request rate it implies
+    ├── RemoteShuffleWarning(UserWarning)  a global shuffle over an object store: the request rate it implies
+    └── UnversionedObjectWarning(UserWarning)  a server gives no ETag or Last-Modified: changes go unnoticed
 
 Every message names the file (when there is one), the field, the value found and what was expected. Warnings
 are silenced with the standard filters, e.g. ``warnings.filterwarnings("ignore", category=RemoteShuffleWarning)``.
@@ -28,6 +29,7 @@ __all__ = [
     "NpyfeedWarning",
     "ObjectChangedError",
     "RemoteShuffleWarning",
+    "UnversionedObjectWarning",
     "WorkerError",
 ]
 
@@ -74,3 +76,8 @@ class RemoteShuffleWarning(NpyfeedWarning, UserWarning):
 
     Given once per Loader, with the requests per batch and per epoch it implies against ``shuffle="block"``.
     """
+
+
+class UnversionedObjectWarning(NpyfeedWarning, UserWarning):
+    """An object's server sends neither an ETag nor a Last-Modified time: a replacement of the same size cannot be
+    detected (one of another size still is). Given once per object and process, when it is opened."""

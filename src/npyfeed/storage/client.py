@@ -6,8 +6,10 @@ CREDENTIALS``...). Reader threads hand a list of byte ranges to :meth:`StoreClie
 concurrently on the process's loop thread, at most ``max_concurrency`` requests in flight per store: latency is
 hidden by requests in flight, not by threads.
 
-Every range GET carries ``If-Match: <ETag seen at open>``, so a replaced object is refused by the server (412)
-instead of mixing two versions, and is checked for its exact length. Transient failures (5xx, resets, timeouts,
+Every range GET carries the version pinned at open as a precondition (``If-Match: <ETag>``, else
+``If-Unmodified-Since``), so a replaced object is refused by a server that honours it (412); every answer's ETag,
+Last-Modified and total size are checked against the pin too (:mod:`npyfeed.storage.versions`: some servers
+ignore preconditions), and its body for its exact length. Transient failures (5xx, resets, timeouts,
 bodies cut short by the network) are retried with jittered exponential backoff; a range is written to its own
 slice of the destination on every attempt, so a retry can never duplicate or drop a row.
 
@@ -23,16 +25,20 @@ import concurrent.futures
 import errno
 import os
 import random
+import re
+import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 from npyfeed.errors import ConfigError, ObjectChangedError
 from npyfeed.storage.request_stats import RequestStats
 from npyfeed.storage.urls import ObjectUrl, redact
+from npyfeed.storage.versions import ObjectVersion
 
 __all__ = ["ClientOptions", "RequestStats", "StoreClient", "get_client", "import_obstore"]
 
@@ -144,6 +150,14 @@ class StoreClient:
             options.setdefault("skip_signature", True)
             if base.startswith("http://"):
                 client_options.setdefault("allow_http", True)
+        ca_bundle = os.environ.get("AWS_CA_BUNDLE", "")
+        if url.scheme == "s3" and ca_bundle and "root_certificate" not in client_options:
+            # The AWS SDKs' variable: a PEM file of CAs to trust for S3 (added to the system's roots here).
+            try:
+                with open(ca_bundle, "rb") as f:
+                    client_options["root_certificate"] = f.read()
+            except OSError as e:
+                raise ConfigError(f"AWS_CA_BUNDLE={ca_bundle}: cannot read the CA bundle: {e.strerror}") from e
         client_options.setdefault("timeout", timedelta(seconds=self.options.timeout))
         client_options.setdefault("connect_timeout", timedelta(seconds=self.options.connect_timeout))
         if retry_config is None:
@@ -202,13 +216,19 @@ class StoreClient:
             self._semaphore = asyncio.Semaphore(self.options.max_concurrency)
         return self._semaphore
 
+    def path(self, key: str) -> str:
+        """The store path of ``key``: an HTTP URL's path is percent-encoded, and obstore encodes it again."""
+        return unquote(key) if self.url.scheme in ("http", "https") else key
+
     # -- metadata -----------------------------------------------------------------------------------------------
     def head(self, key: str) -> dict[str, Any]:
         """Size, ETag and modification time of ``key``; ``FileNotFoundError`` naming the URL if it is missing."""
         name = redact(self.url.with_key(key))
 
         async def go() -> Any:
-            return await self._bounded(self._obstore.head_async(self.store, key), name, "reading its metadata")
+            return await self._bounded(
+                self._obstore.head_async(self.store, self.path(key)), name, "reading its metadata"
+            )
 
         try:
             return dict(self.run(go))
@@ -235,17 +255,20 @@ class StoreClient:
             raise self._final_error(e, name, "cannot list the objects") from _shown(e)
 
     # -- data ---------------------------------------------------------------------------------------------------
-    def fetch(self, key: str, etag: str | None, ranges: Sequence[tuple[int, int]], sink: Callable[..., None]) -> None:
+    def fetch(
+        self, key: str, version: ObjectVersion, ranges: Sequence[tuple[int, int]], sink: Callable[..., None]
+    ) -> None:
         """Fetch the byte ranges ``[start, end)`` of ``key`` concurrently; ``sink(i, data)`` gets range ``i``'s
-        bytes (an exact-length buffer) on the loop thread, as each arrives. Raises the first failure."""
+        bytes (an exact-length buffer) on the loop thread, as each arrives, once the answer proved to be of
+        ``version``. Raises the first failure."""
         if not ranges:
             return
-        self.run(lambda: self.fetch_async(key, etag, ranges, sink))
+        self.run(lambda: self.fetch_async(key, version, ranges, sink))
 
     async def fetch_async(
-        self, key: str, etag: str | None, ranges: Sequence[tuple[int, int]], sink: Callable[..., None]
+        self, key: str, version: ObjectVersion, ranges: Sequence[tuple[int, int]], sink: Callable[..., None]
     ) -> None:
-        tasks = [asyncio.ensure_future(self._get(key, etag, i, a, b, sink)) for i, (a, b) in enumerate(ranges)]
+        tasks = [asyncio.ensure_future(self._get(key, version, i, a, b, sink)) for i, (a, b) in enumerate(ranges)]
         try:
             await asyncio.gather(*tasks)
         except BaseException:
@@ -254,11 +277,12 @@ class StoreClient:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
-    async def _get(self, key: str, etag: str | None, i: int, start: int, end: int, sink: Callable[..., None]) -> None:
+    async def _get(
+        self, key: str, version: ObjectVersion, i: int, start: int, end: int, sink: Callable[..., None]
+    ) -> None:
         name = redact(self.url.with_key(key))
-        options: dict[str, Any] = {"range": (start, end)}
-        if etag:
-            options["if_match"] = etag
+        path = self.path(key)
+        options: dict[str, Any] = {"range": (start, end), **version.preconditions()}
         delay = 0.05
         attempts, last = 0, None
         # The slot is held through retries and backoff, so the deadline counts this range's own time, not its wait
@@ -272,11 +296,12 @@ class StoreClient:
                         began = time.perf_counter()
                         self.stats.began()
                         try:
-                            result = await self._obstore.get_async(self.store, key, options=options)
+                            result = await self._obstore.get_async(self.store, path, options=options)
+                            # Before a byte is used: a server that ignored the precondition still says what it sent.
+                            version.check(name, result.meta)
                             data = await result.bytes_async()
                             if len(data) != end - start:
-                                # If-Match makes a changed object fail with 412; a short body of the same version
-                                # means the object is shorter than it said (or a server without ETags shrank it).
+                                # A short body of the same version: the object is shorter than it said.
                                 raise ObjectChangedError(
                                     f"{name}: the object ended early: asked for bytes [{start}, {end}), got "
                                     f"{len(data)} bytes (truncated or replaced since it was opened)"
@@ -333,8 +358,17 @@ class StoreClient:
         if "non-partial response" in str(e) or (isinstance(e, exc.NotSupportedError) and "Range" in str(e)):
             return OSError(
                 errno.EIO,
-                f"{name}: the server ignored the HTTP Range header (it answered the whole object to a ranged "
-                f"GET); npyfeed reads in place only from servers that honour Range ({text})",
+                f"{name}: the server answered a ranged GET with status 200 instead of 206 Partial Content (either "
+                "the whole object, or the asked range under a 200 status, as rclone's S3 server does); the "
+                f"object-store client (obstore) reads ranges only from 206 answers ({text})",
+            )
+        certificate = _certificate_problem(e)
+        if certificate:
+            return ssl.SSLCertVerificationError(
+                errno.EACCES,
+                f"{name}: {what}: the server's TLS certificate is not trusted ({certificate}); trust its CA with "
+                "storage_options={'client_options': {'root_certificate': <PEM text>}}, SSL_CERT_FILE, or for s3:// "
+                "AWS_CA_BUNDLE (docs/object-storage.md, TLS)",
             )
         status = _status(str(e))
         if status is not None and 400 <= status < 500 and status not in (408, 429):
@@ -349,6 +383,23 @@ def _status(message: str) -> int | None:
         return None
     digits = message[at + len(marker) : at + len(marker) + 3]
     return int(digits) if digits.isdigit() else None
+
+
+# rustls's verdict in obstore's error chain (its debug dump: "InvalidCertificate(\n UnknownIssuer,"), or a
+# native-tls / OpenSSL one.
+_CERTIFICATE = re.compile(
+    r"InvalidCertificate\(\s*(\w*)|certificate verify failed[^\n]*|invalid peer certificate[^\n]*"
+)
+
+
+def _certificate_problem(e: BaseException) -> str:
+    """What the TLS layer said about the server's certificate ("invalid certificate: UnknownIssuer"), or ""."""
+    match = _CERTIFICATE.search(str(e))
+    if match is None:
+        return ""
+    if match.group(0).startswith("Invalid"):
+        return f"invalid certificate: {match.group(1) or 'unknown reason'}"
+    return match.group(0).strip()
 
 
 def _first_line(e: BaseException) -> str:
@@ -373,9 +424,9 @@ def _shown(e: BaseException) -> BaseException:
 
 _clients: dict[tuple[int, str, str, str], StoreClient] = {}
 _clients_lock = threading.Lock()
-# Environment variables a store's configuration is read from (endpoint, region, credentials): a client made under
-# other values is another client, or a job that changes AWS_ENDPOINT_URL would keep talking to the old endpoint.
-_ENV_PREFIXES = ("AWS_", "GOOGLE_", "STORAGE_EMULATOR_HOST")
+# Environment variables a store's configuration is read from (endpoint, region, credentials, trusted CAs): a client
+# made under other values is another client, or a job that changes AWS_ENDPOINT_URL would keep talking to the old one.
+_ENV_PREFIXES = ("AWS_", "GOOGLE_", "STORAGE_EMULATOR_HOST", "SSL_CERT_")
 
 
 # The process that made the first client, and with it started obstore's runtime (its tokio threads).

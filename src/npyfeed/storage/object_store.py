@@ -1,7 +1,8 @@
 """An object in S3, GCS or behind HTTP(S) as :class:`~npyfeed.storage.Storage`: read in place by ranged GETs.
 
-``ObjectFile(url)`` asks for the object's size and ETag once (a HEAD, or the listing that found it), pins that
-version (every later GET carries ``If-Match``), and reads what NpyArray asks for:
+``ObjectFile(url)`` asks for the object's size, ETag and Last-Modified once (a HEAD, or the listing that found
+it) and pins that version: every later GET carries it as a precondition and its answer is checked against it
+(:mod:`npyfeed.storage.versions`). It reads what NpyArray asks for:
 
 - ``read_into``: one byte range (the header, a run of rows), split into ``request_bytes`` pieces fetched at once;
 - ``gather``: records (rows) at sorted indices, merged into requests across gaps under ``gap_bytes``
@@ -20,7 +21,6 @@ import concurrent.futures
 import functools
 import os
 import threading
-import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -35,6 +35,7 @@ from npyfeed.storage.cache.options import split_cache_options
 from npyfeed.storage.client import StoreClient, get_client
 from npyfeed.storage.ranges import plan_requests
 from npyfeed.storage.urls import match_key, parse_url, redact
+from npyfeed.storage.versions import ObjectVersion
 
 __all__ = ["ObjectFile", "glob_objects"]
 
@@ -43,7 +44,7 @@ _MIN_PREFETCH = 64 << 10
 
 
 class ObjectFile:
-    """The bytes of one remote object, pinned to the version (ETag, size) seen when it was opened."""
+    """The bytes of one remote object, pinned to the version (size, ETag or Last-Modified) seen when it was opened."""
 
     def __init__(
         self,
@@ -59,29 +60,22 @@ class ObjectFile:
         self._pid = os.getpid()
         self._client: StoreClient | None = get_client(self._url, self._store_options)
         info = meta if meta is not None else self.client.head(self._url.key)
-        self._size = int(info["size"])
-        self._etag: str | None = info.get("e_tag") or None
-        self._modified = info.get("last_modified")
+        self._version = ObjectVersion.from_meta(info)
+        self._size = self._version.size
         self._lock = threading.Lock()
         self.cache: CachedObject | None = None
         """The object's chunks in the local cache, when ``storage_options`` name a ``cache_dir``."""
-        if cache_options is not None:
-            if self._etag is None and self._modified is None:
-                warnings.warn(
-                    f"{self._name}: not cached: the server gives no ETag or Last-Modified, so a replaced object "
-                    "could not be told from the cached one",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-            else:
-                self.cache = CachedObject(
-                    chunk_directory(cache_options),
-                    self._name,
-                    self.version,
-                    self._size,
-                    self._fetch_ranges,
-                    self.options.request_bytes,
-                )
+        # Without a validator a replaced object of the same size could not be told from the cached one.
+        self._version.warn_if_undetectable(self._name, cached=cache_options is not None)
+        if cache_options is not None and self._version.detectable:
+            self.cache = CachedObject(
+                chunk_directory(cache_options),
+                self._name,
+                self.version,
+                self._size,
+                self._fetch_ranges,
+                self.options.request_bytes,
+            )
         # (start, end) -> Future[np.ndarray]: ranges fetched ahead of use, oldest first.
         self._ahead: OrderedDict[tuple[int, int], concurrent.futures.Future[np.ndarray]] = OrderedDict()
 
@@ -108,7 +102,7 @@ class ObjectFile:
 
     def _fetch_ranges(self, ranges: Sequence[tuple[int, int]], sink: Any) -> None:
         """Fetch byte ranges of this version of the object (for the chunk cache)."""
-        self.client.fetch(self._url.key, self._etag, ranges, sink)
+        self.client.fetch(self._url.key, self._version, ranges, sink)
 
     @property
     def name(self) -> str:
@@ -120,7 +114,7 @@ class ObjectFile:
 
     @property
     def version(self) -> tuple[int, str]:
-        return (self._size, self._etag or str(self._modified))
+        return (self._size, self._version.token)
 
     @property
     def options(self) -> Any:
@@ -143,7 +137,7 @@ class ObjectFile:
 
     @staticmethod
     def _describe(version: tuple[Any, ...]) -> str:
-        return f"{version[0]} bytes with ETag {version[1]}"
+        return f"{version[0]} bytes, version {version[1]}"
 
     def check(self) -> None:
         """Raise :class:`ObjectChangedError` if the object was deleted, resized or rewritten since it was opened."""
@@ -151,12 +145,7 @@ class ObjectFile:
             info = self.client.head(self._url.key)
         except FileNotFoundError as e:
             raise ObjectChangedError(f"{self._name}: the object was deleted since it was opened") from e
-        found = (int(info["size"]), info.get("e_tag") or str(info.get("last_modified")))
-        if found != self.version:
-            raise ObjectChangedError(
-                f"{self._name}: the object changed since it was opened: now {self._describe(found)}, "
-                f"expected {self._describe(self.version)}"
-            )
+        self._version.check(self._name, info)
 
     # -- reading ------------------------------------------------------------------------------------------------
     def _check_bounds(self, start: int, end: int) -> None:
@@ -177,7 +166,7 @@ class ObjectFile:
             a = pieces[i][0] - offset
             flat[a : a + len(data)] = np.frombuffer(data, np.uint8)
 
-        self.client.fetch(self._url.key, self._etag, pieces, sink)
+        self.client.fetch(self._url.key, self._version, pieces, sink)
 
     def gather(self, base: int, record_bytes: int, indices: np.ndarray, out: np.ndarray) -> None:
         n = int(indices.size)
@@ -254,7 +243,7 @@ class ObjectFile:
             if complete:
                 place(p, parts.pop(p))
 
-        self.client.fetch(self._url.key, self._etag, ranges, sink)
+        self.client.fetch(self._url.key, self._version, ranges, sink)
 
     # -- read-ahead ----------------------------------------------------------------------------------------------
     def will_need(self, ranges: Sequence[tuple[int, int]]) -> None:
@@ -298,7 +287,7 @@ class ObjectFile:
         def sink(_: int, data: Any) -> None:
             buffer[:] = np.frombuffer(data, np.uint8)
 
-        await self.client.fetch_async(self._url.key, self._etag, [(start, end)], sink)
+        await self.client.fetch_async(self._url.key, self._version, [(start, end)], sink)
         return buffer
 
     def _from_ahead(self, base: int, record_bytes: int, indices: np.ndarray, out2: np.ndarray) -> np.ndarray | None:
