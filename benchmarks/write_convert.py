@@ -130,20 +130,20 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copyfileobj(src_file, f, 8 << 20)
         steps: list[tuple[str, Any, Path, dict[str, Any]]] = [
             ("convert Fortran -> C", f_path, d / "from_f.npy", {}),
-            ("convert one file -> 256 MiB shards", c_path, d / "sh.npy", {"shard_bytes": 256 << 20}),
-            ("convert shards -> one file", str(d / "sh_*.npy"), d / "joined.npy", {}),
+            ("convert one file -> 256 MiB shards", c_path, d / "sh" / "sh.npy", {"shard_bytes": 256 << 20}),
+            ("convert shards -> one file", str(d / "sh" / "sh_*.npy"), d / "joined.npy", {}),
             ("convert .npz member (stored) -> .npy", f"{npz}:x", d / "from_npz.npy", {}),
         ]
         for name, src, dst, kwargs in steps:
-            files = sorted(d.glob("sh_*.npy")) if "*" in str(src) else [npz if ":" in str(src) else Path(src)]
+            files = sorted(d.glob("sh/sh_*.npy")) if "*" in str(src) else [npz if ":" in str(src) else Path(src)]
             reference = dd_copy(files)
             result = convert(src, dst, **kwargs)
             results.append((name, rate(result.seconds), reference, "dd copy"))
-            _check(dst if len(result.outputs) == 1 else d / "sh_*.npy", rows)
+            _check(dst if len(result.outputs) == 1 else d / "sh" / "sh_*.npy", rows)
         _check(d / "from_f.npy", rows, np.load(c_path, mmap_mode="r"))
     finally:
         for p in d.iterdir():
-            p.unlink()
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
 
     print(f"\n{args.size_gib:g} GiB of 1 KiB float32 rows in {d} (a shared machine: numbers disturbed)")
     print(f"cold sequential read (dd) of the written file: {read:,.0f} MB/s\n")

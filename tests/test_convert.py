@@ -112,10 +112,10 @@ def test_shards_to_one_file_and_back(tmp_path: Path) -> None:
     _same(tmp_path / "two.npy", expected)
 
     limit = 128 + 100 * 24  # header + 100 rows
-    result = convert(tmp_path / "one.npy", tmp_path / "out.npy", shard_bytes=limit, memory_bytes=1000)
+    result = convert(tmp_path / "one.npy", tmp_path / "out" / "out.npy", shard_bytes=limit, memory_bytes=1000)
     assert len(result.outputs) == 10 and [Path(p).name for p in result.outputs][:2] == ["out_000.npy", "out_001.npy"]
     assert all(Path(p).stat().st_size <= limit for p in result.outputs)
-    np.testing.assert_array_equal(npyfeed.open(str(tmp_path / "out_*.npy"))[:], expected)
+    np.testing.assert_array_equal(npyfeed.open(str(tmp_path / "out" / "out_*.npy"))[:], expected)
 
 
 def test_cast_follows_numpy_casting_rules(tmp_path: Path) -> None:
@@ -123,22 +123,56 @@ def test_cast_follows_numpy_casting_rules(tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", source)
     convert(tmp_path / "x.npy", tmp_path / "f4.npy", dtype="float32")
     _same(tmp_path / "f4.npy", source.astype(np.float32))
-    with pytest.raises(ConfigError, match=r"x\.npy: casting float64 to int16 .*casting='same_kind'.*unsafe"):
+    with pytest.raises(
+        ConfigError,
+        match=r"x\.npy: dtype=int16: rows of dtype float64 cannot be cast to int16 under "
+        r"casting='same_kind'.*--casting unsafe",
+    ):
         convert(tmp_path / "x.npy", tmp_path / "i2.npy", dtype="int16")
     assert not (tmp_path / "i2.npy").exists()
     convert(tmp_path / "x.npy", tmp_path / "i2.npy", dtype="int16", casting="unsafe")
     _same(tmp_path / "i2.npy", source.astype(np.int16))
-    with pytest.raises(ConfigError, match=r"casting float64 to float32 .*'safe'"):
+    with pytest.raises(ConfigError, match=r"float64 cannot be cast to float32 under casting='safe'"):
         convert(tmp_path / "x.npy", tmp_path / "s.npy", dtype="float32", casting="safe")
     with pytest.raises(ConfigError, match="not a NumPy dtype"):
         convert(tmp_path / "x.npy", tmp_path / "s.npy", dtype="floaty")
 
 
-def test_converting_a_file_onto_itself_is_atomic(tmp_path: Path) -> None:
+def test_narrowing_integer_casts_are_checked_value_by_value(tmp_path: Path) -> None:
+    source = np.arange(1000, dtype=np.int64).reshape(250, 4) - 500
+    np.save(tmp_path / "x.npy", source)
+    with pytest.raises(ConfigError, match=r"row 0 holds -500, which int8 cannot hold \(-128\.\.127\)"):
+        convert(tmp_path / "x.npy", tmp_path / "i1.npy", dtype="int8", memory_bytes=64)
+    np.save(tmp_path / "y.npy", source % 100)
+    np.save(tmp_path / "y.npy", np.concatenate([source[:200] % 100, source[200:]]))
+    with pytest.raises(ConfigError, match=r"row 200 holds 300, which int8"):  # found in a later block
+        convert(tmp_path / "y.npy", tmp_path / "i1.npy", dtype="int8", memory_bytes=64)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy", "y.npy"]
+    convert(tmp_path / "y.npy", tmp_path / "i2.npy", dtype="int16", memory_bytes=64)
+    _same(tmp_path / "i2.npy", np.load(tmp_path / "y.npy").astype(np.int16))
+    convert(tmp_path / "x.npy", tmp_path / "w.npy", dtype="int8", casting="unsafe")
+    _same(tmp_path / "w.npy", source.astype(np.int8))  # asked for: wrapped
+
+
+def test_an_output_that_is_one_of_the_inputs_is_refused(tmp_path: Path) -> None:
     source = _data((64, 8), "<f8")
-    np.save(tmp_path / "x.npy", np.asfortranarray(source))
-    convert(tmp_path / "x.npy", tmp_path / "x.npy", dtype="<f4", memory_bytes=256)
-    _same(tmp_path / "x.npy", source.astype("<f4"))
+    for i in range(3):
+        np.save(tmp_path / f"s_{i:03d}.npy", source[i * 20 : (i + 1) * 20])
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    (tmp_path / "link.npy").symlink_to(tmp_path / "s_001.npy")
+    (tmp_path / "hard.npy").hardlink_to(tmp_path / "s_002.npy")
+    cases = [
+        (str(tmp_path / "s_*.npy"), tmp_path / "s_000.npy"),  # the glob's first shard
+        ([tmp_path / "s_000.npy", tmp_path / "s_001.npy"], tmp_path / "link.npy"),  # through a symlink
+        (str(tmp_path / "s_*.npy"), tmp_path / "hard.npy"),  # the same inode under another name
+        (tmp_path / "s_000.npy", tmp_path / "s_000.npy"),  # in place
+    ]
+    for src, dest in cases:
+        with pytest.raises(ConfigError, match=rf"the output {dest} is one of the inputs"):
+            convert(src, dest, dtype="<f4")
+    assert main(["convert", str(tmp_path / "s_*.npy"), str(tmp_path / "s_000.npy")]) == 1
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("s_*.npy")} == before
+    assert len(npyfeed.open(str(tmp_path / "s_*.npy"))) == 60
 
 
 def test_cli_convert_and_inspect_advice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -157,9 +191,9 @@ def test_cli_convert_and_inspect_advice(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["inspect", str(tmp_path / "c.npy")]) == 0
     assert "advice" not in capsys.readouterr().out
 
-    assert main(["convert", str(tmp_path / "c.npy"), str(tmp_path / "s.npy"), "--shard-size", "0.5K"]) == 0
+    assert main(["convert", str(tmp_path / "c.npy"), str(tmp_path / "s" / "s.npy"), "--shard-size", "0.5K"]) == 0
     capsys.readouterr()
-    shards = sorted(str(p) for p in tmp_path.glob("s_*.npy"))
+    shards = sorted(str(p) for p in tmp_path.glob("s/s_*.npy"))
     assert len(shards) == 2
     assert main(["convert", *shards, str(tmp_path / "joined.npy")]) == 0
     _same(tmp_path / "joined.npy", source.astype("<f4"))

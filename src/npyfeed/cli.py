@@ -100,10 +100,15 @@ def _parser() -> argparse.ArgumentParser:
         "--casting",
         choices=["no", "equiv", "safe", "same_kind", "unsafe"],
         default="same_kind",
-        help="NumPy casting rule for --dtype (default same_kind: float64->float32 yes, float->int no)",
+        help="NumPy casting rule for --dtype (default same_kind: float64->float32 rounds, float->int refused, "
+        "narrowing ints checked value by value; unsafe: NumPy's unchecked astype)",
     )
     convert.add_argument(
-        "--shard-size", type=_size, default=None, metavar="SIZE", help="write DEST_000.npy... of at most SIZE (64M)"
+        "--shard-size",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help="write DEST_000.npy... of at most SIZE (64M) in DEST's directory, which must be new or empty",
     )
     convert.add_argument(
         "--memory", type=_size, default=64 << 20, metavar="SIZE", help="rows held in memory at once (default 64M)"

@@ -8,8 +8,13 @@ One function, :func:`convert`, reads a source block of rows at a time and writes
 - a member of an ``.npz`` archive (``data.npz:images``), stored or deflated -> ``.npy``, streamed through the
   decompressor (the zip CRC is checked at the end);
 - many shards (a glob or a list) -> one file, and any source -> shards (``shard_bytes``);
-- ``dtype`` casts while converting, with NumPy's casting rules: ``casting="same_kind"`` (the default) allows
-  float64 -> float32 but refuses float -> int; ``casting="unsafe"`` allows anything NumPy can cast.
+- ``dtype`` casts while converting, with NumPy's casting rules (see :mod:`npyfeed.casting`): ``casting="same_kind"``
+  (the default) rounds float64 -> float32, refuses float -> int, and checks every value of a narrowing integer
+  cast (int64 -> int8 is refused at the first value that does not fit, never wrapped); ``casting="unsafe"`` is
+  NumPy's unchecked ``astype``.
+
+The output is never one of the inputs (after glob expansion, through symlinks and hard links): writing it would
+change the data being read, and a glob read later would count the output too.
 
 >>> import numpy as np, tempfile, os
 >>> d = tempfile.mkdtemp()
@@ -35,10 +40,11 @@ from typing import IO, Any
 
 import numpy as np
 
+from npyfeed.casting import Casting, check_castable
 from npyfeed.errors import ConfigError, NpyFormatError
 from npyfeed.format import MAX_HEADER_SIZE, NpyHeader, header_size, parse_header
 from npyfeed.sources import NpyArray, RowSource
-from npyfeed.writer import Casting, NpyWriter
+from npyfeed.writer import NpyWriter
 
 __all__ = ["ConvertResult", "convert", "split_npz_spec"]
 
@@ -96,12 +102,14 @@ def convert(
     started = time.perf_counter()
     spec = split_npz_spec(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else None
     if spec is not None:
+        _refuse_overwriting_inputs([spec[0]], dest)
         return _convert_npz(spec, dest, dtype, casting, shard_bytes, memory_bytes, progress, max_header_size, started)
     from npyfeed.columns import open as open_source
 
     array = open_source(source if isinstance(source, (str, os.PathLike)) else [os.fspath(s) for s in source])
     if not isinstance(array, RowSource):
         raise ConfigError(f"convert reads one array (a path, glob or list of shards), not columns: {source!r}")
+    _refuse_overwriting_inputs(array.paths, dest)
     name = array.paths[0] if len(array.paths) == 1 else f"{array.paths[0]} (+{len(array.paths) - 1} shards)"
     out_dtype = _target_dtype(name, array.dtype, dtype, casting)
     fortran = isinstance(array, NpyArray) and array.fortran_order and array.ndim > 1
@@ -122,12 +130,26 @@ def _target_dtype(name: str, have: np.dtype[Any], want: Any, casting: Casting) -
         target: np.dtype[Any] = np.dtype(want)
     except TypeError as e:
         raise ConfigError(f"--dtype {want!r} is not a NumPy dtype ({e})") from e
-    if not np.can_cast(have, target, casting=casting):
-        raise ConfigError(
-            f"{name}: casting {have} to {target} is not allowed with casting={casting!r} (it can lose data); "
-            "pass casting='unsafe' (--casting unsafe) to cast anyway"
-        )
+    check_castable(have, target, casting, f"{name}: dtype={target}", "casting='unsafe' (--casting unsafe)")
     return target
+
+
+def _refuse_overwriting_inputs(inputs: Sequence[str], dest: str | os.PathLike[str]) -> None:
+    """Refuse a ``dest`` that is one of ``inputs`` (the same file, by name, symlink or hard link)."""
+    try:
+        out = Path(dest).stat()
+    except OSError:
+        return  # not there yet (or not reachable): it cannot be an input
+    for path in inputs:
+        try:
+            same = os.path.samestat(out, Path(path).stat())
+        except (OSError, ValueError):  # a URL, or gone: not a local file that dest could be
+            continue
+        if same:
+            raise ConfigError(
+                f"convert: the output {os.fspath(dest)} is one of the inputs ({path}); write to a new name (then "
+                "rename it, if you mean to replace the input)"
+            )
 
 
 def _block_rows(row_bytes: int, memory_bytes: int) -> int:

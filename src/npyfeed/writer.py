@@ -25,24 +25,24 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import struct
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from npyfeed.casting import CASTINGS, Casting, cast
 from npyfeed.errors import ConfigError, NpyFormatError
+from npyfeed.publish import Publish, with_path
 
-__all__ = ["PARTIAL_MAGIC", "NpyWriter", "describe_partial", "shard_paths"]
+__all__ = ["PARTIAL_MAGIC", "Casting", "NpyWriter", "describe_partial", "shard_paths"]
 
 PARTIAL_MAGIC = b"\x93NPYFEED"  # same length as "\x93NUMPY" + version: never a valid .npy prefix
 _ALIGN = 64  # numpy.lib.format.ARRAY_ALIGN: data starts on a 64-byte boundary
 _GROWTH_DIGITS = 21  # numpy.lib.format.GROWTH_AXIS_MAX_DIGITS: room for any int64 row count
 _LENGTH = {(1, 0): ("<H", "latin1"), (2, 0): ("<I", "latin1"), (3, 0): ("<I", "utf8")}
-Casting = Literal["no", "equiv", "safe", "same_kind", "unsafe"]
 
 
 def npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
@@ -119,47 +119,81 @@ def shard_paths(path: str | os.PathLike[str], count: int) -> list[str]:
     return [str(p.with_name(f"{p.stem}_{i:0{width}d}{p.suffix or '.npy'}")) for i in range(count)]
 
 
-class _Part:
-    """One temporary file being filled: the placeholder, then raw C-order rows."""
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        done = os.pwrite(fd, data, offset)  # short at a size limit; the next call raises EFBIG / ENOSPC
+        data, offset = data[done:], offset + done
 
-    def __init__(self, target: str, dtype: np.dtype[Any], row_shape: tuple[int, ...], header_bytes: int) -> None:
-        p = Path(target)
-        self.target = target
-        self.temp = str(p.with_name(f".{p.name}.{secrets.token_hex(4)}.partial"))
-        self.file = open(self.temp, "xb")  # noqa: SIM115 -- closed by finish() or discard()
-        self.file.write(_placeholder(header_bytes, target, dtype, row_shape))
-        self.file.flush()  # on disk at once: a writer killed before its first flush still left a telling file
+
+class _Part:
+    """One temporary file being filled: the placeholder, then raw C-order rows at offsets it computes itself.
+
+    Rows are written with ``pwrite`` at ``header + rows * row_bytes`` and nothing is buffered, so after a failed
+    write the file can be cut back to its last complete row (:meth:`truncate`) and the next write lands exactly.
+    """
+
+    def __init__(self, temp: str, target: str, writer: NpyWriter) -> None:
+        self.temp = temp
+        self.header_bytes = writer.header_bytes
+        self.row_bytes = writer.row_bytes
         self.rows = 0
+        self.fd = -1
+        try:
+            self.fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+            # On disk at once: a writer killed before its first rows still left a telling file.
+            placeholder = _placeholder(self.header_bytes, target, writer.dtype, writer.row_shape)
+            _pwrite_all(self.fd, memoryview(placeholder), 0)
+        except BaseException:
+            self.discard()
+            raise
+
+    def append(self, rows: np.ndarray) -> None:
+        if self.row_bytes:
+            data = memoryview(rows.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+            _pwrite_all(self.fd, data, self.header_bytes + self.rows * self.row_bytes)
+        self.rows += len(rows)
+
+    def truncate(self, rows: int) -> None:
+        """Cut the file back to ``rows`` complete rows."""
+        os.ftruncate(self.fd, self.header_bytes + rows * self.row_bytes)
+        self.rows = rows
 
     def finish(self, header: bytes) -> None:
-        f = self.file
-        f.flush()
-        if f.tell() < len(header):
-            raise NpyFormatError(f"{self.temp}: temporary shorter than its reserved header")
-        os.pwrite(f.fileno(), header, 0)
-        os.fsync(f.fileno())
-        f.close()
+        if len(header) != self.header_bytes:  # cannot happen by construction; never write a bad file
+            raise NpyFormatError(f"{self.temp}: header of {len(header)} bytes, {self.header_bytes} reserved")
+        _pwrite_all(self.fd, memoryview(header), 0)
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = -1
 
     def discard(self) -> None:
-        if not self.file.closed:
-            self.file.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
         Path(self.temp).unlink(missing_ok=True)
 
 
 class NpyWriter:
-    """Append rows to a new ``.npy`` file (or shards), put in place atomically at :meth:`close`.
+    """Append rows to a new ``.npy`` file (or shards), put in place atomically at :meth:`close`: right or absent.
 
     Args:
-        path: the target file. With ``shard_bytes``, the target names shards: ``x.npy`` gives ``x_000.npy``,
-            ``x_001.npy``, ... which ``npyfeed.open("x_*.npy")`` reads back as one array.
+        path: the target file. With ``shard_bytes``, the target names shards in its directory: ``out/x.npy``
+            gives ``out/x_000.npy``, ``out/x_001.npy``, ... which ``npyfeed.open("out/x_*.npy")`` reads back as
+            one array. That directory is published at close by one rename, so it must not exist yet (or be
+            empty): a glob over it sees every shard or none.
         dtype: the dtype of the file (any fixed-size NumPy dtype: structured, big-endian, ...).
         row_shape: the shape of one row (``()`` for a 1-d array).
         shard_bytes: the most bytes one shard file may hold, header included (``None``: one file).
-        casting: which casts :meth:`write` accepts from the rows it is given (NumPy's casting rules;
-            default ``"same_kind"``: float64 rows go into float32, floats never into ints).
+        casting: which casts :meth:`write` accepts from the rows it is given (NumPy's casting rules, see
+            :mod:`npyfeed.casting`). Unless ``"unsafe"``, a narrowing cast to an integer type checks that every
+            value fits (int64 300 is refused for int8, never wrapped); the default ``"same_kind"`` rounds
+            float64 rows into float32 and refuses floats for ints.
 
-    An exception inside ``with NpyWriter(...)`` (or :meth:`abort`) removes the temporaries and leaves the
-    target as it was. Shards are all renamed into place at close, so a crash never leaves a shorter glob.
+    :meth:`write` is all or nothing: when it fails (disk full, ``RLIMIT_FSIZE``, an interrupt), the temporary is
+    cut back to the rows before it, so retrying the same write is exact; if even that fails, the writer is
+    poisoned: every later call raises and the target is never created. Errors keep their ``OSError`` type and
+    errno and name the target. An exception inside ``with NpyWriter(...)`` (or :meth:`abort`) removes the
+    temporaries and leaves the target as it was.
     """
 
     def __init__(
@@ -172,6 +206,7 @@ class NpyWriter:
         casting: Casting = "same_kind",
     ) -> None:
         self.path = os.fspath(path)
+        self._closed = True  # until the temporaries exist: __del__ of a refused writer has nothing to remove
         try:
             self.dtype: np.dtype[Any] = np.dtype(dtype)
         except TypeError as e:
@@ -184,43 +219,47 @@ class NpyWriter:
         if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in shape):
             raise ConfigError(f"{self.path}: row_shape must be non-negative ints, got {row_shape!r}")
         self.row_shape: tuple[int, ...] = tuple(int(d) for d in shape)
-        if casting not in ("no", "equiv", "safe", "same_kind", "unsafe"):
-            raise ConfigError(f"casting must be one of no, equiv, safe, same_kind, unsafe; got {casting!r}")
+        if casting not in CASTINGS:
+            raise ConfigError(f"{self.path}: casting must be one of {', '.join(CASTINGS)}; got {casting!r}")
         self.casting: Casting = casting
         self.row_bytes = self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
-        self._header_bytes = len(npy_header(self.dtype, (0, *self.row_shape)))
+        self.header_bytes = len(npy_header(self.dtype, (0, *self.row_shape)))
+        """Bytes of every header this writer writes (fixed in advance, see the module docstring)."""
         self.shard_bytes = shard_bytes
         self._rows_per_part: int | None = None
         if shard_bytes is not None:
             if isinstance(shard_bytes, bool) or not isinstance(shard_bytes, (int, np.integer)) or shard_bytes < 1:
                 raise ConfigError(f"{self.path}: shard_bytes must be a positive int, got {shard_bytes!r}")
-            room = int(shard_bytes) - self._header_bytes
+            room = int(shard_bytes) - self.header_bytes
             if room < max(1, self.row_bytes):
                 raise ConfigError(
-                    f"{self.path}: shard_bytes={shard_bytes} cannot hold the {self._header_bytes}-byte header "
+                    f"{self.path}: shard_bytes={shard_bytes} cannot hold the {self.header_bytes}-byte header "
                     f"and one {self.row_bytes}-byte row"
                 )
             self._rows_per_part = room // self.row_bytes if self.row_bytes else None
-            stale = sorted(str(p) for p in _existing_shards(self.path))
-            if stale:
-                raise ConfigError(
-                    f"{self.path}: shards from an earlier run exist ({', '.join(stale[:3])}"
-                    f"{', ...' if len(stale) > 3 else ''}); remove them first, or a glob would mix two datasets"
-                )
-        self._parts: list[_Part] = []
-        self._done: list[_Part] = []
-        self._closed = False
         self.rows_written = 0
-        """Rows appended so far."""
+        """Rows appended so far (by writes that succeeded)."""
         self.outputs: tuple[str, ...] = ()
         """The files put in place by :meth:`close` (the target, or its shards in order)."""
-        self._parts.append(self._new_part())
+        self._parts: list[_Part] = []
+        self._failure: BaseException | None = None
+        self._publish = Publish(self.path, sharded=shard_bytes is not None)
+        self._closed = False
+        try:
+            self._parts.append(self._new_part())
+        except BaseException:
+            self.abort()
+            raise
 
     def _new_part(self) -> _Part:
-        return _Part(self.path, self.dtype, self.row_shape, self._header_bytes)
+        temp = self._publish.temp_name(len(self._parts))
+        try:
+            return _Part(temp, self.path, self)
+        except OSError as e:
+            raise with_path(e, self.path, f"creating the temporary file {temp}") from e
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
+        state = "failed" if self._failure else "closed" if self._closed else "open"
         return (
             f"NpyWriter({self.path!r}, dtype={self.dtype}, row_shape={self.row_shape}, "
             f"rows={self.rows_written}, {state})"
@@ -230,66 +269,107 @@ class NpyWriter:
     def closed(self) -> bool:
         return self._closed
 
-    def write(self, rows: Any) -> None:
-        """Append a batch of rows (an array of shape ``(n, *row_shape)``; ``n`` may be 0)."""
+    def _check_usable(self, call: str) -> None:
+        failure = self._failure
+        if failure is not None:
+            what = (
+                f"{call}: an earlier write failed ({type(failure).__name__}: {failure}) and could not be rolled "
+                "back, so the writer was aborted and the target is never created"
+            )
+            if isinstance(failure, OSError):
+                raise with_path(failure, self.path, what) from failure
+            raise ConfigError(f"{self.path}: {what}") from failure
         if self._closed:
-            raise ConfigError(f"{self.path}: write() after close() or abort()")
+            raise ConfigError(f"{self.path}: {call} after close() or abort()")
+
+    def write(self, rows: Any) -> None:
+        """Append a batch of rows (an array of shape ``(n, *row_shape)``; ``n`` may be 0): all or nothing."""
+        self._check_usable("write()")
         array = rows if isinstance(rows, np.ndarray) else np.asarray(rows)
         if array.shape[1:] != self.row_shape or array.ndim != len(self.row_shape) + 1:
             raise ConfigError(
                 f"{self.path}: write() got an array of shape {array.shape}, expected (n, *row_shape) with "
                 f"row_shape {self.row_shape}"
             )
-        if array.dtype != self.dtype and not np.can_cast(array.dtype, self.dtype, casting=self.casting):
-            raise ConfigError(
-                f"{self.path}: write() got rows of dtype {array.dtype}, which cannot be cast to the file's "
-                f"dtype {self.dtype} with casting={self.casting!r}"
-            )
-        data = np.ascontiguousarray(array, dtype=self.dtype)
+        data = cast(array, self.dtype, self.casting, f"{self.path}: write()", self.rows_written)
+        parts, last_rows, rows_before = len(self._parts), self._parts[-1].rows, self.rows_written
+        try:
+            self._append(data)
+        except BaseException as e:
+            rows = f"rows {rows_before}..{rows_before + len(data) - 1}"
+            undone = self._roll_back(parts, last_rows, rows_before, e)
+            if undone is not None:
+                what = (
+                    f"writing {rows}; rolling back to the {rows_before} rows before failed too ({undone}), so the "
+                    "writer was aborted and the target is never created"
+                )
+            else:
+                what = (
+                    f"writing {rows}; rolled back to the {rows_before} rows before, so the same write() can be retried"
+                )
+            if isinstance(e, OSError):
+                raise with_path(e, self.path, what) from e
+            e.add_note(f"{self.path}: {what}")
+            raise
+
+    def _append(self, data: np.ndarray) -> None:
         start = 0
         while start < len(data):
             part = self._parts[-1]
             take = len(data) - start
             if self._rows_per_part is not None:
                 if part.rows == self._rows_per_part:
-                    self._done.append(self._parts.pop())
                     self._parts.append(self._new_part())
                     continue
                 take = min(take, self._rows_per_part - part.rows)
-            chunk = data[start : start + take]
-            if self.row_bytes:
-                part.file.write(chunk.reshape(-1).view(np.uint8).data)
-            part.rows += take
+            part.append(data[start : start + take])
             start += take
             self.rows_written += take
 
-    def close(self) -> None:
-        """Write the header(s), fsync, and rename into place; the writer cannot be used afterwards."""
-        if self._closed:
-            return
-        parts = self._done + self._parts
-        self._closed = True
+    def _roll_back(self, parts: int, last_rows: int, rows_before: int, error: BaseException) -> BaseException | None:
+        """Undo a failed write: drop the parts it started, cut the one it continued; else poison the writer.
+
+        Returns what made the roll-back fail (the writer is then aborted), ``None`` when it worked.
+        """
         try:
-            for part in parts:
-                header = npy_header(self.dtype, (part.rows, *self.row_shape))
-                if len(header) != self._header_bytes:  # cannot happen by construction; never write a bad file
-                    raise NpyFormatError(f"{self.path}: header length changed from {self._header_bytes} bytes")
-                part.finish(header)
-            targets = [self.path] if self.shard_bytes is None else shard_paths(self.path, len(parts))
-            for part, target in zip(parts, targets, strict=True):
-                Path(part.temp).replace(target)
-            self.outputs = tuple(targets)
+            while len(self._parts) > parts:
+                self._parts.pop().discard()
+            self._parts[-1].truncate(last_rows)
+            self.rows_written = rows_before
+        except BaseException as e:
+            self._failure = error
+            self.abort()
+            return e
+        return None
+
+    def close(self) -> None:
+        """Write the header(s), fsync, and publish with one rename; the writer cannot be used afterwards.
+
+        Raises (and removes the temporaries, creating nothing) if the writer failed earlier or anything here fails.
+        """
+        if self._closed and self._failure is None:
+            return
+        try:
+            self._check_usable("close()")
+            self._closed = True
+            for part in self._parts:
+                part.finish(npy_header(self.dtype, (part.rows, *self.row_shape)))
+            self.outputs = self._publish.publish([p.temp for p in self._parts])
+        except OSError as e:
+            self.abort()
+            if e.filename is not None:
+                raise
+            raise with_path(e, self.path, "closing: nothing was published") from e
         except BaseException:
-            for part in parts:
-                part.discard()
+            self.abort()
             raise
-        _fsync_dir(self.path)
 
     def abort(self) -> None:
         """Remove the temporary file(s); the target is left as it was. Safe to call more than once."""
         self._closed = True
-        for part in self._done + self._parts:
+        for part in self._parts:
             part.discard()
+        self._publish.discard()
 
     def __enter__(self) -> NpyWriter:
         return self
@@ -306,22 +386,3 @@ class NpyWriter:
         # Never put an unclosed file in place; a forgotten writer leaves no temporary behind either.
         if not getattr(self, "_closed", True):
             self.abort()
-
-
-def _existing_shards(path: str) -> list[Path]:
-    p = Path(path)
-    pattern = re.compile(re.escape(p.stem) + r"_\d{3,}" + re.escape(p.suffix or ".npy"))
-    parent = p.parent if str(p.parent) else Path()
-    try:
-        return [q for q in parent.iterdir() if pattern.fullmatch(q.name)]
-    except FileNotFoundError:
-        return []
-
-
-def _fsync_dir(path: str) -> None:
-    """Make the renames durable: the directory entry is what a crash could lose."""
-    fd = os.open(Path(path).absolute().parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
