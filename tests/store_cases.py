@@ -15,7 +15,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 import npyfeed
-from test_properties import arrays, check_key, row_keys, write
+from npy_cases import arrays, check_key, row_keys, write
 
 Put = Callable[[str, "bytes | np.ndarray"], str]
 

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from npyfeed import ConfigError, Loader
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> str:
-    p = tmp_path / "y.npy"
-    np.save(p, np.arange(1000, dtype=np.int64))
-    return str(p)
 
 
 @pytest.mark.parametrize(
@@ -43,16 +35,16 @@ def path(tmp_path: Path) -> str:
         ({"shard": (np.int64(5), np.int64(101))}, "shard count 101 is more than the 100 batches"),
     ],
 )
-def test_bad_arguments_raise_config_error_at_construction(path: str, kwargs: dict[str, Any], message: str) -> None:
+def test_bad_arguments_raise_config_error_at_construction(ids_path: str, kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        Loader(path, batch_size=10, **kwargs)
+        Loader(ids_path, batch_size=10, **kwargs)
 
 
-def test_numpy_ints_and_bools_are_accepted_like_python_ones(path: str) -> None:
-    a = Loader(path, batch_size=np.int64(10), epoch=np.int64(3), seed=np.uint32(7), shuffle=np.bool_(True),
+def test_numpy_ints_and_bools_are_accepted_like_python_ones(ids_path: str) -> None:
+    a = Loader(ids_path, batch_size=np.int64(10), epoch=np.int64(3), seed=np.uint32(7), shuffle=np.bool_(True),
                drop_remainder=np.bool_(False), io_hints=np.bool_(False), prefetch=np.int32(4),
                shard=(np.int64(1), np.int64(2)))  # fmt: skip
-    b = Loader(path, batch_size=10, epoch=3, seed=7, shuffle=True, drop_remainder=False, io_hints=False, prefetch=4,
+    b = Loader(ids_path, batch_size=10, epoch=3, seed=7, shuffle=True, drop_remainder=False, io_hints=False, prefetch=4,
                shard=(1, 2))  # fmt: skip
     assert a.epoch == b.epoch == 3 and type(a.epoch) is int and a.seed == b.seed == 7
     assert a.drop_remainder is False and a.io_hints is False and a.shard == b.shard
@@ -60,29 +52,29 @@ def test_numpy_ints_and_bools_are_accepted_like_python_ones(path: str) -> None:
         np.testing.assert_array_equal(x, y)
 
 
-def test_as_many_shards_as_batches_is_fine(path: str) -> None:
-    loaders = [Loader(path, batch_size=10, shard=(i, 100)) for i in range(100)]
+def test_as_many_shards_as_batches_is_fine(ids_path: str) -> None:
+    loaders = [Loader(ids_path, batch_size=10, shard=(i, 100)) for i in range(100)]
     assert all(len(loader) == 1 for loader in loaders)
     assert sorted(np.concatenate([next(iter(loader)) for loader in loaders]).tolist()) == list(range(1000))
 
 
 @pytest.mark.parametrize("batches_per_read", ["many", "one"])
 def test_a_transform_returning_other_rows_fails_at_the_first_batch(
-    path: str, batches_per_read: str, monkeypatch: pytest.MonkeyPatch
+    ids_path: str, batches_per_read: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if batches_per_read == "one":
         monkeypatch.setattr("npyfeed.loader._READ_BYTES", 1)
-    loader = Loader(path, batch_size=10, transform=lambda b: b[b % 2 == 0])
+    loader = Loader(ids_path, batch_size=10, transform=lambda b: b[b % 2 == 0])
     with pytest.raises(
-        ConfigError, match=r"transform returned 5 rows for batch 0 of epoch 0 \(.*y\.npy\), expected 10"
+        ConfigError, match=r"transform returned 5 rows for batch 0 of epoch 0 \(.*ids\.npy\), expected 10"
     ):
         next(iter(loader))
-    dict_loader = Loader((path, path), batch_size=10, transform=lambda b: {"x": b[0], "y": b[1][:3]})
+    dict_loader = Loader((ids_path, ids_path), batch_size=10, transform=lambda b: {"x": b[0], "y": b[1][:3]})
     with pytest.raises(ConfigError, match="transform returned 3 rows for batch 0"):
         next(iter(dict_loader))
 
 
-def test_a_transform_may_change_everything_but_the_rows(path: str) -> None:
-    loader = Loader(path, batch_size=10, transform=lambda b: {"x": b[:, None] * 2.0, "n": np.float32(len(b))})
+def test_a_transform_may_change_everything_but_the_rows(ids_path: str) -> None:
+    loader = Loader(ids_path, batch_size=10, transform=lambda b: {"x": b[:, None] * 2.0, "n": np.float32(len(b))})
     first = next(iter(loader))
     assert first["x"].shape == (10, 1) and first["n"] == 10

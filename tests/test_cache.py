@@ -27,11 +27,11 @@ from hypothesis import strategies as st
 pytest.importorskip("obstore")
 
 import npyfeed
+from npy_cases import arrays, check_key, row_keys, write
 from npyfeed.errors import ConfigError, ObjectChangedError
 from npyfeed.storage.cache.directory import TRAILER, ChunkDirectory
 from npyfeed.storage.cache.options import CacheOptions, parse_size, split_cache_options
 from servers import FaultProxy, MotoS3, RangeServer, environment
-from test_properties import arrays, check_key, row_keys, write
 
 TESTS = Path(__file__).parent
 
@@ -255,10 +255,10 @@ def test_damaged_chunk_files_are_detected_and_fetched_again(served: tuple[RangeS
     assert server.requests - before == 1
 
 
-def test_s3_epochs_from_the_cache(tmp_path: Path) -> None:
-    pytest.importorskip("moto")
+def test_s3_epochs_from_the_cache(moto_server: MotoS3, tmp_path: Path) -> None:
     x = np.random.default_rng(6).standard_normal((5000, 6)).astype(np.float32)
-    with MotoS3() as s3, environment(s3.env):
+    with environment(moto_server.env):
+        s3 = moto_server
         s3.client().create_bucket(Bucket="cache-test")
         s3.client().put_object(Bucket="cache-test", Key="x.npy", Body=_npy(x))
         url = "s3://cache-test/x.npy"

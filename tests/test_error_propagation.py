@@ -7,7 +7,6 @@ and the loader (and the Keras PyDataset) can be used again afterwards.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,13 +15,6 @@ import pytest
 from npyfeed import Loader, WorkerError
 
 N, BATCH, BAD = 1000, 10, 5  # batch 5 holds rows 50..59
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> str:
-    p = tmp_path / "ids.npy"
-    np.save(p, np.arange(N, dtype=np.int64))
-    return str(p)
 
 
 class FailOnce:
@@ -39,12 +31,12 @@ class FailOnce:
 
 
 class FailingRows:
-    """A row source over ``path`` whose reads touching rows 50..59 fail once (an I/O error, say)."""
+    """A row source over ``ids_path`` whose reads touching rows 50..59 fail once (an I/O error, say)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, ids_path: str) -> None:
         import npyfeed
 
-        self.inner = npyfeed.open(path)
+        self.inner = npyfeed.open(ids_path)
         self.failed = False
 
     shape = property(lambda self: self.inner.shape)
@@ -79,8 +71,8 @@ def expect(error: BaseException, cause: type[BaseException], stage: str) -> None
     assert getattr(error, "batch", None) == BAD and getattr(error, "epoch", None) == 0
 
 
-def test_numpy_iterator_gets_good_batches_then_the_transform_error(path: str) -> None:
-    loader = Loader(path, BATCH, transform=FailOnce())
+def test_numpy_iterator_gets_good_batches_then_the_transform_error(ids_path: str) -> None:
+    loader = Loader(ids_path, BATCH, transform=FailOnce())
     assert loader.batches_per_read > BAD + 1
     got = []
     with pytest.raises(WorkerError) as info:
@@ -92,7 +84,7 @@ def test_numpy_iterator_gets_good_batches_then_the_transform_error(path: str) ->
     # Usable again: the state points at the failed batch, and a resumed loader reads the rest exactly.
     state = loader.get_state()
     assert (state["epoch"], state["position"]) == (0, BAD * BATCH)
-    again = Loader(path, BATCH, transform=FailOnce())
+    again = Loader(ids_path, BATCH, transform=FailOnce())
     again.transform.failed = True  # type: ignore[union-attr]
     again.set_state(state)
     rest = np.concatenate(list(again))
@@ -100,8 +92,8 @@ def test_numpy_iterator_gets_good_batches_then_the_transform_error(path: str) ->
     np.testing.assert_array_equal(np.concatenate(list(loader)), np.arange(N))  # the next epoch, whole
 
 
-def test_numpy_iterator_gets_good_batches_then_the_read_error(path: str) -> None:
-    loader = Loader(FailingRows(path), BATCH)
+def test_numpy_iterator_gets_good_batches_then_the_read_error(ids_path: str) -> None:
+    loader = Loader(FailingRows(ids_path), BATCH)
     got = []
     with pytest.raises(WorkerError) as info:
         for batch in loader:
@@ -112,16 +104,16 @@ def test_numpy_iterator_gets_good_batches_then_the_read_error(path: str) -> None
     np.testing.assert_array_equal(np.concatenate(list(loader)), np.arange(N))
 
 
-def test_read_batches_names_the_failed_batch(path: str) -> None:
-    loader = Loader(path, BATCH, transform=FailOnce())
+def test_read_batches_names_the_failed_batch(ids_path: str) -> None:
+    loader = Loader(ids_path, BATCH, transform=FailOnce())
     with pytest.raises(WorkerError) as info:
         loader.read_batches(0, 0, 20)
     expect(info.value, ZeroDivisionError, "transform")
 
 
-def test_keras_pydataset_fails_at_the_failed_index_and_serves_it_again(path: str) -> None:
+def test_keras_pydataset_fails_at_the_failed_index_and_serves_it_again(ids_path: str) -> None:
     pytest.importorskip("keras")
-    ds = Loader(path, BATCH, transform=FailOnce()).to_keras()
+    ds = Loader(ids_path, BATCH, transform=FailOnce()).to_keras()
     ds.on_epoch_begin()
     for i in range(BAD):
         assert ds[i][0] == i * BATCH
@@ -135,9 +127,9 @@ def test_keras_pydataset_fails_at_the_failed_index_and_serves_it_again(path: str
     ds.close()
 
 
-def test_torch_dataloader_gets_good_batches_then_the_error(path: str) -> None:
+def test_torch_dataloader_gets_good_batches_then_the_error(ids_path: str) -> None:
     torch = pytest.importorskip("torch")
-    data = torch.utils.data.DataLoader(Loader(path, BATCH, transform=FailOnce()).to_torch(), batch_size=None)
+    data = torch.utils.data.DataLoader(Loader(ids_path, BATCH, transform=FailOnce()).to_torch(), batch_size=None)
     got = []
     with pytest.raises(WorkerError) as info:
         for batch in data:

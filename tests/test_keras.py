@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,14 +22,6 @@ from npyfeed.keras_dataset import to_keras  # noqa: E402
 N = 53  # 6 batches of 10, the last one partial
 
 
-@pytest.fixture
-def files(tmp_path: Path) -> dict[str, str]:
-    paths = {"x": str(tmp_path / "x.npy"), "ids": str(tmp_path / "ids.npy")}
-    np.save(paths["x"], (np.arange(N)[:, None] * 10.0 + np.arange(3)).astype(">f4"))  # big-endian on purpose
-    np.save(paths["ids"], np.arange(N, dtype=np.int64))
-    return paths
-
-
 def loader_epoch(loader: npyfeed.Loader, epoch: int) -> list[list[int]]:
     return [loader.read_batch(epoch, i)[1].tolist() for i in range(len(loader))]
 
@@ -44,7 +35,7 @@ def keras_epoch(dataset: Any, order: list[int] | None = None) -> list[list[int]]
 
 
 def test_epochs_follow_the_loader(files: dict[str, str]) -> None:
-    loader = npyfeed.Loader((files["x"], files["ids"]), batch_size=10, shuffle=True, seed=2)
+    loader = npyfeed.Loader((files["big"], files["ids"]), batch_size=10, shuffle=True, seed=2)
     dataset = to_keras(loader)
     assert isinstance(dataset, keras.utils.PyDataset)
     assert len(dataset) == dataset.num_batches == len(loader) == 6
@@ -54,19 +45,19 @@ def test_epochs_follow_the_loader(files: dict[str, str]) -> None:
 
 
 def test_batches_are_native_and_exact(files: dict[str, str]) -> None:
-    loader = npyfeed.Loader((files["x"], files["ids"]), batch_size=10, shuffle=True, seed=2)
+    loader = npyfeed.Loader((files["big"], files["ids"]), batch_size=10, shuffle=True, seed=2)
     dataset = to_keras(loader)
     dataset.on_epoch_begin()
     for i in range(len(dataset)):
         x, ids = dataset[i]
         assert x.dtype == np.dtype("<f4")
-        np.testing.assert_array_equal(x, np.load(files["x"])[ids])
+        np.testing.assert_array_equal(x, np.load(files["big"])[ids])
     dataset.on_epoch_end()
 
 
 def test_a_build_probe_does_not_consume_an_epoch(files: dict[str, str]) -> None:
     """Keras on JAX/PyTorch runs begin, batch 0, end to build the model; on TF it probes batches outside epochs."""
-    loader = npyfeed.Loader((files["x"], files["ids"]), batch_size=10, shuffle=True, seed=2, epoch=4)
+    loader = npyfeed.Loader((files["big"], files["ids"]), batch_size=10, shuffle=True, seed=2, epoch=4)
     dataset = to_keras(loader)
     assert dataset[1][1].tolist() == loader_epoch(loader, 4)[1]  # outside an epoch: read, not counted
     dataset.on_epoch_begin()
@@ -77,7 +68,7 @@ def test_a_build_probe_does_not_consume_an_epoch(files: dict[str, str]) -> None:
 
 
 def test_out_of_order_access_warns_once_and_stays_exact(files: dict[str, str]) -> None:
-    loader = npyfeed.Loader((files["x"], files["ids"]), batch_size=10, shuffle=True, seed=2)
+    loader = npyfeed.Loader((files["big"], files["ids"]), batch_size=10, shuffle=True, seed=2)
     dataset = to_keras(loader, start_epoch=1)
     with pytest.warns(UserWarning, match="shuffle=False"):
         assert keras_epoch(dataset, order=[3, 0, 5, 1, 4, 2]) == loader_epoch(loader, 1)
@@ -113,7 +104,7 @@ class Record(keras.layers.Layer):
             seen.append(keras.ops.convert_to_numpy(ids).tolist())
         return keras.ops.zeros_like(keras.ops.cast(ids, "float32"))[:, None]
 
-x_in, id_in = keras.Input((3,), name="x"), keras.Input((), name="id", dtype="int64")
+x_in, id_in = keras.Input((4,), name="x"), keras.Input((), name="id", dtype="int64")
 model = keras.Model({"x": x_in, "id": id_in}, keras.layers.Dense(1)(x_in) + Record()(id_in))
 model.compile("sgd", "mse", run_eagerly=True)
 steps = []
@@ -136,7 +127,7 @@ def test_model_fit_sees_the_loaders_epochs(files: dict[str, str], backend: str) 
     if backend != "tensorflow":
         pytest.importorskip(backend)
     env = {**os.environ, "KERAS_BACKEND": backend}
-    cmd = [sys.executable, "-c", textwrap.dedent(FIT_SCRIPT), files["x"], files["ids"], str(N)]
+    cmd = [sys.executable, "-c", textwrap.dedent(FIT_SCRIPT), files["big"], files["ids"], str(N)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, timeout=300).stdout
     result = json.loads(out.strip().splitlines()[-1])
     assert result["backend"] == backend

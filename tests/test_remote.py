@@ -12,7 +12,6 @@ import itertools
 import pickle
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +33,9 @@ from store_cases import glob_columns_and_shuffled_epochs, npy_bytes, reads_match
 BUCKET = "npyfeed-test"
 
 
-@pytest.fixture(scope="module")
-def s3() -> Iterator[MotoS3]:
-    with MotoS3() as server, environment(server.env):
-        server.client().create_bucket(Bucket=BUCKET)
-        yield server
+@pytest.fixture(scope="module", autouse=True)
+def bucket(s3: MotoS3) -> None:
+    s3.client().create_bucket(Bucket=BUCKET)
 
 
 def upload(s3: MotoS3, key: str, data: bytes | np.ndarray) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +15,15 @@ pytest.importorskip("moto")
 
 import npyfeed
 from npyfeed.errors import ConfigError
-from servers import MotoS3, environment
+from servers import MotoS3
 
 BUCKET = "npyfeed-order"
 ROWS, COLS = 20_000, 64  # 256-byte rows, 5 MiB: several local blocks, one remote block
 
 
-@pytest.fixture(scope="module")
-def s3() -> Iterator[MotoS3]:
-    with MotoS3() as server, environment(server.env):
-        server.client().create_bucket(Bucket=BUCKET)
-        yield server
+@pytest.fixture(scope="module", autouse=True)
+def bucket(s3: MotoS3) -> None:
+    s3.client().create_bucket(Bucket=BUCKET)
 
 
 @pytest.fixture(scope="module")

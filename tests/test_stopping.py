@@ -22,13 +22,7 @@ import pytest
 from npyfeed import Loader
 
 SLOW = 0.05
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> str:
-    p = tmp_path / "ids.npy"
-    np.save(p, np.arange(20_000, dtype=np.int64))
-    return str(p)
+N = 20_000  # rows of ids.npy
 
 
 class Counting:
@@ -57,9 +51,9 @@ def settles(transform: Counting, within: float) -> int:
 
 
 @pytest.mark.parametrize("how", ["break", "del", "gc", "close"])
-def test_background_work_stops_when_the_consumer_leaves(path: str, how: str) -> None:
+def test_background_work_stops_when_the_consumer_leaves(ids_path: str, how: str) -> None:
     transform = Counting(SLOW)
-    loader = Loader(path, batch_size=10, transform=transform, num_threads=2)
+    loader = Loader(ids_path, batch_size=10, transform=transform, num_threads=2)
     assert loader.batches_per_read == 64
     it = iter(loader)
     for _ in range(3):
@@ -108,11 +102,14 @@ CHILD = textwrap.dedent(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["exit", "sigint"])
-def test_exit_and_ctrl_c_mid_epoch_do_not_wait_for_whole_read_tasks(path: str, how: str) -> None:
+def test_exit_and_ctrl_c_mid_epoch_do_not_wait_for_whole_read_tasks(ids_path: str, how: str) -> None:
     delay = 0.1
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     with subprocess.Popen(
-        [sys.executable, "-c", CHILD, path, str(delay), how], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        [sys.executable, "-c", CHILD, ids_path, str(delay), how],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
     ) as child:
         try:
             assert child.stdout is not None and child.stderr is not None
@@ -141,11 +138,16 @@ def rss_anon() -> int:
     return 0
 
 
+def npyfeed_threads_since(before: set[threading.Thread]) -> list[threading.Thread]:
+    """npyfeed's threads (named ``npyfeed*``) started since ``before`` and still alive: never other tests' threads."""
+    return [t for t in threading.enumerate() if t.name.startswith("npyfeed") and t not in before]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_1000_partially_consumed_epochs_leak_no_threads_and_no_memory(path: str, shuffle: bool) -> None:
-    start = threading.active_count()
-    loader = Loader(path, batch_size=16, shuffle=shuffle, seed=0)
+def test_1000_partially_consumed_epochs_leak_no_threads_and_no_memory(ids_path: str, shuffle: bool) -> None:
+    before = set(threading.enumerate())  # threads of earlier tests may end meanwhile: only new ones count
+    loader = Loader(ids_path, batch_size=16, shuffle=shuffle, seed=0)
 
     def partial_epochs(count: int) -> None:
         for epoch in range(count):
@@ -157,16 +159,19 @@ def test_1000_partially_consumed_epochs_leak_no_threads_and_no_memory(path: str,
     partial_epochs(50)  # the pool's threads, buffers and allocator arenas reach their steady state
     gc.collect()
     time.sleep(0.3)
-    threads, anon = threading.active_count(), rss_anon()
+    threads, anon = len(npyfeed_threads_since(before)), rss_anon()
     partial_epochs(1000)
     gc.collect()
     time.sleep(0.3)
     grown = rss_anon() - anon
-    print(f"\nthreads {threads} -> {threading.active_count()}, anonymous memory {grown / 2**20:+.1f} MiB")
+    now = len(npyfeed_threads_since(before))
+    print(f"\nnpyfeed threads {threads} -> {now}, anonymous memory {grown / 2**20:+.1f} MiB")
     # The pool starts a thread per read until it has io_threads; none more, however many epochs were left.
-    assert threading.active_count() <= max(threads, start + loader.io_threads)
+    assert now <= max(threads, loader.io_threads)
     assert grown < 8 << 20, f"anonymous memory grew by {grown >> 20} MiB over 1000 partial epochs"
     assert loader.epoch == 1050
     loader.close()
-    time.sleep(0.2)
-    assert threading.active_count() == start
+    deadline = time.monotonic() + 10  # close() asks the pool's threads to end; they end within a read
+    while npyfeed_threads_since(before) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert npyfeed_threads_since(before) == []

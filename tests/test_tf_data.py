@@ -26,20 +26,6 @@ N = 103  # rows: 11 batches of 10, the last one partial
 ROW = (4,)
 
 
-@pytest.fixture
-def files(tmp_path: Path) -> dict[str, str]:
-    """x: float32 rows whose values encode the row id; ids: int64 row ids; w: float32 weights; big: big-endian x."""
-    x = np.arange(N)[:, None] * 10.0 + np.arange(ROW[0])
-    paths = {name: str(tmp_path / f"{name}.npy") for name in ("x", "ids", "w", "big", "img", "wide")}
-    np.save(paths["x"], x.astype("<f4"))
-    np.save(paths["ids"], np.arange(N, dtype=np.int64))
-    np.save(paths["w"], np.linspace(0.5, 1.5, N, dtype=np.float32))
-    np.save(paths["big"], x.astype(">f4"))
-    np.save(paths["img"], (np.arange(N * 6) % 256).astype(np.uint8).reshape(N, 2, 3))
-    np.save(paths["wide"], np.ones((N, 1024), np.float32))  # 4 KiB rows: 40 KiB batches
-    return paths
-
-
 def ids_of(batch: object) -> list[int]:
     """Row ids of one batch (tuple source ``(x, ids)``), from TF or NumPy."""
     ids = batch[1]  # type: ignore[index]

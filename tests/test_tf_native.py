@@ -14,6 +14,7 @@ tf = pytest.importorskip("tensorflow")
 
 import npyfeed  # noqa: E402
 from npyfeed.errors import ConfigError  # noqa: E402
+from servers import MotoS3, environment  # noqa: E402
 
 N = 303
 
@@ -167,15 +168,13 @@ def test_native_small_reads_across_files(
         assert_identical(loader, loader.to_tf_dataset(native=True, epochs=2), [0, 1])
 
 
-def test_native_s3_needs_tensorflow_io(tmp_path: Path) -> None:
+def test_native_s3_needs_tensorflow_io(moto_server: MotoS3, tmp_path: Path) -> None:
     """An s3:// file: a ConfigError naming the URL and tensorflow-io when TF has no s3 file system, else it builds."""
     pytest.importorskip("obstore")
-    pytest.importorskip("moto")
-    from servers import MotoS3, environment
-
     body = tmp_path / "x.npy"
     np.save(body, np.arange(40, dtype=np.int64))
-    with MotoS3() as s3, environment(s3.env):
+    with environment(moto_server.env):
+        s3 = moto_server
         s3.client().create_bucket(Bucket="npyfeed-native")
         s3.client().put_object(Bucket="npyfeed-native", Key="x.npy", Body=body.read_bytes())
         loader = npyfeed.Loader("s3://npyfeed-native/x.npy", batch_size=8)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,15 +16,6 @@ from npyfeed.torch_dataset import to_torch  # noqa: E402
 N = 53  # 6 batches of 10, the last one partial
 
 
-@pytest.fixture
-def files(tmp_path: Path) -> dict[str, str]:
-    paths = {name: str(tmp_path / f"{name}.npy") for name in ("x", "ids", "names")}
-    np.save(paths["x"], (np.arange(N)[:, None] * 10.0 + np.arange(3)).astype(">f4"))  # big-endian on purpose
-    np.save(paths["ids"], np.arange(N, dtype=np.int64))
-    np.save(paths["names"], np.array([f"r{i}" for i in range(N)], dtype="S4"))
-    return paths
-
-
 def loader_epoch(loader: npyfeed.Loader, epoch: int) -> list[list[int]]:
     return [loader.read_batch(epoch, i)[1].tolist() for i in range(len(loader))]
 
@@ -35,7 +25,7 @@ def data_epoch(data: Any) -> list[list[int]]:
 
 
 def make(files: dict[str, str], **kwargs: Any) -> npyfeed.Loader:
-    return npyfeed.Loader((files["x"], files["ids"]), batch_size=10, shuffle=True, seed=3, **kwargs)
+    return npyfeed.Loader((files["big"], files["ids"]), batch_size=10, shuffle=True, seed=3, **kwargs)
 
 
 def test_each_iteration_is_the_next_epoch(files: dict[str, str]) -> None:
@@ -48,7 +38,7 @@ def test_each_iteration_is_the_next_epoch(files: dict[str, str]) -> None:
 
 def test_batches_are_tensors_matching_the_file(files: dict[str, str]) -> None:
     loader = make(files)
-    x_all = np.load(files["x"])
+    x_all = np.load(files["big"])
     for x, ids in torch.utils.data.DataLoader(to_torch(loader), batch_size=None):
         assert isinstance(x, torch.Tensor) and x.dtype == torch.float32
         assert ids.dtype == torch.int64
