@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 import npyfeed
-from npyfeed.convert import convert
+from npyfeed.write.convert import convert
 
 COLS = 256  # float32: 1 KiB rows
 BATCH = 4096  # rows per write(): 4 MiB

@@ -63,7 +63,7 @@ def test_a_transform_returning_other_rows_fails_at_the_first_batch(
     ids_path: str, batches_per_read: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if batches_per_read == "one":
-        monkeypatch.setattr("npyfeed.loader._READ_BYTES", 1)
+        monkeypatch.setattr("npyfeed.loader.loader._READ_BYTES", 1)
     loader = Loader(ids_path, batch_size=10, transform=lambda b: b[b % 2 == 0])
     with pytest.raises(
         ConfigError, match=r"transform returned 5 rows for batch 0 of epoch 0 \(.*ids\.npy\), expected 10"

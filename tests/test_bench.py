@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import npyfeed
-from npyfeed.bench import drop_from_cache, raw_object_speed, raw_read_speed, recommend, run_bench
-from npyfeed.budget import storages
+from npyfeed.bench.run import drop_from_cache, raw_object_speed, raw_read_speed, recommend, run_bench
 from npyfeed.cli import main
+from npyfeed.loader.budget import storages
 from npyfeed.storage.client import RequestStats
 from servers import RangeServer, environment
 

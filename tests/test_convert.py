@@ -18,7 +18,7 @@ import npyfeed
 from cgroups import memory_cap, peak_usage
 from npyfeed import ConfigError, NpyFormatError
 from npyfeed.cli import main
-from npyfeed.convert import convert
+from npyfeed.write.convert import convert
 
 
 def _data(shape: tuple[int, ...], dtype: Any, seed: int = 0) -> np.ndarray:
@@ -216,7 +216,7 @@ CHILD = textwrap.dedent(
     import os, sys
     from pathlib import Path
     Path(sys.argv[1], "cgroup.procs").write_text(str(os.getpid()))
-    from npyfeed.convert import convert
+    from npyfeed.write.convert import convert
     result = convert(sys.argv[2], sys.argv[3], memory_bytes=16 << 20)
     print(result.rows, result.kind)
     """

@@ -16,8 +16,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 keras = pytest.importorskip("keras")
 
 import npyfeed  # noqa: E402
+from npyfeed.adapters.keras_dataset import to_keras  # noqa: E402
 from npyfeed.errors import ConfigError  # noqa: E402
-from npyfeed.keras_dataset import to_keras  # noqa: E402
 
 N = 53  # 6 batches of 10, the last one partial
 
@@ -89,7 +89,7 @@ FIT_SCRIPT = """
 import json, os, sys
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import numpy as np, keras, npyfeed
-from npyfeed.keras_dataset import to_keras
+from npyfeed.adapters.keras_dataset import to_keras
 
 x_path, ids_path, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 loader = npyfeed.Loader(

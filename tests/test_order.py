@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npyfeed import BlockShuffle, ConfigError, GlobalShuffle, Sequential
-from npyfeed.order import ChunkCache
+from npyfeed.order.orders import ChunkCache
 
 
 @settings(max_examples=60, deadline=None)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from npyfeed.budget import budget_bytes, plan
+from npyfeed.loader.budget import budget_bytes, plan
 from npyfeed.system import available_memory, cgroup_memory
 
 MiB = 1 << 20

@@ -19,8 +19,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 tf = pytest.importorskip("tensorflow")
 
 import npyfeed  # noqa: E402
+from npyfeed.adapters.tf_data import to_tf_dataset  # noqa: E402
 from npyfeed.errors import ConfigError  # noqa: E402
-from npyfeed.tf_data import to_tf_dataset  # noqa: E402
 
 N = 103  # rows: 11 batches of 10, the last one partial
 ROW = (4,)
@@ -390,14 +390,14 @@ def test_checkpoint_restores_in_another_process(files: dict[str, str], tmp_path:
 @pytest.fixture
 def small_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     """Loaders read 3 batches of 10 ``wide`` rows (with or without ``ids``) per call: chunks of 3 batches."""
-    monkeypatch.setattr(npyfeed.loader, "_READ_BYTES", 3 * 10 * (4096 + 8))
+    monkeypatch.setattr(npyfeed.loader.loader, "_READ_BYTES", 3 * 10 * (4096 + 8))
 
 
 @pytest.mark.parametrize(("drop", "chunks"), [(False, [0, 1, 4, 7, 10, 11]), (True, [0, 1, 4, 7, 10])])
 def test_chunks_are_a_single_first_batch_full_chunks_and_the_partial_batch(
     files: dict[str, str], small_reads: None, drop: bool, chunks: list[int]
 ) -> None:
-    from npyfeed.tf_data import _chunk_starts
+    from npyfeed.adapters.tf_data import _chunk_starts
 
     loader = npyfeed.Loader((files["wide"], files["ids"]), batch_size=10, drop_remainder=drop)
     assert loader.batches_per_read == 3
@@ -454,7 +454,7 @@ def distinct(tmp_path: Path) -> str:
 def read_batches_per_call(monkeypatch: pytest.MonkeyPatch, shuffle: Any, batches: int) -> None:
     """Loaders of 10-row batches of ``distinct`` read ``batches`` batches per call (a global shuffle counts a 1 KiB
     row as the pages it may span, 1 KiB + 4 KiB - 1)."""
-    monkeypatch.setattr(npyfeed.loader, "_READ_BYTES", batches * 10 * (1024 + 4095 if shuffle is True else 1024))
+    monkeypatch.setattr(npyfeed.loader.loader, "_READ_BYTES", batches * 10 * (1024 + 4095 if shuffle is True else 1024))
 
 
 @pytest.mark.parametrize("per_read", [1, 3])
@@ -485,7 +485,7 @@ def test_batches_and_chunks_reach_tensorflow_without_a_copy(distinct: str, monke
     """A read's output is the Loader's 64-byte-aligned buffer, which numpy_function wraps without a copy: one
     batch as it is, and the batches of a chunk stacked as a view of their buffer (a copy costs as much as the read
     itself on small rows)."""
-    from npyfeed.tf_data import _stacked
+    from npyfeed.adapters.tf_data import _stacked
 
     read_batches_per_call(monkeypatch, False, 3)
     batches = npyfeed.Loader(distinct, batch_size=10).read_batches(0, 1, 4)

@@ -1,4 +1,4 @@
-"""Interpreter exit, Ctrl-C and errors with a live ``to_tf_dataset()`` iterator (see :mod:`npyfeed.tf_calls`).
+"""Interpreter exit, Ctrl-C and errors with a live ``to_tf_dataset()`` iterator (see :mod:`npyfeed.adapters.tf_calls`).
 
 The exit hang was intermittent (most runs, not all), so each scenario runs in many fresh processes: a helper
 script imports TensorFlow once and forks a child per run (``tests/scripts/tf_exit.py``), and finally exits with a
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from npyfeed.tf_calls import Gate, InterpreterExiting
+from npyfeed.adapters.tf_calls import Gate, InterpreterExiting
 
 SCRIPT = Path(__file__).parent / "scripts" / "tf_exit.py"
 # scenario: runs (the shuffled exit hung in most runs before the fix, Ctrl-C in about half)

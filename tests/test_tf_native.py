@@ -149,8 +149,8 @@ def test_native_small_reads_across_files(
     """Small scan records (3 rows), 3 segments; block passes of one window (``pass_bytes`` 1) or two (432 bytes:
     two windows of 18 rows of 12 bytes), over shards: every record, segment, pass and file boundary, and the
     tail."""
-    import npyfeed.tf_native as native
-    import npyfeed.tf_ops.reads as reads
+    import npyfeed.adapters.tf_native as native
+    import npyfeed.adapters.tf_ops.reads as reads
 
     monkeypatch.setattr(reads, "_SCAN_BYTES", 12)
     monkeypatch.setattr(native, "_SEGMENTS", 3)

@@ -10,8 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import npyfeed  # noqa: E402
+from npyfeed.adapters.torch_dataset import to_torch  # noqa: E402
 from npyfeed.errors import ConfigError  # noqa: E402
-from npyfeed.torch_dataset import to_torch  # noqa: E402
 
 N = 53  # 6 batches of 10, the last one partial
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import npyfeed
 from npyfeed import ConfigError, NpyFormatError, NpyWriter
 from npyfeed.cli import main as cli_main
-from npyfeed.writer import npy_header, shard_paths
+from npyfeed.write.writer import npy_header, shard_paths
 
 DTYPES = [
     np.dtype("<f4"),

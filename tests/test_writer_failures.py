@@ -25,7 +25,7 @@ import pytest
 import npyfeed
 import npyfeed.casting
 from npyfeed import ConfigError, NpyWriter
-from npyfeed.writer import npy_header
+from npyfeed.write.writer import npy_header
 
 # -- RLIMIT_FSIZE mid-write ---------------------------------------------------------------------------------------
 _FSIZE_CHILD = textwrap.dedent(

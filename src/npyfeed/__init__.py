@@ -6,8 +6,6 @@
 >>> model.fit(loader.to_tf_dataset(), epochs=3)  # doctest: +SKIP
 """
 
-from npyfeed.array import ConcatArray, NpyArray, RowSlice, RowSource
-from npyfeed.columns import Columns, open, split
 from npyfeed.errors import (
     ColumnMismatchError,
     ConfigError,
@@ -21,11 +19,13 @@ from npyfeed.errors import (
     WorkerError,
 )
 from npyfeed.format import NpyHeader, read_header
-from npyfeed.loader import Loader
-from npyfeed.order import BlockShuffle, GlobalShuffle, Order, Sequential
+from npyfeed.loader.loader import Loader
+from npyfeed.order.orders import BlockShuffle, GlobalShuffle, Order, Sequential
 from npyfeed.shard import Shard
+from npyfeed.sources import ConcatArray, NpyArray, RowSlice, RowSource
+from npyfeed.sources.columns import Columns, open, split
 from npyfeed.sources.mix import Mix, mix
-from npyfeed.writer import NpyWriter
+from npyfeed.write.writer import NpyWriter
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""Putting what :class:`~npyfeed.writer.NpyWriter` wrote in place with one rename: readers see all of it or none.
+"""Putting what :class:`~npyfeed.write.writer.NpyWriter` wrote in place with one rename: readers see all of it or none.
 
 One file: the temporary beside the target (``.x.npy.<random>.partial``) is renamed onto it. Shards: the writer
 fills a temporary directory beside the shards' directory (``.out.<random>.partial/``), and close renames that
@@ -69,7 +69,7 @@ class Publish:
             Path(temp).replace(self.final)
             fsync_dir(self.final.absolute().parent)
             return (self.path,)
-        from npyfeed.writer import shard_paths
+        from npyfeed.write.writer import shard_paths
 
         names = [Path(p).name for p in shard_paths(self.path, len(temps))]
         for temp, name in zip(temps, names, strict=True):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from npyfeed.loader import Loader
+    from npyfeed.loader.loader import Loader
 
 __all__ = ["EpochReader", "native_byte_order", "rebuild"]
 

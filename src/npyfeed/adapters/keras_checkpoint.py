@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 import keras
 
 from npyfeed.errors import ConfigError
-from npyfeed.state import loader_state
+from npyfeed.loader.state import loader_state
 
 if TYPE_CHECKING:
-    from npyfeed.loader import Loader
+    from npyfeed.loader.loader import Loader
 
 __all__ = ["LoaderCheckpoint"]
 

@@ -1,7 +1,7 @@
 """A ``keras.utils.PyDataset`` over a Loader, for Keras 3 on the JAX and PyTorch backends.
 
-On the TensorFlow backend use :func:`npyfeed.tf_data.to_tf_dataset` instead: Keras turns any ``PyDataset`` into a
-single-threaded ``from_generator`` there.
+On the TensorFlow backend use :func:`npyfeed.adapters.tf_data.to_tf_dataset` instead: Keras turns any
+``PyDataset`` into a single-threaded ``from_generator`` there.
 
 Keras asks for batches by index. The dataset reads epoch ``start_epoch`` (by default ``loader.epoch``) until all its
 batches were delivered, then the next one, so epochs 0, 1, 2, ... of ``model.fit`` get the orders
@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from npyfeed._adapters import EpochReader, native_byte_order
+from npyfeed.adapters.epoch_reader import EpochReader, native_byte_order
 from npyfeed.errors import ConfigError
 
 if TYPE_CHECKING:
-    from npyfeed.loader import Loader
+    from npyfeed.loader.loader import Loader
 
 __all__ = ["to_keras"]
 

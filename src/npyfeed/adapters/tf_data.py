@@ -42,8 +42,8 @@ mismatch names the batch, the field, and what was expected.
 
 **Errors and exit.** A failed read or transform reaches the consumer after every good batch before it, as a
 ``tf.errors.OpError`` naming the batch, its epoch, the files and the original error. Every read passes through
-:data:`npyfeed.tf_calls.GATE`, drained at interpreter exit, so a script that ends (or is interrupted) with a live
-iterator exits instead of hanging in tf.data's teardown.
+:data:`npyfeed.adapters.tf_calls.GATE`, drained at interpreter exit, so a script that ends (or is interrupted)
+with a live iterator exits instead of hanging in tf.data's teardown.
 
 Options downstream: symbolic checkpointing is switched on for the pipeline; a later transformation that does not
 support it (``.cache()``) makes saving fail with ``UNIMPLEMENTED``, in which case set
@@ -59,21 +59,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from npyfeed.errors import ConfigError, NpyfeedError, WorkerError
-from npyfeed.tf_calls import GATE
-from npyfeed.tf_spec import (
+from npyfeed.adapters.tf_calls import GATE
+from npyfeed.adapters.tf_spec import (
     check_signature,
     element_spec,
     full_batches,
     header_spec,
     leaf_paths,
 )
-from npyfeed.tf_spec import require_tensorflow as _tf
+from npyfeed.adapters.tf_spec import require_tensorflow as _tf
+from npyfeed.errors import ConfigError, NpyfeedError, WorkerError
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-    from npyfeed.loader import Loader
+    from npyfeed.loader.loader import Loader
 
 __all__ = ["element_spec", "to_tf_dataset"]
 
@@ -143,7 +143,7 @@ class _Reader:
         return out
 
     def batch(self, epoch: np.int64, index: np.int64) -> list[np.ndarray]:
-        """Batch ``index`` of ``epoch`` (through the exit gate, see :mod:`npyfeed.tf_calls`)."""
+        """Batch ``index`` of ``epoch`` (through the exit gate, see :mod:`npyfeed.adapters.tf_calls`)."""
         e, i = int(epoch), int(index)
         return GATE.call(self._guarded, self._batch, e, i, i + 1)
 
@@ -291,7 +291,7 @@ def to_tf_dataset(
             thread per core). Cold, random reads wait on storage, not CPU: 8 to 16 threads read faster there.
         prefetch: batches read ahead of the consumer (default ``tf.data.AUTOTUNE``).
         native: build the pipeline from TensorFlow ops only, with no Python in the graph (tf.data service, TPU
-            hosts); byte-identical batches, for sequential and block orders. See :mod:`npyfeed.tf_native`.
+            hosts); byte-identical batches, for sequential and block orders. See :mod:`npyfeed.adapters.tf_native`.
         epochs: with ``native=True``, the consecutive epochs from ``start_epoch`` the dataset holds (``None``:
             endless); a native dataset has no epoch counter, so every iterator starts at ``start_epoch``.
         targets: for batches that are dicts (a dict source, or a transform returning dicts), the key of the
@@ -317,7 +317,7 @@ def to_tf_dataset(
     if native:
         if output_signature is not None:
             raise ConfigError("native=True derives the element spec from the .npy headers; drop output_signature=")
-        from npyfeed.tf_native import native_dataset
+        from npyfeed.adapters.tf_native import native_dataset
 
         spec = header_spec(loader)
         split = _fit_split(spec, targets, sample_weights)

@@ -3,12 +3,12 @@
 Nothing in the graph calls back into Python, so the dataset can be serialized and run where Python cannot:
 tf.data service workers, TPU hosts, ``ParameterServerStrategy`` workers (see ``docs/tf-data-service.md``).
 
-- **Order** (:mod:`npyfeed.tf_ops.order`). ``Dataset.range`` over the epoch's batches (or groups of them).
+- **Order** (:mod:`npyfeed.adapters.tf_ops.order`). ``Dataset.range`` over the epoch's batches (or groups of them).
   Their positions come from the Loader's shard layout (worker ``i`` of ``n`` reads global batches
   ``i, i + n, ...``), their rows from the order computed with TF ``uint64`` ops: the same keyed Feistel network
-  and cycle walking as :class:`npyfeed.order.GlobalShuffle`, inside :class:`npyfeed.order.BlockShuffle`'s
+  and cycle walking as :class:`npyfeed.order.orders.GlobalShuffle`, inside :class:`npyfeed.order.orders.BlockShuffle`'s
   windows, so every batch is byte-identical to ``loader.read_batch(e, k)``.
-- **Reads** (:mod:`npyfeed.tf_ops.reads`). By ``FixedLengthRecordDataset``, which skips its ``header_bytes``
+- **Reads** (:mod:`npyfeed.adapters.tf_ops.reads`). By ``FixedLengthRecordDataset``, which skips its ``header_bytes``
   by *reading* them: a read that starts at byte ``o`` of a file costs a read of ``o`` bytes first. So a
   sequential epoch is read as
   ``_SEGMENTS`` segments (``Dataset.range`` elements under ``interleave``), each scanning its files front to back
@@ -36,17 +36,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from npyfeed.adapters.tf_ops.order import group_plan, rows_op
+from npyfeed.adapters.tf_ops.reads import column_reader
+from npyfeed.adapters.tf_spec import require_tensorflow as _tf
 from npyfeed.errors import ConfigError
-from npyfeed.order import BlockShuffle, ChunkCache, Sequential
+from npyfeed.order.orders import BlockShuffle, ChunkCache, Sequential
 from npyfeed.system import available_memory
-from npyfeed.tf_ops.order import group_plan, rows_op
-from npyfeed.tf_ops.reads import column_reader
-from npyfeed.tf_spec import require_tensorflow as _tf
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-    from npyfeed.loader import Loader
+    from npyfeed.loader.loader import Loader
 
 __all__ = ["native_dataset", "rows_op"]
 

@@ -11,7 +11,7 @@ import numpy as np
 from npyfeed.errors import ConfigError
 
 if TYPE_CHECKING:
-    from npyfeed.loader import Loader
+    from npyfeed.loader.loader import Loader
 
 __all__ = [
     "check_signature",

@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from npyfeed._adapters import EpochReader, native_byte_order, rebuild
+from npyfeed.adapters.epoch_reader import EpochReader, native_byte_order, rebuild
 from npyfeed.errors import ConfigError
-from npyfeed.state import loader_state
+from npyfeed.loader.state import loader_state
 
 if TYPE_CHECKING:
-    from npyfeed.loader import Loader
+    from npyfeed.loader.loader import Loader
 
 __all__ = ["to_torch"]
 

@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from npyfeed.budget import storages
-from npyfeed.columns import Columns, StorageOptions
 from npyfeed.errors import RemoteShuffleWarning
-from npyfeed.loader import Loader, ShuffleMode
-from npyfeed.remote_order import is_remote
+from npyfeed.loader.budget import storages
+from npyfeed.loader.geometry import is_remote
+from npyfeed.loader.loader import Loader, ShuffleMode
+from npyfeed.sources.columns import Columns, StorageOptions
 from npyfeed.storage.client import RequestStats
 from npyfeed.storage.urls import parse_url
 from npyfeed.system import cpu_count

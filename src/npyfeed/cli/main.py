@@ -4,7 +4,7 @@
 any array data. An invalid or missing file is reported in one line on stderr and makes the exit status 1; the
 other files are still inspected; a Fortran-order or non-native file gets advice on what ``convert`` would improve.
 
-``npyfeed convert SOURCE... DEST`` rewrites data in the layout that reads fastest (see :mod:`npyfeed.convert`).
+``npyfeed convert SOURCE... DEST`` rewrites data in the layout that reads fastest (see :mod:`npyfeed.write.convert`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 from npyfeed.errors import NpyfeedError
 from npyfeed.format import MAX_HEADER_SIZE, NpyHeader, read_header
 from npyfeed.storage.urls import is_url, redact
-from npyfeed.writer import describe_partial
+from npyfeed.write.writer import describe_partial
 
 __all__ = ["main"]
 
@@ -281,7 +281,7 @@ def _leaves(dtype: np.dtype[Any]) -> list[np.dtype[Any]]:
 
 # -- bench --------------------------------------------------------------------------------------------------------
 def _bench(args: argparse.Namespace) -> int:
-    from npyfeed.bench import recommend, run_bench
+    from npyfeed.bench.run import recommend, run_bench
 
     source = args.files[0] if len(args.files) == 1 else tuple(args.files)
     try:
@@ -347,7 +347,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 # -- convert ------------------------------------------------------------------------------------------------------
 def _convert(args: argparse.Namespace) -> int:
-    from npyfeed.convert import convert
+    from npyfeed.write.convert import convert
 
     if len(args.paths) < 2:
         print("npyfeed convert: give a SOURCE and a DEST", file=sys.stderr)

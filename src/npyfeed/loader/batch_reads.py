@@ -1,4 +1,4 @@
-"""How a :class:`~npyfeed.loader.Loader` reads: batches fetched in chunks on its read threads, the first bad
+"""How a :class:`~npyfeed.loader.loader.Loader` reads: batches fetched in chunks on its read threads, the first bad
 batch's error delivered after the good ones before it, and the kernel asked to read ahead (a whole file streamed
 once per process when it fits in memory, whole blocks per window of a block shuffle, a batch's rows at once when
 reads are slow).
@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 
 from npyfeed.arguments import ShuffleMode
-from npyfeed.budget import PAGE, Plan, drop_page_tables, hint_ranges, read_windows
-from npyfeed.buffers import BufferPool
-from npyfeed.columns import Columns
 from npyfeed.errors import ConfigError, NpyfeedError, WorkerError
-from npyfeed.order import Order
-from npyfeed.prefetch import PrefetchStats, Stopped, prefetch_ordered, stopping
+from npyfeed.loader.budget import PAGE, Plan, drop_page_tables, hint_ranges, read_windows
+from npyfeed.loader.buffers import BufferPool
+from npyfeed.loader.prefetch import PrefetchStats, Stopped, prefetch_ordered, stopping
+from npyfeed.order.orders import Order
 from npyfeed.shard import Layout, Shard
+from npyfeed.sources.columns import Columns
 from npyfeed.storage.urls import is_url
 from npyfeed.system import available_memory
 

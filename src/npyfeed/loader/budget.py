@@ -3,7 +3,7 @@
 Three kinds of memory grow with the reads a loader keeps in flight, and a cgroup limit counts all three:
 
 - anonymous memory: the output buffers of reads queued, done or being consumed, ``(depth + 2)`` reads of
-  ``batches_per_read`` batches (the :class:`~npyfeed.buffers.BufferPool` keeps that many);
+  ``batches_per_read`` batches (the :class:`~npyfeed.loader.buffers.BufferPool` keeps that many);
 - page cache touched by reads in flight: a random row costs whole pages, one per column at least (4 KiB for an
   8-byte row), and pages asked for with ``WILLNEED`` are locked until the device delivers them, so they cannot
   be reclaimed. Reads are therefore gathered in *windows* of rows whose pages fit the budget, the next window
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from npyfeed.prefetch import Stopped
+from npyfeed.loader.prefetch import Stopped
 from npyfeed.system import available_memory
 
 __all__ = ["PAGE", "PAGE_TABLE_SPAN", "Plan", "budget_bytes", "drop_page_tables", "plan", "read_windows", "storages"]
@@ -153,7 +153,8 @@ def read_windows(
     """Read ``rows`` of every array into ``outs``, ``window_rows`` at a time, hinting each window ahead.
 
         While window ``k`` is copied, the reads of window ``k + 1`` are already queued with the kernel. Between
-        windows, ``stopped()`` is asked whether anyone still waits (if not, :class:`~npyfeed.prefetch.Stopped`), and
+        windows, ``stopped()`` is asked whether anyone still waits (if not,
+        :class:`~npyfeed.loader.prefetch.Stopped`), and
     ``done(rows)`` told how many rows were read (page tables are counted per window, not per read).
     """
     windows = [(a, min(a + window_rows, rows.size)) for a in range(0, rows.size, window_rows)]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from npyfeed.budget import storages
+from npyfeed.loader.budget import storages
 from npyfeed.storage.urls import is_url
 
 __all__ = [

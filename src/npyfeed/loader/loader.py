@@ -22,14 +22,14 @@ import numpy as np
 
 from npyfeed import arguments as args
 from npyfeed.arguments import ShuffleMode
-from npyfeed.batch_reads import BatchReads
-from npyfeed.budget import Plan, plan
-from npyfeed.columns import Columns, Source
 from npyfeed.errors import ConfigError, RemoteShuffleWarning
-from npyfeed.order import BlockShuffle, ChunkCache, GlobalShuffle, Order, Sequential
-from npyfeed.remote_order import default_geometry, global_shuffle_warning
+from npyfeed.loader.batch_reads import BatchReads
+from npyfeed.loader.budget import Plan, plan
+from npyfeed.loader.geometry import default_geometry, global_shuffle_warning
+from npyfeed.loader.state import loader_state, restore_state
+from npyfeed.order.orders import BlockShuffle, ChunkCache, GlobalShuffle, Order, Sequential
 from npyfeed.shard import Layout, Shard
-from npyfeed.state import loader_state, restore_state
+from npyfeed.sources.columns import Columns, Source
 from npyfeed.system import cpu_count
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ class Loader(BatchReads):
         batch_size: rows per batch.
         shuffle: ``False`` (file order), ``True`` or ``"global"`` (a uniform shuffle of all rows), or ``"block"``
             (contiguous blocks in random order, rows mixed within windows of blocks: near-sequential I/O for
-            cold or slow storage; see :class:`npyfeed.order.BlockShuffle`).
+            cold or slow storage; see :class:`npyfeed.order.orders.BlockShuffle`).
         seed: the shuffle seed; ``None`` draws one (kept in :meth:`get_state`, so a resume is exact).
         drop_remainder: drop the last, smaller batch of each epoch.
         transform: ``transform(batch) -> batch`` applied to every batch on the read threads.
@@ -61,13 +61,13 @@ class Loader(BatchReads):
             :func:`npyfeed.shard.resolve`). Worker ``i`` reads global batches ``i, i + count, ...``.
         block_rows, window_blocks: block-shuffle geometry. Default: 1 MiB blocks, 16 per window for local files;
             8 MiB blocks, as many per window as three windows fit in ``prefetch_bytes`` (4 by default) on object
-            stores (see :mod:`npyfeed.remote_order`). A default geometry gives way to the one of a saved state.
+            stores (see :mod:`npyfeed.loader.geometry`). A default geometry gives way to the one of a saved state.
         num_threads: reads copying at once (default: the number of cores, at least 2).
         io_threads: reads waiting on storage at once when the data is cold (default: ``4 x num_threads``, at
             most 16): a read blocked on disk holds no core, so more of them keep the device's queue deep.
         prefetch: batches read ahead (default: grows from ``2 x num_threads`` while the consumer waits,
             within a memory budget: a quarter of what this process may still use, container limits included,
-            counting the pages and page tables reads touch; see :mod:`npyfeed.budget`).
+            counting the pages and page tables reads touch; see :mod:`npyfeed.loader.budget`).
         io_hints: ask the kernel to queue each batch's rows before reading them: ``None`` decides from the read
             speed it sees (on when reads are slow, i.e. the data is not in page cache).
         epoch: the epoch the first ``iter()`` starts.
@@ -151,7 +151,7 @@ class Loader(BatchReads):
             warnings.warn(warning, RemoteShuffleWarning, stacklevel=3)
 
     def _make_plan(self, batches_per_read: int | None = None, prefetch: int | None = None) -> Plan:
-        """The read geometry within the memory budget (see :mod:`npyfeed.budget`)."""
+        """The read geometry within the memory budget (see :mod:`npyfeed.loader.budget`)."""
         row_bytes = [int(np.prod(a.shape[1:], dtype=np.int64)) * a.dtype.itemsize for a in self.source.arrays]
         return plan(
             batch_size=self.batch_size,
@@ -258,7 +258,7 @@ class Loader(BatchReads):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- checkpointing (see npyfeed.state) ------------------------------------------------------------------
+    # -- checkpointing (see npyfeed.loader.state) ------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
         """A small JSON-able dict: where the consumer is (the batches it received, not those read ahead).
 
@@ -326,19 +326,19 @@ class Loader(BatchReads):
 
     # -- framework adapters (each imports its framework lazily) -----------------------------------------------
     def to_tf_dataset(self, **kwargs: Any) -> tf.data.Dataset:
-        """A ``tf.data.Dataset`` of this loader's batches; see :func:`npyfeed.tf_data.to_tf_dataset`."""
-        from npyfeed.tf_data import to_tf_dataset
+        """A ``tf.data.Dataset`` of this loader's batches; see :func:`npyfeed.adapters.tf_data.to_tf_dataset`."""
+        from npyfeed.adapters.tf_data import to_tf_dataset
 
         return to_tf_dataset(self, **kwargs)
 
     def to_keras(self, **kwargs: Any) -> Any:
-        """A ``keras.utils.PyDataset`` (Keras 3, any backend); see :func:`npyfeed.keras_dataset.to_keras`."""
-        from npyfeed.keras_dataset import to_keras
+        """A ``keras.utils.PyDataset`` (Keras 3, any backend); see :func:`npyfeed.adapters.keras_dataset.to_keras`."""
+        from npyfeed.adapters.keras_dataset import to_keras
 
         return to_keras(self, **kwargs)
 
     def to_torch(self, **kwargs: Any) -> Any:
-        """A torch ``IterableDataset`` for ``DataLoader(batch_size=None)``; see :mod:`npyfeed.torch_dataset`."""
-        from npyfeed.torch_dataset import to_torch
+        """A torch ``IterableDataset`` for ``DataLoader(batch_size=None)``; see ``npyfeed.adapters.torch_dataset``."""
+        from npyfeed.adapters.torch_dataset import to_torch
 
         return to_torch(self, **kwargs)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from npyfeed.errors import ConfigError
 
 if TYPE_CHECKING:
-    from npyfeed.loader import Loader
+    from npyfeed.loader.loader import Loader
 
 __all__ = ["STATE_VERSION", "fingerprint", "loader_state", "restore_state"]
 

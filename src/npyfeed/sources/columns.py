@@ -14,10 +14,12 @@ from typing import Any, Literal, TypeAlias
 
 import numpy as np
 
-from npyfeed.array import AccessPattern, ConcatArray, NpyArray, RowSlice, RowSource, index_rows
-from npyfeed.buffers import BufferPool
 from npyfeed.errors import ColumnMismatchError, ConfigError
 from npyfeed.format import MAX_HEADER_SIZE
+from npyfeed.loader.buffers import BufferPool
+from npyfeed.sources.array import NpyArray
+from npyfeed.sources.base import AccessPattern, RowSource, index_rows
+from npyfeed.sources.concat import ConcatArray, RowSlice
 from npyfeed.storage import open_storage
 from npyfeed.storage.urls import has_glob, is_url, local_path, parse_url, redact
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from npyfeed.columns import Columns, Source
 from npyfeed.errors import ColumnMismatchError, ConfigError
-from npyfeed.order import ChunkCache, GlobalShuffle, Order, Sequential, mix64
+from npyfeed.order.orders import ChunkCache, GlobalShuffle, Order, Sequential, mix64
+from npyfeed.sources.columns import Columns, Source
 from npyfeed.sources.concat import ConcatArray
 
 __all__ = ["Mix", "MixOrder", "mix"]

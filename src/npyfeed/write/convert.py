@@ -44,7 +44,7 @@ from npyfeed.casting import Casting, check_castable
 from npyfeed.errors import ConfigError, NpyFormatError
 from npyfeed.format import MAX_HEADER_SIZE, NpyHeader, header_size, parse_header
 from npyfeed.sources import NpyArray, RowSource
-from npyfeed.writer import NpyWriter
+from npyfeed.write.writer import NpyWriter
 
 __all__ = ["ConvertResult", "convert", "split_npz_spec"]
 
@@ -104,7 +104,7 @@ def convert(
     if spec is not None:
         _refuse_overwriting_inputs([spec[0]], dest)
         return _convert_npz(spec, dest, dtype, casting, shard_bytes, memory_bytes, progress, max_header_size, started)
-    from npyfeed.columns import open as open_source
+    from npyfeed.sources.columns import open as open_source
 
     array = open_source(source if isinstance(source, (str, os.PathLike)) else [os.fspath(s) for s in source])
     if not isinstance(array, RowSource):

@@ -1,7 +1,7 @@
 """The native pipeline's epoch order in TensorFlow ops: which rows each batch holds, byte-identical to the loader.
 
-The same keyed Feistel network and cycle walking as :class:`npyfeed.order.GlobalShuffle`, inside
-:class:`npyfeed.order.BlockShuffle`'s windows, in TF ``uint64`` arithmetic (which wraps modulo 2**64, as NumPy's
+The same keyed Feistel network and cycle walking as :class:`npyfeed.order.orders.GlobalShuffle`, inside
+:class:`npyfeed.order.orders.BlockShuffle`'s windows, in TF ``uint64`` arithmetic (which wraps modulo 2**64, as NumPy's
 does), and the Loader's shard layout (worker ``i`` of ``n`` reads global batches ``i, i + n, ...``).
 """
 
@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from npyfeed.order import BlockShuffle, ChunkCache, Sequential, mix64
-from npyfeed.tf_spec import require_tensorflow as _tf
+from npyfeed.adapters.tf_spec import require_tensorflow as _tf
+from npyfeed.order.orders import BlockShuffle, ChunkCache, Sequential, mix64
 
 if TYPE_CHECKING:
-    from npyfeed.loader import Loader
+    from npyfeed.loader.loader import Loader
 
 __all__ = ["group_plan", "rows_op", "worker_batches"]
 
-_ROUNDS = 6  # as npyfeed.order
+_ROUNDS = 6  # as npyfeed.order.orders
 _GOLDEN = 0x9E3779B97F4A7C15
 _ROUND_STEP = 0x632BE59BD9B4E019
 

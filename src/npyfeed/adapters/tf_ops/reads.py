@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from npyfeed.adapters.tf_spec import require_tensorflow as _tf
 from npyfeed.errors import ConfigError
 from npyfeed.sources import ConcatArray, NpyArray
-from npyfeed.tf_spec import require_tensorflow as _tf
 
 __all__ = ["column_reader"]
 

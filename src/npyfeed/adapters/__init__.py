@@ -1,0 +1,1 @@
+"""One module per framework (tf.data, Keras, torch, JAX); each imports its framework and is imported only when used."""

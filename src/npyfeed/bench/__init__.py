@@ -1,0 +1,1 @@
+"""``npyfeed bench``: measure an epoch of real files and advise on the loader's settings (see ``run``)."""

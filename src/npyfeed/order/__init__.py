@@ -1,0 +1,1 @@
+"""Which row comes at each position of an epoch: pure functions of ``(seed, epoch, position)`` (see ``orders``)."""
