@@ -1,11 +1,8 @@
-"""Shards as positions in one global order: equal steps, coverage, elastic resume, fingerprints, shard="auto"."""
+"""Shards as positions in one global order: equal steps, coverage, elastic resume, fingerprints."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +10,7 @@ import numpy as np
 import pytest
 
 from npyfeed import ConfigError, Loader, Shard
-from npyfeed.shard import Layout, resolve
+from npyfeed.shard import Layout
 
 N = 1003
 
@@ -179,106 +176,6 @@ def test_a_state_for_another_order_is_refused(ids: str) -> None:
         Loader(ids, 10, shuffle="block", block_rows=16).set_state({**state, "position": N + 1})
     with pytest.raises(ConfigError, match="version 2"):
         Loader(ids, 10).set_state({**state, "version": 1})
-
-
-# -- shard="auto" -----------------------------------------------------------------------------------------------
-_ENV = ("TF_CONFIG", "RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS")
-
-
-@pytest.fixture
-def clean(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in _ENV:
-        monkeypatch.delenv(name, raising=False)
-    for module in ("torch.distributed", "jax", "ray.train"):
-        monkeypatch.delitem(sys.modules, module, raising=False)
-    return monkeypatch
-
-
-def _fake_torch(rank: int, size: int, initialized: bool = True) -> Any:
-    return types.SimpleNamespace(
-        is_available=lambda: True,
-        is_initialized=lambda: initialized,
-        get_rank=lambda: rank,
-        get_world_size=lambda: size,
-    )
-
-
-def test_auto_defaults_to_one_worker(clean: pytest.MonkeyPatch, ids: str) -> None:
-    assert resolve() == Shard(0, 1)
-    loader = Loader(ids, 10, shard="auto")
-    assert (loader.shard, loader.shard.source) == (Shard(0, 1), "default")
-
-
-def test_auto_from_each_source_in_order(clean: pytest.MonkeyPatch, ids: str) -> None:
-    clean.setenv("SLURM_PROCID", "3")
-    clean.setenv("SLURM_NTASKS", "4")
-    assert (resolve(), resolve().source) == (Shard(3, 4), "SLURM_PROCID/SLURM_NTASKS")
-    clean.setenv("RANK", "1")
-    clean.setenv("WORLD_SIZE", "2")
-    assert (resolve(), resolve().source) == (Shard(1, 2), "RANK/WORLD_SIZE")
-    cluster = {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2", "127.0.0.1:3"]}
-    clean.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
-    assert (resolve(), resolve().source) == (Shard(2, 3), "TF_CONFIG")  # the chief is worker 0
-    context = types.SimpleNamespace(get_world_rank=lambda: 0, get_world_size=lambda: 5)
-    clean.setitem(sys.modules, "ray.train", types.SimpleNamespace(get_context=lambda: context))
-    assert (resolve(), resolve().source) == (Shard(0, 5), "ray.train")
-    distributed = types.SimpleNamespace(is_initialized=lambda: True)
-    jax = types.SimpleNamespace(distributed=distributed, process_count=lambda: 2, process_index=lambda: 1)
-    clean.setitem(sys.modules, "jax", jax)
-    assert (resolve(), resolve().source) == (Shard(1, 2), "jax.distributed")
-    clean.setitem(sys.modules, "torch.distributed", _fake_torch(1, 2))
-    assert (resolve(), resolve().source) == (Shard(1, 2), "torch.distributed")
-    assert Loader(ids, 10, shard="auto").shard == Shard(1, 2)
-
-
-def test_auto_skips_engines_that_are_not_running(clean: pytest.MonkeyPatch) -> None:
-    clean.setitem(sys.modules, "torch.distributed", _fake_torch(0, 4, initialized=False))
-    distributed = types.SimpleNamespace(is_initialized=lambda: False)
-    clean.setitem(sys.modules, "jax", types.SimpleNamespace(distributed=distributed, process_count=lambda: 1 / 0))
-
-    def outside() -> Any:
-        raise RuntimeError("not in a Ray Train worker")
-
-    clean.setitem(sys.modules, "ray.train", types.SimpleNamespace(get_context=outside))
-    clean.setenv(
-        "TF_CONFIG", json.dumps({"cluster": {"worker": ["a", "b"]}, "task": {"type": "evaluator", "index": 0}})
-    )
-    assert resolve() == Shard(0, 1)
-
-
-def test_auto_conflicts_and_bad_values_are_refused(clean: pytest.MonkeyPatch) -> None:
-    clean.setitem(sys.modules, "torch.distributed", _fake_torch(1, 2))
-    clean.setenv("RANK", "1")
-    clean.setenv("WORLD_SIZE", "4")
-    with pytest.raises(ConfigError, match=r"torch.distributed says worker 1 of 2, but RANK/WORLD_SIZE say 1 of 4"):
-        resolve()
-    clean.delitem(sys.modules, "torch.distributed")
-    clean.setenv("WORLD_SIZE", "x")
-    with pytest.raises(ConfigError, match="WORLD_SIZE='x' must be integers"):
-        resolve()
-    clean.setenv("WORLD_SIZE", "1")
-    with pytest.raises(ConfigError, match=r"RANK/WORLD_SIZE gave worker 1 of 1: Shard.index must be in \[0, 1\)"):
-        resolve()
-    clean.setenv("TF_CONFIG", "{not json")
-    with pytest.raises(ConfigError, match="TF_CONFIG is not valid"):
-        resolve()
-    clean.setenv("TF_CONFIG", json.dumps({"cluster": {"ps": ["a"]}, "task": {"type": "ps", "index": 0}}))
-    with pytest.raises(ConfigError, match="task type 'ps' does not read input"):
-        resolve()
-    with pytest.raises(ConfigError, match="shard must be 'auto'"):
-        Shard.of("automatic")
-
-
-def test_auto_never_imports_a_framework(ids: str) -> None:
-    code = (
-        "import sys, npyfeed\n"
-        f"loader = npyfeed.Loader({ids!r}, 10, shard='auto')\n"
-        "print(loader.shard, sorted(m for m in ('torch', 'tensorflow', 'jax', 'ray', 'keras') if m in sys.modules))\n"
-    )
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "RANK": "2"}
-    env["WORLD_SIZE"] = "3"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
-    assert out.stdout.strip() == "Shard(index=2, count=3, source='RANK/WORLD_SIZE') []"
 
 
 def test_tf_input_context(ids: str) -> None:

@@ -13,23 +13,17 @@ shuffling, different rows every epoch); with ``drop_remainder`` the whole tail i
 >>> [Layout(10, 2, 2, i).positions(k) for i in range(2) for k in range(3)]
 [(0, 2), (4, 6), (8, 9), (2, 4), (6, 8), (9, 10)]
 
-``shard="auto"`` (:func:`resolve`) asks, in order: an initialized ``torch.distributed`` process group, a JAX
-multi-process runtime, a Ray Train worker, ``TF_CONFIG``, then the launcher environment (``RANK``/``WORLD_SIZE``
-from torchrun, ``SLURM_PROCID``/``SLURM_NTASKS``); else ``(0, 1)``. It only looks at frameworks that are already
-imported (``sys.modules``): importing one here would cost seconds, and could change how it initializes.
+``shard="auto"`` is asked of the engine or launcher that started the process: see :mod:`npyfeed.launcher`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from npyfeed.errors import ConfigError
 
-__all__ = ["Layout", "Shard", "resolve"]
+__all__ = ["Layout", "Shard"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +46,10 @@ class Shard:
 
     @classmethod
     def of(cls, shard: Any) -> Shard:
-        """A Shard from ``None``, a Shard, ``(index, count)``, ``"auto"`` or a ``tf.distribute.InputContext``."""
+        """A Shard from ``None``, a Shard, ``(index, count)`` or a ``tf.distribute.InputContext``.
+
+        ``"auto"`` is the Loader's to resolve (:func:`npyfeed.launcher.resolve`): this module asks no launcher.
+        """
         if shard is None:
             return cls()
         if isinstance(shard, Shard):
@@ -60,7 +57,7 @@ class Shard:
         if isinstance(shard, str):
             if shard != "auto":
                 raise ConfigError(f"shard must be 'auto', an (index, count) tuple or a Shard, got {shard!r}")
-            return resolve()
+            raise ConfigError("Shard.of cannot resolve shard='auto': use Shard(*npyfeed.launcher.resolve())")
         if isinstance(shard, tuple) and len(shard) == 2:
             return cls(*shard)
         if hasattr(shard, "input_pipeline_id") and hasattr(shard, "num_input_pipelines"):
@@ -124,96 +121,3 @@ class Layout:
         if k >= len(self):
             return None
         return self.start + k * self.count * self.batch_size
-
-
-# -- shard="auto" -------------------------------------------------------------------------------------------------
-def _torch_distributed() -> tuple[int, int] | None:
-    dist = sys.modules.get("torch.distributed")
-    if dist is None or not dist.is_available() or not dist.is_initialized():
-        return None
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _jax() -> tuple[int, int] | None:
-    jax = sys.modules.get("jax")
-    # process_count() would initialize a backend (then jax.distributed.initialize() fails): ask the runtime first.
-    if jax is None or not jax.distributed.is_initialized():
-        return None
-    count = jax.process_count()
-    return (jax.process_index(), count) if count > 1 else None
-
-
-def _ray_train() -> tuple[int, int] | None:
-    if "ray.train" not in sys.modules:
-        return None
-    train = sys.modules["ray.train"]
-    try:
-        context = train.get_context()
-        rank, size = context.get_world_rank(), context.get_world_size()
-    except Exception:  # outside a Ray Train worker the context raises or holds no rank
-        return None
-    return (int(rank), int(size)) if isinstance(rank, int) and isinstance(size, int) and size > 0 else None
-
-
-def _tf_config() -> tuple[int, int] | None:
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
-        return None
-    try:
-        config = json.loads(raw)
-        cluster, task = config.get("cluster", {}), config.get("task", {})
-        chiefs, workers = len(cluster.get("chief", [])), len(cluster.get("worker", []))
-        kind, index = task["type"], int(task["index"])
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ConfigError(f"TF_CONFIG is not valid cluster JSON with task type and index: {raw[:200]!r}") from e
-    if kind == "evaluator":
-        return None  # an evaluator reads everything
-    if kind not in ("chief", "worker"):
-        raise ConfigError(f"TF_CONFIG task type {kind!r} does not read input; shard='auto' needs a chief or worker")
-    # MultiWorkerMirroredStrategy numbers the chief 0 and the workers after it.
-    return (index if kind == "chief" else chiefs + index), chiefs + workers
-
-
-def _environment(rank: str, size: str) -> tuple[int, int] | None:
-    if rank not in os.environ or size not in os.environ:
-        return None
-    try:
-        return int(os.environ[rank]), int(os.environ[size])
-    except ValueError as e:
-        raise ConfigError(
-            f"{rank}={os.environ[rank]!r} and {size}={os.environ[size]!r} must be integers for shard='auto'"
-        ) from e
-
-
-_SOURCES = (
-    ("torch.distributed", _torch_distributed),
-    ("jax.distributed", _jax),
-    ("ray.train", _ray_train),
-    ("TF_CONFIG", _tf_config),
-    ("RANK/WORLD_SIZE", lambda: _environment("RANK", "WORLD_SIZE")),
-    ("SLURM_PROCID/SLURM_NTASKS", lambda: _environment("SLURM_PROCID", "SLURM_NTASKS")),
-)
-
-
-def resolve() -> Shard:
-    """This process's shard, from the first source above that knows it; ``Shard(0, 1, "default")`` if none does.
-
-    An initialized engine that disagrees with ``RANK``/``WORLD_SIZE`` in the environment is a ``ConfigError``
-    (two launchers, or a process group that is not the default one): guessing would silently skip or repeat rows.
-    """
-    for name, probe in _SOURCES:
-        found = probe()
-        if found is None:
-            continue
-        index, count = found
-        launcher = _environment("RANK", "WORLD_SIZE") if name in ("torch.distributed", "jax.distributed") else None
-        if launcher is not None and launcher != found:
-            raise ConfigError(
-                f"shard='auto': {name} says worker {index} of {count}, but RANK/WORLD_SIZE say {launcher[0]} of "
-                f"{launcher[1]}; pass shard=(index, count) explicitly"
-            )
-        try:
-            return Shard(index, count, name)
-        except ConfigError as e:
-            raise ConfigError(f"shard='auto': {name} gave worker {index} of {count}: {e}") from e
-    return Shard(0, 1, "default")

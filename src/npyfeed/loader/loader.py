@@ -23,6 +23,7 @@ import numpy as np
 from npyfeed import arguments as args
 from npyfeed.arguments import ShuffleMode
 from npyfeed.errors import ConfigError, RemoteShuffleWarning
+from npyfeed.launcher import resolve as resolve_launch
 from npyfeed.loader.batch_reads import BatchReads
 from npyfeed.loader.budget import Plan, plan
 from npyfeed.loader.geometry import default_geometry, global_shuffle_warning
@@ -58,7 +59,7 @@ class Loader(BatchReads):
         transform: ``transform(batch) -> batch`` applied to every batch on the read threads.
         shard: this worker's share of each epoch: ``(index, count)``, a :class:`Shard`, a
             ``tf.distribute.InputContext``, or ``"auto"`` (from the engine or launcher, see
-            :func:`npyfeed.shard.resolve`). Worker ``i`` reads global batches ``i, i + count, ...``.
+            :func:`npyfeed.launcher.resolve`). Worker ``i`` reads global batches ``i, i + count, ...``.
         block_rows, window_blocks: block-shuffle geometry. Default: 1 MiB blocks, 16 per window for local files;
             8 MiB blocks, as many per window as three windows fit in ``prefetch_bytes`` (4 by default) on object
             stores (see :mod:`npyfeed.loader.geometry`). A default geometry gives way to the one of a saved state.
@@ -107,7 +108,8 @@ class Loader(BatchReads):
         if transform is not None and not callable(transform):
             raise ConfigError(f"transform must be callable, got {transform!r}")
         self.transform = transform
-        self.shard = Shard.of(args.shard_arg(shard))
+        shard = args.shard_arg(shard)
+        self.shard = Shard(*resolve_launch()) if isinstance(shard, str) and shard == "auto" else Shard.of(shard)
         self.num_threads = args.optional_positive_int("num_threads", num_threads) or min(16, max(2, cpu_count()))
         self.io_threads = max(
             self.num_threads, args.optional_positive_int("io_threads", io_threads) or min(16, 4 * self.num_threads)
