@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import npyfeed
-import npyfeed.casting
+import npyfeed.write.casting
 from npyfeed import ConfigError, NpyWriter
 from npyfeed.write.writer import npy_header
 
@@ -315,9 +315,9 @@ def test_shards_replace_an_empty_directory_keeping_its_mode(tmp_path: Path, monk
 @pytest.fixture(params=[True, False], ids=["numpy-same-value", "min-max"])
 def value_check(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
     """Both ways of checking values: NumPy's own cast (NumPy >= 2.4) and the min/max comparison."""
-    if request.param and not npyfeed.casting._SAME_VALUE:
+    if request.param and not npyfeed.write.casting._SAME_VALUE:
         assert np.lib.NumpyVersion(np.__version__) < "2.4.0"  # only older NumPy lacks it
-    monkeypatch.setattr(npyfeed.casting, "_SAME_VALUE", request.param and npyfeed.casting._SAME_VALUE)
+    monkeypatch.setattr(npyfeed.write.casting, "_SAME_VALUE", request.param and npyfeed.write.casting._SAME_VALUE)
     return bool(request.param)
 
 

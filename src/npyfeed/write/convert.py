@@ -8,7 +8,7 @@ One function, :func:`convert`, reads a source block of rows at a time and writes
 - a member of an ``.npz`` archive (``data.npz:images``), stored or deflated -> ``.npy``, streamed through the
   decompressor (the zip CRC is checked at the end);
 - many shards (a glob or a list) -> one file, and any source -> shards (``shard_bytes``);
-- ``dtype`` casts while converting, with NumPy's casting rules (see :mod:`npyfeed.casting`): ``casting="same_kind"``
+- ``dtype`` casts while converting, with NumPy's casting rules (see ``write/casting.py``): ``casting="same_kind"``
   (the default) rounds float64 -> float32, refuses float -> int, and checks every value of a narrowing integer
   cast (int64 -> int8 is refused at the first value that does not fit, never wrapped); ``casting="unsafe"`` is
   NumPy's unchecked ``astype``.
@@ -40,10 +40,10 @@ from typing import IO, Any
 
 import numpy as np
 
-from npyfeed.casting import Casting, check_castable
 from npyfeed.errors import ConfigError, NpyFormatError
 from npyfeed.format import MAX_HEADER_SIZE, NpyHeader, header_size, parse_header
 from npyfeed.sources import NpyArray, RowSource
+from npyfeed.write.casting import Casting, check_castable
 from npyfeed.write.writer import NpyWriter
 
 __all__ = ["ConvertResult", "convert", "split_npz_spec"]

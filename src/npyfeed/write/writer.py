@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from npyfeed.casting import CASTINGS, Casting, cast
 from npyfeed.errors import ConfigError, NpyFormatError
-from npyfeed.publish import Publish, with_path
+from npyfeed.write.casting import CASTINGS, Casting, cast
+from npyfeed.write.publish import Publish, with_path
 
 __all__ = ["PARTIAL_MAGIC", "Casting", "NpyWriter", "describe_partial", "shard_paths"]
 
@@ -185,7 +185,7 @@ class NpyWriter:
         row_shape: the shape of one row (``()`` for a 1-d array).
         shard_bytes: the most bytes one shard file may hold, header included (``None``: one file).
         casting: which casts :meth:`write` accepts from the rows it is given (NumPy's casting rules, see
-            :mod:`npyfeed.casting`). Unless ``"unsafe"``, a narrowing cast to an integer type checks that every
+            :mod:`npyfeed.write.casting`). Unless ``"unsafe"``, a narrowing cast to an integer type checks that every
             value fits (int64 300 is refused for int8, never wrapped); the default ``"same_kind"`` rounds
             float64 rows into float32 and refuses floats for ints.
 
