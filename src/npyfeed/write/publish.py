@@ -22,7 +22,14 @@ from pathlib import Path
 
 from npyfeed.errors import ConfigError
 
-__all__ = ["Publish", "fsync_dir", "with_path"]
+__all__ = ["Publish", "fsync_dir", "shard_paths", "with_path"]
+
+
+def shard_paths(path: str | os.PathLike[str], count: int) -> list[str]:
+    """``x_000.npy, x_001.npy, ...`` for target ``x.npy`` (wider numbers past 1000 shards, so names sort)."""
+    p = Path(path)
+    width = max(3, len(str(count - 1)))
+    return [str(p.with_name(f"{p.stem}_{i:0{width}d}{p.suffix or '.npy'}")) for i in range(count)]
 
 
 def with_path(error: OSError, path: str, what: str) -> OSError:
@@ -69,8 +76,6 @@ class Publish:
             Path(temp).replace(self.final)
             fsync_dir(self.final.absolute().parent)
             return (self.path,)
-        from npyfeed.write.writer import shard_paths
-
         names = [Path(p).name for p in shard_paths(self.path, len(temps))]
         for temp, name in zip(temps, names, strict=True):
             Path(temp).rename(self._temp_dir / name)  # inside the temporary directory: no reader looks there

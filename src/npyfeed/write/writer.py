@@ -35,7 +35,7 @@ import numpy as np
 
 from npyfeed.errors import ConfigError, NpyFormatError
 from npyfeed.write.casting import CASTINGS, Casting, cast
-from npyfeed.write.publish import Publish, with_path
+from npyfeed.write.publish import Publish, shard_paths, with_path
 
 __all__ = ["PARTIAL_MAGIC", "Casting", "NpyWriter", "describe_partial", "shard_paths"]
 
@@ -110,13 +110,6 @@ def describe_partial(path: str | os.PathLike[str]) -> str | None:
         f"an unfinished npyfeed.NpyWriter temporary file ({body}; {file_bytes} bytes{rows}): not a valid .npy; "
         "the writer was killed or is still writing, so its target was never put in place"
     )
-
-
-def shard_paths(path: str | os.PathLike[str], count: int) -> list[str]:
-    """``x_000.npy, x_001.npy, ...`` for target ``x.npy`` (wider numbers past 1000 shards, so names sort)."""
-    p = Path(path)
-    width = max(3, len(str(count - 1)))
-    return [str(p.with_name(f"{p.stem}_{i:0{width}d}{p.suffix or '.npy'}")) for i in range(count)]
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
