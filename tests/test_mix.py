@@ -14,12 +14,18 @@ import pytest
 
 import npyfeed
 from npyfeed import ColumnMismatchError, ConfigError, Loader, Mix
+from npyfeed.order.mix_order import mix_order
 from npyfeed.sources.mix import apportion
 from test_loader import assert_resumes
 
 SIZES = {"web": 1500, "code": 400, "tiny": 37}
 WEIGHTS = {"web": 0.6, "code": 0.3, "tiny": 0.1}
 BASE = {"web": 0, "code": 100_000, "tiny": 200_000}  # row ids say which source a row came from
+
+
+def order_of(m: Mix, shuffle: str, seed: int) -> npyfeed.Order:
+    """The order a Loader gives mixture ``m``."""
+    return mix_order(m.counts, m.sizes, m.offsets, shuffle, seed)
 
 
 @pytest.fixture
@@ -40,7 +46,7 @@ def _source_of(ids: np.ndarray) -> np.ndarray:
 
 def _positions(m: Mix, seed: int, epoch: int, shuffle: str = "global") -> np.ndarray:
     """Row ids at every position of an epoch, in position order (the Loader sorts within a batch)."""
-    order = m.make_order(shuffle, seed, 1, 1)
+    order = order_of(m, shuffle, seed)
     rows = order.rows(epoch, 0, len(m))
     return np.asarray(m.arrays[1][rows])
 
@@ -93,16 +99,16 @@ def test_no_row_repeats_before_its_source_is_used_up(sources: dict[str, Any], sh
 
 def test_order_is_a_pure_function_of_seed_epoch_and_position(sources: dict[str, Any]) -> None:
     m = npyfeed.mix(sources, WEIGHTS)
-    order = m.make_order("global", 5, 1, 1)
+    order = order_of(m, "global", 5)
     whole = order.rows(2, 0, len(m))
     rng = np.random.default_rng(0)
     cuts = np.unique(np.concatenate(([0, len(m)], rng.integers(0, len(m), 40))))
     pieces = np.concatenate([order.rows(2, a, b) for a, b in itertools.pairwise(cuts)])
     np.testing.assert_array_equal(pieces, whole)
-    fresh = npyfeed.mix(sources, WEIGHTS).make_order("global", 5, 1, 1)
+    fresh = order_of(npyfeed.mix(sources, WEIGHTS), "global", 5)
     np.testing.assert_array_equal(fresh.rows(2, 100, 300), whole[100:300])
     assert not np.array_equal(order.rows(3, 0, len(m)), whole)
-    assert not np.array_equal(m.make_order("global", 6, 1, 1).rows(2, 0, len(m)), whole)
+    assert not np.array_equal(order_of(m, "global", 6).rows(2, 0, len(m)), whole)
     # a pinned prefix, so the order never changes silently
     assert _positions(m, 5, 0)[:8].tolist() == PINNED
 

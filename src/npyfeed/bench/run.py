@@ -30,7 +30,7 @@ from npyfeed.loader.budget import storages
 from npyfeed.loader.geometry import is_remote
 from npyfeed.loader.loader import Loader, ShuffleMode
 from npyfeed.sources.columns import Columns, StorageOptions
-from npyfeed.storage.client import RequestStats
+from npyfeed.storage.client import RequestStats, import_obstore
 from npyfeed.storage.urls import parse_url
 from npyfeed.system import cpu_count
 
@@ -80,7 +80,7 @@ def raw_object_speed(objects: Sequence[Any], *, max_bytes: int = 4 << 30, piece:
             async def read(
                 client: Any = client, key: str = key, start: int = start, end: int = min(size, start + piece)
             ) -> int:
-                result = await client._obstore.get_async(client.store, key, options={"range": (start, end)})
+                result = await import_obstore().get_async(client.store, key, options={"range": (start, end)})
                 got = 0
                 async for chunk in result.stream(min_chunk_size=8 << 20):
                     got += len(chunk)

@@ -28,9 +28,11 @@ from npyfeed.loader.batch_reads import BatchReads
 from npyfeed.loader.budget import Plan, plan
 from npyfeed.loader.geometry import default_geometry, global_shuffle_warning
 from npyfeed.loader.state import loader_state, restore_state
+from npyfeed.order.mix_order import mix_order
 from npyfeed.order.orders import BlockShuffle, ChunkCache, GlobalShuffle, Order, Sequential
 from npyfeed.shard import Layout, Shard
 from npyfeed.sources.columns import Columns, Source
+from npyfeed.sources.mix import Mix
 from npyfeed.system import cpu_count
 
 if TYPE_CHECKING:
@@ -169,10 +171,9 @@ class Loader(BatchReads):
 
     def _make_order(self, block_rows: int, window_blocks: int) -> Order:
         n = len(self.source)
-        make_order = getattr(self.source, "make_order", None)  # a source that defines its own order (a Mix)
-        if make_order is not None:
-            order: Order = make_order(self.shuffle, self.seed, block_rows, window_blocks)
-            return order
+        if isinstance(self.source, Mix):  # a mixture's order comes from its per-source counts
+            m = self.source
+            return mix_order(m.counts, m.sizes, m.offsets, self.shuffle, self.seed)
         if self.shuffle == "global":
             return ChunkCache(GlobalShuffle(n, self.seed))
         if self.shuffle == "block":
@@ -329,18 +330,18 @@ class Loader(BatchReads):
     # -- framework adapters (each imports its framework lazily) -----------------------------------------------
     def to_tf_dataset(self, **kwargs: Any) -> tf.data.Dataset:
         """A ``tf.data.Dataset`` of this loader's batches; see :func:`npyfeed.adapters.tf_data.to_tf_dataset`."""
-        from npyfeed.adapters.tf_data import to_tf_dataset
+        from npyfeed.adapters.tf_data import to_tf_dataset  # the one upward edge: lazy, delegation only (DESIGN.md)
 
         return to_tf_dataset(self, **kwargs)
 
     def to_keras(self, **kwargs: Any) -> Any:
         """A ``keras.utils.PyDataset`` (Keras 3, any backend); see :func:`npyfeed.adapters.keras_dataset.to_keras`."""
-        from npyfeed.adapters.keras_dataset import to_keras
+        from npyfeed.adapters.keras_dataset import to_keras  # the one upward edge: lazy, delegation only (DESIGN.md)
 
         return to_keras(self, **kwargs)
 
     def to_torch(self, **kwargs: Any) -> Any:
         """A torch ``IterableDataset`` for ``DataLoader(batch_size=None)``; see ``npyfeed.adapters.torch_dataset``."""
-        from npyfeed.adapters.torch_dataset import to_torch
+        from npyfeed.adapters.torch_dataset import to_torch  # the one upward edge: lazy, delegation only (DESIGN.md)
 
         return to_torch(self, **kwargs)

@@ -16,7 +16,6 @@ import numpy as np
 
 from npyfeed.errors import ColumnMismatchError, ConfigError
 from npyfeed.format import MAX_HEADER_SIZE
-from npyfeed.loader.buffers import BufferPool
 from npyfeed.sources.array import NpyArray
 from npyfeed.sources.base import AccessPattern, RowSource, index_rows
 from npyfeed.sources.concat import ConcatArray, RowSlice
@@ -207,12 +206,11 @@ class Columns:
             return self.arrays[self.keys.index(key)]
         return self.pack([index_rows(a, key) for a in self.arrays])
 
-    def read_rows(self, rows: np.ndarray, pool: BufferPool | None = None) -> list[np.ndarray]:
-        """Arrays, one per column, holding ``rows`` of every column (from ``pool`` when given)."""
+    def read_rows(self, rows: np.ndarray) -> list[np.ndarray]:
+        """New arrays, one per column, holding ``rows`` of every column."""
         outs = []
         for array in self.arrays:
-            shape = (rows.size, *array.shape[1:])
-            out = pool.empty(shape, array.dtype) if pool is not None else np.empty(shape, array.dtype)
+            out = np.empty((rows.size, *array.shape[1:]), array.dtype)
             array.read_rows(rows, out)
             outs.append(out)
         return outs
