@@ -60,7 +60,8 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(body)
+            with contextlib.suppress(ConnectionError):  # the client may hang up on an error (it has the status)
+                self.wfile.write(body)
 
     def do_HEAD(self) -> None:
         self.do_GET()
@@ -76,7 +77,7 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
         info = target.stat()
         etag = '"' + hashlib.md5(f"{info.st_ino}-{info.st_size}-{info.st_mtime_ns}".encode()).hexdigest() + '"'
         self.server.headers_seen.append(
-            {k: v for k, v in self.headers.items() if k.lower().startswith("if-") or k.lower() == "range"}
+            {k.lower(): v for k, v in self.headers.items() if k.lower().startswith("if-") or k.lower() == "range"}
         )
         match = self.headers.get("If-Match")
         if self.server.etag and match is not None and match not in ("*", etag):
@@ -155,7 +156,7 @@ class RangeServer:
 
     @property
     def headers_seen(self) -> list[dict[str, str]]:
-        """``Range`` and ``If-*`` headers of every request so far, in order."""
+        """``range`` and ``if-*`` headers of every request so far, in order (names in lower case)."""
         return self._server.headers_seen
 
     @property

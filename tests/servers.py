@@ -207,10 +207,11 @@ class S3rver(_Daemon):
 
     name = "s3rver"
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], tls: TestCA | None = None) -> None:
         super().__init__()
         self.root = os.fspath(root)
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.endpoint = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.env = {
             "AWS_ENDPOINT_URL": self.endpoint,
             "AWS_ACCESS_KEY_ID": "S3RVER",
@@ -220,14 +221,23 @@ class S3rver(_Daemon):
         }
 
     def _command(self) -> list[str]:
-        return ["s3rver", "-d", self.root, "-a", "127.0.0.1", "-p", str(self.port), "--silent", "--no-vhost-buckets"]
+        Path(self.root).mkdir(parents=True, exist_ok=True)
+        command = ["s3rver", "-d", self.root, "-a", "127.0.0.1", "-p", str(self.port), "--silent", "--no-vhost-buckets"]
+        if self.tls is not None:
+            command += ["--key", str(self.tls.key_file), "--cert", str(self.tls.cert_file)]
+        return command
 
-    def client(self) -> Any:
+    def client(self, verify: str | bool | None = None) -> Any:
+        """A boto3 client for uploads (``verify``: the CA file of a TLS server). Checksums only when required:
+        s3rver would store botocore's default ``aws-chunked`` upload encoding as the object's bytes."""
         import boto3
+        from botocore.config import Config
 
         return boto3.client(
             "s3",
             endpoint_url=self.endpoint,
+            verify=verify,
+            config=Config(request_checksum_calculation="when_required", response_checksum_validation="when_required"),
             aws_access_key_id="S3RVER",
             aws_secret_access_key="S3RVER",
             region_name="us-east-1",

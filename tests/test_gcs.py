@@ -1,8 +1,8 @@
 """gs:// read in place from fake-gcs-server on 127.0.0.1, started here; ``np.load`` of the same bytes is the oracle.
 
 The client finds the emulator the way Google's clients do, through ``STORAGE_EMULATOR_HOST`` (no credentials).
-The emulator ignores ``If-Match``, so a replacement between header and data is caught here by ``check()`` (a HEAD
-comparing size and ETag), not by the server refusing the GET as real GCS and S3 do (see test_remote.py).
+The emulator ignores ``If-Match``, so a replacement between header and data is caught here by the ETag of the GET's
+answer (and by ``check()``, a HEAD), not by the server refusing the GET as real GCS and S3 do (see test_remote.py).
 """
 
 from __future__ import annotations
@@ -72,5 +72,7 @@ def test_gcs_missing_bad_and_changed_objects(gcs: FakeGCS) -> None:
     a = npyfeed.open(url)
     assert np.array_equal(a[10:20], x[10:20])
     upload(gcs, "change/x.npy", x[::-1].copy())  # same size, new ETag
+    with pytest.raises(ObjectChangedError, match=re.escape(url) + r".*changed since it was opened \(its ETag differs"):
+        a[100:110]  # the emulator answers the new bytes: their ETag tells
     with pytest.raises(ObjectChangedError, match=re.escape(url) + ".*changed since it was opened"):
         a.storage.check()

@@ -347,8 +347,14 @@ class StoreClient:
         exc = self._obstore.exceptions
         text = _first_line(e)
         if isinstance(e, exc.PreconditionError) or (changed and isinstance(e, exc.NotFoundError | FileNotFoundError)):
-            state = "deleted" if isinstance(e, exc.NotFoundError) else "replaced (its ETag changed)"
+            state = "deleted" if isinstance(e, exc.NotFoundError) else "replaced (a precondition failed: 412)"
             return ObjectChangedError(f"{name}: the object was {state} since it was opened: {text}")
+        if changed and _status(str(e)) == 416:
+            # The range lies inside the version opened (reads are bounds-checked first): the object got shorter.
+            return ObjectChangedError(
+                f"{name}: {what}: the object is shorter than when it was opened (the server answered 416 Range Not "
+                f"Satisfiable): replaced or truncated since ({text})"
+            )
         if isinstance(e, exc.NotFoundError | FileNotFoundError):
             return FileNotFoundError(errno.ENOENT, f"{name}: no such object or bucket ({text})", name)
         if isinstance(e, exc.PermissionDeniedError | exc.UnauthenticatedError | PermissionError):
