@@ -3,7 +3,8 @@
 The batches are already batched, so the DataLoader must not batch again: pass ``batch_size=None``.
 
 - ``num_workers=0`` (recommended): batches are read ahead on ``loader.num_threads`` threads in the main process
-  (``os.preadv`` releases the GIL) and handed over without a copy (``torch.from_numpy``).
+  (local files: gathers from a read-only mapping, which release the GIL; object stores: ranged GETs in flight)
+  and handed over without a copy (``torch.from_numpy``).
 - ``num_workers=k``: worker ``w`` reads batches ``w, w + k, w + 2k, ...`` of each epoch; the DataLoader takes
   results from workers in turn, so batches still come in order ``0, 1, 2, ...``. Each worker reopens the files
   (a ``.npy`` array pickles as its path), nothing is copied up front, but every batch then crosses a process

@@ -1,0 +1,116 @@
+"""Every Python block of README.md and docs/*.md runs as written (Sybil), so the documentation cannot drift.
+
+How a document's blocks run:
+
+- The ```` ```python ```` blocks of one document run in order, in one namespace, in a fresh temporary directory:
+  a block may use what an earlier block of the same page defined.
+- The small files a page's snippets read are made by ``<!-- invisible-code-block: python ... -->`` blocks in the
+  page itself (Sybil runs them; the rendered page does not show them), next to the snippets that need them.
+- A block that cannot run here (a cluster, a dependency we do not install) is preceded by
+  ``<!-- skip: next "why, and which test runs the same code" -->``. A skip without a reason is an error, and every
+  skip is counted and printed: nothing is skipped silently or in bulk.
+- ``s3://`` snippets of docs/object-storage.md read a moto server on 127.0.0.1 that this test starts, with
+  objects ``bucket/train/x_0.npy``, ``x_1.npy`` and ``y.npy``, through the standard ``AWS_*`` environment.
+- Shell blocks (```` ```bash ````) and program output (```` ```text ````) are not run; every fenced block must
+  name its language, so a Python block cannot hide as an unlabeled one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import SkipTest
+
+import numpy as np
+import pytest
+from sybil import Sybil
+from sybil.evaluators.skip import Skipper
+from sybil.parsers.markdown import PythonCodeBlockParser, SkipParser
+
+from servers import MotoS3, environment
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTS = ["README.md", *sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))]
+LANGUAGES = {"python", "bash", "text"}
+SYBIL = Sybil(parsers=[PythonCodeBlockParser(), SkipParser()])
+
+
+@pytest.fixture
+def s3_bucket() -> Iterator[None]:
+    """moto on 127.0.0.1, the environment pointing at it, and the objects docs/object-storage.md reads."""
+    with MotoS3() as server, environment(server.env):
+        client = server.client()
+        client.create_bucket(Bucket="bucket")
+        rows = np.arange(3000)
+        parts = {"train/x_0.npy": rows[:2000, None] * np.ones(8), "train/x_1.npy": rows[2000:, None] * np.ones(8)}
+        parts["train/y.npy"] = rows % 10
+        for key, array in parts.items():
+            buffer = io.BytesIO()
+            np.save(buffer, array.astype(np.float32 if key.startswith("train/x") else np.int64))
+            client.put_object(Bucket="bucket", Key=key, Body=buffer.getvalue())
+        yield
+
+
+@contextlib.contextmanager
+def undone_at_exit() -> Iterator[None]:
+    """Undo what a page's snippets change for the whole process: the environment, a torch process group."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        if "torch" in sys.modules:
+            import torch.distributed
+
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DOCUMENTS)
+def test_python_blocks_run(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: Any) -> None:
+    if name == "docs/object-storage.md":
+        request.getfixturevalue("s3_bucket")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    document = SYBIL.parse(ROOT / name)
+    ran, skipped = 0, []
+    with undone_at_exit():
+        for example in document.examples():
+            where = f"{name}, line {example.line}"
+            if isinstance(example.region.evaluator, Skipper):
+                action, reason = example.parsed
+                assert action != "next" or reason, f'{where}: a skip needs a reason: <!-- skip: next "why" -->'
+            try:
+                example.evaluate()
+            except SkipTest as skip:
+                skipped.append(f"{where}: {skip}")
+                continue
+            except BaseException as err:
+                err.add_note(f"in the Python block at {where}")
+                raise
+            ran += not isinstance(example.region.evaluator, Skipper)
+    print(f"{name}: {ran} blocks ran, {len(skipped)} skipped", *skipped, sep="\n  ")
+    assert (ran + len(skipped) == 0) == (name in NO_PYTHON), f"{name}: {ran + len(skipped)} Python blocks; NO_PYTHON"
+
+
+# Pages whose examples are all shell commands (checked, so a page that gains Python blocks is noticed).
+NO_PYTHON = {"docs/memory.md"}
+
+
+@pytest.mark.parametrize("name", DOCUMENTS)
+def test_every_fenced_block_names_its_language(name: str) -> None:
+    text = (ROOT / name).read_text()
+    fences = re.findall(r"^```(.*)$", text, flags=re.MULTILINE)
+    assert len(fences) % 2 == 0, f"{name}: an unclosed code fence"
+    openings = fences[::2]
+    assert openings, f"{name}: no code block"
+    unknown = [lang for lang in openings if lang.strip() not in LANGUAGES]
+    assert not unknown, f"{name}: code blocks must be one of {sorted(LANGUAGES)}, found {unknown}"
