@@ -10,7 +10,7 @@ Servers (each on a free port of 127.0.0.1, started once per module, moto once pe
 | RangeServer, Last-Modified only | - | yes | nothing |
 | RangeServer, no validator | - | - | nothing |
 
-For each, an object of 4,096 rows is replaced (same size, bigger, smaller) before the first batch or mid-epoch, in
+For each, an object of 8,192 rows is replaced (same size, bigger, smaller) before the first batch or mid-epoch, in
 every order, with and without the chunk cache. Row ``r`` of version ``v`` holds ``v * 10**6 + r`` in every
 column, so a delivered row tells which version it came from: no row of the new version may ever be delivered; the
 change must raise :class:`ObjectChangedError` naming the URL wherever a fetch comes after it and the server
@@ -41,7 +41,9 @@ from npyfeed.errors import ConfigError, ObjectChangedError, UnversionedObjectWar
 from servers import Nginx, RangeServer, S3rver, TestCA, environment
 
 BUCKET = "npyfeed-versions"
-ROWS, COLUMNS = 4096, 8  # int64: 256 KiB
+# int64, 512 KiB: at least four reads (a read holds at most 64 batches), and with prefetch=1 a read starts only when
+# the consumer is done with the one before: a change after the second batch comes before most of the epoch's fetches.
+ROWS, COLUMNS = 8192, 8
 BATCH = 32
 CHANGES = {"same size": ROWS, "bigger": ROWS + 512, "smaller": ROWS - 512}
 ORDERS: dict[str, Any] = {"sequential": False, "shuffle": True, "block": "block"}
