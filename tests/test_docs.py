@@ -101,8 +101,9 @@ def test_python_blocks_run(name: str, tmp_path: Path, monkeypatch: pytest.Monkey
     assert (ran + len(skipped) == 0) == (name in NO_PYTHON), f"{name}: {ran + len(skipped)} Python blocks; NO_PYTHON"
 
 
-# Pages whose examples are all shell commands (checked, so a page that gains Python blocks is noticed).
-NO_PYTHON = {"docs/memory.md"}
+# Pages with no Python block of their own (checked, so a page that gains one is noticed): shell commands only, or
+# the docs site's pages that include the README and CHANGELOG or are generated from docstrings (mkdocs.yml).
+NO_PYTHON = {"docs/memory.md", "docs/index.md", "docs/api.md", "docs/changelog.md"}
 
 
 @pytest.mark.parametrize("name", DOCUMENTS)
@@ -111,6 +112,5 @@ def test_every_fenced_block_names_its_language(name: str) -> None:
     fences = re.findall(r"^```(.*)$", text, flags=re.MULTILINE)
     assert len(fences) % 2 == 0, f"{name}: an unclosed code fence"
     openings = fences[::2]
-    assert openings, f"{name}: no code block"
     unknown = [lang for lang in openings if lang.strip() not in LANGUAGES]
     assert not unknown, f"{name}: code blocks must be one of {sorted(LANGUAGES)}, found {unknown}"

@@ -62,9 +62,10 @@ class Loader(BatchReads):
         shard: this worker's share of each epoch: ``(index, count)``, a :class:`Shard`, a
             ``tf.distribute.InputContext``, or ``"auto"`` (from the engine or launcher, see
             :func:`npyfeed.launcher.resolve`). Worker ``i`` reads global batches ``i, i + count, ...``.
-        block_rows, window_blocks: block-shuffle geometry. Default: 1 MiB blocks, 16 per window for local files;
+        block_rows: block-shuffle geometry, rows per block. Default: 1 MiB blocks, 16 per window for local files;
             8 MiB blocks, as many per window as three windows fit in ``prefetch_bytes`` (4 by default) on object
             stores (see :mod:`npyfeed.loader.geometry`). A default geometry gives way to the one of a saved state.
+        window_blocks: block-shuffle geometry, blocks per window (see ``block_rows``).
         num_threads: reads copying at once (default: the number of cores, at least 2).
         io_threads: reads waiting on storage at once when the data is cold (default: ``4 x num_threads``, at
             most 16): a read blocked on disk holds no core, so more of them keep the device's queue deep.
