@@ -7,7 +7,7 @@
     ├── ColumnMismatchError(ValueError)  aligned inputs disagree (row counts, row shapes of shards)
     ├── ConfigError(ValueError)          an argument out of range (batch size, shard, split, state)
     ├── FileChangedError(OSError)        a file was truncated, replaced or deleted while it was being read
-    │   └── ObjectChangedError(NpyFormatError)  the same for a remote object (its size or ETag changed)
+    │   └── ObjectChangedError(NpyFormatError)  the same for a remote object (its size, ETag or date changed)
     └── WorkerError(RuntimeError)        a read or transform failed on a prefetch thread
 
     NpyfeedWarning(Warning)              something works, but not as well as it could
@@ -58,8 +58,9 @@ class FileChangedError(NpyfeedError, OSError):
 
 
 class ObjectChangedError(FileChangedError, NpyFormatError):
-    """A remote object no longer holds the bytes its header described: truncated, or rewritten (a new ETag)
-    between the header read and a data read. Both an ``OSError`` and an :class:`NpyFormatError` (``ValueError``).
+    """A remote object is no longer the version opened: a GET was refused by its precondition (412), or answered
+    with another ETag, Last-Modified or total size, or the object got shorter (416). Both an ``OSError`` and an
+    :class:`NpyFormatError` (``ValueError``).
     """
 
 

@@ -46,7 +46,8 @@ class Storage(Protocol):
 
     @property
     def version(self) -> Hashable:
-        """What identifies the version opened: ``(st_dev, st_ino, st_size, st_mtime_ns)`` locally, an ETag remotely."""
+        """What identifies the version opened: ``(st_dev, st_ino, st_size, st_mtime_ns)`` locally, size and ETag (else
+        Last-Modified) remotely."""
         ...
 
     def read_into(self, offset: int, out: np.ndarray) -> None:
