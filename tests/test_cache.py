@@ -14,9 +14,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,10 @@ from hypothesis import strategies as st
 pytest.importorskip("obstore")
 
 import npyfeed
+import npyfeed.storage.cache.options
 from npy_cases import arrays, check_key, row_keys, write
 from npyfeed.errors import ConfigError, ObjectChangedError
+from npyfeed.storage.cache import claims
 from npyfeed.storage.cache.directory import TRAILER, ChunkDirectory
 from npyfeed.storage.cache.options import CacheOptions, parse_size, split_cache_options
 from servers import FaultProxy, MotoS3, RangeServer, environment
@@ -43,6 +46,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RangeServ
         yield server, root
 
 
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks under the 64 KiB bound, so small arrays span many of them (the chunk geometry under test, at test
+    speed). The bound itself is tested at its real value (test_chunk_and_cache_sizes_are_bounded)."""
+    monkeypatch.setattr(npyfeed.storage.cache.options, "MIN_CHUNK_BYTES", 64)
+
+
 def options(cache: Path, size: int | str, chunk: int) -> dict[str, object]:
     # One range request per chunk, so a request count is a chunk count.
     return {"cache_dir": str(cache), "cache_size": size, "cache_chunk_bytes": chunk, "request_bytes": 1 << 20}
@@ -53,7 +63,8 @@ def chunk_files(cache: Path) -> list[Path]:
 
 
 def disk_bytes(cache: Path) -> int:
-    return sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
+    """Bytes of the cache's files, but for its marker (CACHEDIR.TAG, a fixed few hundred bytes)."""
+    return sum(p.stat().st_size for p in cache.rglob("*") if p.is_file() and p.name != "CACHEDIR.TAG")
 
 
 def epoch(loader: npyfeed.Loader) -> np.ndarray:
@@ -107,7 +118,7 @@ _names = itertools.count()
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_reads_through_the_cache_match_np_load(
-    served: tuple[RangeServer, Path], tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+    served: tuple[RangeServer, Path], tmp_path_factory: pytest.TempPathFactory, data: st.DataObject, small_chunks: None
 ) -> None:
     server, root = served
     array = data.draw(arrays(min_rows=1))
@@ -131,7 +142,9 @@ def test_reads_through_the_cache_match_np_load(
 
 # -- reuse across epochs --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("shuffle", ["none", "block", "global"])
-def test_a_second_epoch_makes_no_requests(served: tuple[RangeServer, Path], tmp_path: Path, shuffle: str) -> None:
+def test_a_second_epoch_makes_no_requests(
+    served: tuple[RangeServer, Path], tmp_path: Path, shuffle: str, small_chunks: None
+) -> None:
     server, root = served
     rng = np.random.default_rng(0)
     x = rng.standard_normal((6000, 5)).astype(np.float32)
@@ -162,7 +175,7 @@ def test_a_second_epoch_makes_no_requests(served: tuple[RangeServer, Path], tmp_
 
 @pytest.mark.parametrize("shuffle", ["none", "block", "global"])
 def test_a_cache_smaller_than_the_data_stays_under_its_limit(
-    served: tuple[RangeServer, Path], tmp_path: Path, shuffle: str
+    served: tuple[RangeServer, Path], tmp_path: Path, shuffle: str, small_chunks: None
 ) -> None:
     server, root = served
     x = np.random.default_rng(1).integers(0, 1 << 62, (20000, 3), dtype=np.int64)  # 480 KB
@@ -189,7 +202,9 @@ def test_a_cache_smaller_than_the_data_stays_under_its_limit(
         assert np.array_equal(rows, x)
 
 
-def test_a_cached_global_shuffle_is_not_warned_about_requests(served: tuple[RangeServer, Path], tmp_path: Path) -> None:
+def test_a_cached_global_shuffle_is_not_warned_about_requests(
+    served: tuple[RangeServer, Path], tmp_path: Path, small_chunks: None
+) -> None:
     server, root = served
     x = np.arange(20000, dtype=np.int64)
     np.save(root / "warned.npy", x)
@@ -202,7 +217,9 @@ def test_a_cached_global_shuffle_is_not_warned_about_requests(served: tuple[Rang
     assert server.requests - before == -(-(x.nbytes + 128) // 8192)
 
 
-def test_a_replaced_object_is_never_served_from_old_chunks(served: tuple[RangeServer, Path], tmp_path: Path) -> None:
+def test_a_replaced_object_is_never_served_from_old_chunks(
+    served: tuple[RangeServer, Path], tmp_path: Path, small_chunks: None
+) -> None:
     server, root = served
     x = np.arange(30000, dtype=np.int32)
     np.save(root / "replaced.npy", x)
@@ -220,7 +237,9 @@ def test_a_replaced_object_is_never_served_from_old_chunks(served: tuple[RangeSe
         epoch(old)  # as without a cache: the version it opened is no longer there
 
 
-def test_damaged_chunk_files_are_detected_and_fetched_again(served: tuple[RangeServer, Path], tmp_path: Path) -> None:
+def test_damaged_chunk_files_are_detected_and_fetched_again(
+    served: tuple[RangeServer, Path], tmp_path: Path, small_chunks: None
+) -> None:
     server, root = served
     x = np.random.default_rng(3).standard_normal((4000, 4))
     np.save(root / "damaged.npy", x)
@@ -255,7 +274,7 @@ def test_damaged_chunk_files_are_detected_and_fetched_again(served: tuple[RangeS
     assert server.requests - before == 1
 
 
-def test_s3_epochs_from_the_cache(moto_server: MotoS3, tmp_path: Path) -> None:
+def test_s3_epochs_from_the_cache(moto_server: MotoS3, tmp_path: Path, small_chunks: None) -> None:
     x = np.random.default_rng(6).standard_normal((5000, 6)).astype(np.float32)
     with environment(moto_server.env):
         s3 = moto_server
@@ -288,7 +307,7 @@ _READER = textwrap.dedent(
     import numpy as np
     import npyfeed
     url, cache, out, seed = sys.argv[1:5]
-    opts = {"cache_dir": cache, "cache_size": "10MB", "cache_chunk_bytes": 8192, "request_bytes": 1 << 20}
+    opts = {"cache_dir": cache, "cache_size": "10MB", "cache_chunk_bytes": 65536, "request_bytes": 1 << 20}
     loader = npyfeed.Loader(url, 100, shuffle=True, seed=int(seed), storage_options=opts)
     np.save(out, np.concatenate(list(loader)))
     """
@@ -302,7 +321,7 @@ def _reader(url: str, cache: Path, out: Path, seed: int) -> subprocess.Popen[byt
 
 def test_two_processes_share_one_cache(served: tuple[RangeServer, Path], tmp_path: Path) -> None:
     server, root = served
-    x = np.random.default_rng(4).integers(0, 1 << 30, (8000, 5), dtype=np.int32)
+    x = np.random.default_rng(4).integers(0, 1 << 30, (64000, 5), dtype=np.int32)
     np.save(root / "shared.npy", x)
     cache = tmp_path / "cache"
     # A slow link, so the two processes want the same chunks at the same time.
@@ -313,7 +332,7 @@ def test_two_processes_share_one_cache(served: tuple[RangeServer, Path], tmp_pat
         assert [r.wait(120) for r in readers] == [0, 0]
     for i in range(2):
         assert same_rows(np.load(tmp_path / f"out{i}.npy"), x)
-    chunks = -(-(x.nbytes + 128) // 8192)
+    chunks = -(-(x.nbytes + 128) // 65536)
     # Each chunk fetched by one of them; 2 HEADs, and at most 2 header reads.
     assert chunks + 2 <= server.requests - before <= chunks + 4
     assert len(chunk_files(cache)) == chunks and not list(cache.rglob("*.part"))
@@ -321,7 +340,7 @@ def test_two_processes_share_one_cache(served: tuple[RangeServer, Path], tmp_pat
 
 def test_a_killed_reader_leaves_no_damaged_chunk(served: tuple[RangeServer, Path], tmp_path: Path) -> None:
     server, root = served
-    x = np.random.default_rng(5).integers(0, 1 << 30, (20000, 4), dtype=np.int32)
+    x = np.random.default_rng(5).integers(0, 1 << 30, (160000, 4), dtype=np.int32)
     np.save(root / "killed.npy", x)
     cache = tmp_path / "cache"
     with FaultProxy(f"127.0.0.1:{server.port}", delay=0.2) as proxy:  # slow: the kill lands mid-write
@@ -332,13 +351,15 @@ def test_a_killed_reader_leaves_no_damaged_chunk(served: tuple[RangeServer, Path
         reader.send_signal(signal.SIGKILL)
         reader.wait(30)
         assert list(cache.rglob("*.part")), "the reader was killed while no chunk was being written"
-        opts = {"cache_dir": str(cache), "cache_size": "10MB", "cache_chunk_bytes": 8192}
+        opts = {"cache_dir": str(cache), "cache_size": "10MB", "cache_chunk_bytes": 65536}
         a = npyfeed.open(f"{proxy.url}/killed.npy", storage_options=opts)  # the same URL: the same chunks
         assert np.array_equal(a[:], x)
     assert not list(cache.rglob("*.part"))  # the dead writer's claims were taken over
 
 
-def test_a_cache_that_cannot_be_written_reads_from_the_store(served: tuple[RangeServer, Path], tmp_path: Path) -> None:
+def test_a_cache_that_cannot_be_written_reads_from_the_store(
+    served: tuple[RangeServer, Path], tmp_path: Path, small_chunks: None
+) -> None:
     server, root = served
     x = np.random.default_rng(7).standard_normal((3000, 3))
     np.save(root / "full.npy", x)
@@ -357,7 +378,7 @@ _FEW_FILES = textwrap.dedent(
     import npyfeed
     url, cache, path = sys.argv[1:4]
     resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
-    opts = {"cache_dir": cache, "cache_size": "10MB", "cache_chunk_bytes": 1024}
+    opts = {"cache_dir": cache, "cache_size": "30MB", "cache_chunk_bytes": 65536}
     x = np.load(path)
     a = npyfeed.open(url, storage_options=opts)
     rows = np.random.default_rng(0).permutation(len(x))[:3000]
@@ -369,21 +390,24 @@ _FEW_FILES = textwrap.dedent(
 
 def test_a_batch_over_many_chunks_holds_few_files(served: tuple[RangeServer, Path], tmp_path: Path) -> None:
     server, root = served
-    np.save(root / "many.npy", np.random.default_rng(8).integers(0, 255, (20000, 16), dtype=np.uint8))
+    np.save(root / "many.npy", np.random.default_rng(8).integers(0, 255, (1_280_000, 16), dtype=np.uint8))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent / "src"), os.environ.get("PYTHONPATH", "")])}
     args = [f"{server.url}/many.npy", str(tmp_path / "cache"), str(root / "many.npy")]
     done = subprocess.run([sys.executable, "-c", _FEW_FILES, *args], env=env, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
-    assert len(chunk_files(tmp_path / "cache")) == 313  # 3,000 random rows touch all 313 chunks; 200 files allowed
+    rows = np.random.default_rng(0).permutation(1_280_000)[:3000]  # the rows the child read
+    touched = np.unique((128 + rows * 16) // 65536).size
+    assert touched > 300  # of the 313 chunks; 200 files allowed
+    assert len(chunk_files(tmp_path / "cache")) == touched
 
 
 # -- the directory alone --------------------------------------------------------------------------------------------
 def test_eviction_takes_the_least_recently_used_chunks(tmp_path: Path) -> None:
     cache = ChunkDirectory(CacheOptions(str(tmp_path), 3 * (1000 + TRAILER.size), 1000))
     digest = b"k" * 8
-    paths = [tmp_path / "obj" / f"{'0' * 16}-1000-{k}" for k in range(4)]
+    paths = [tmp_path / ("0" * 32) / f"{'0' * 16}-1000-{k}" for k in range(4)]
     for k, path in enumerate(paths[:3]):
-        fd = cache.claim(path)
+        fd = claims.claim(path)
         assert fd is not None and cache.reserve(1000 + TRAILER.size, path)
         os.pwrite(fd, bytes([k]) * 1000, 0)
         assert cache.publish(fd, path, 1000, digest)
@@ -392,9 +416,9 @@ def test_eviction_takes_the_least_recently_used_chunks(tmp_path: Path) -> None:
     assert fd0 is not None and os.pread(fd0, 1000, 0) == bytes([0]) * 1000
     os.close(fd0)
     assert cache.open(paths[1], 999, digest) is None and paths[1].exists() is False  # wrong length: deleted
-    fd = cache.claim(paths[3])
+    fd = claims.claim(paths[3])
     assert fd is not None
-    assert cache.claim(paths[3]) is None  # one writer at a time
+    assert claims.claim(paths[3]) is None  # one writer at a time
     assert cache.reserve(1000 + TRAILER.size, paths[3])
     os.pwrite(fd, b"\3" * 1000, 0)
     assert cache.publish(fd, paths[3], 1000, digest)
@@ -403,3 +427,293 @@ def test_eviction_takes_the_least_recently_used_chunks(tmp_path: Path) -> None:
     assert cache.reserve(1000 + TRAILER.size)  # evicts chunk 2, now the least recently used
     assert [p.exists() for p in paths] == [True, False, False, True]
     assert not cache.reserve(4 * (1000 + TRAILER.size))  # can never fit: refused, nothing else evicted
+
+
+# -- a private cache that keeps to itself ---------------------------------------------------------------------------
+def test_chunk_and_cache_sizes_are_bounded(tmp_path: Path) -> None:
+    for chunk, shown in ((1, "1 (1 bytes)"), ("64000", "'64000' (64000 bytes)"), ("2GiB", "'2GiB' (2147483648 bytes)")):
+        with pytest.raises(ConfigError) as caught:
+            split_cache_options({"cache_dir": str(tmp_path), "cache_chunk_bytes": chunk})
+        assert str(caught.value) == (
+            f"storage_options['cache_chunk_bytes'] = {shown} is out of bounds: it must be between 65536 (64 KiB) "
+            "and 1073741824 (1 GiB) bytes"
+        )
+    for chunk in (64 << 10, "1GiB"):
+        assert split_cache_options({"cache_dir": str(tmp_path), "cache_chunk_bytes": chunk, "cache_size": "2GiB"})[0]
+    with pytest.raises(ConfigError, match=re.escape("storage_options['cache_size'] is 65000 bytes, smaller than one")):
+        split_cache_options({"cache_dir": str(tmp_path), "cache_chunk_bytes": "64KiB", "cache_size": 65_000})
+    with pytest.raises(ConfigError, match=re.escape(f"it must be at least {(64 << 10) + TRAILER.size} bytes")):
+        split_cache_options({"cache_dir": str(tmp_path), "cache_chunk_bytes": "64KiB", "cache_size": 65_000})
+
+
+def test_a_cache_dir_under_home_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cache = split_cache_options({"cache_dir": "~/.cache/npyfeed", "cache_size": "1GB"})[0]
+    assert cache is not None and cache.directory == str(tmp_path / ".cache" / "npyfeed")
+
+
+_MODES = textwrap.dedent(
+    """
+    import os, sys
+    import numpy as np
+    import npyfeed
+    url, first, second = sys.argv[1:4]
+    for umask, cache in ((0o022, first), (0o000, second)):
+        os.umask(umask)
+        opts = {"cache_dir": cache, "cache_size": "10MB", "cache_chunk_bytes": 65536}
+        a = npyfeed.open(url, storage_options=opts)
+        assert np.array_equal(a[::3], np.load(sys.argv[4])[::3])
+    """
+)
+
+
+def test_directories_are_0700_and_files_0600_whatever_the_umask(
+    served: tuple[RangeServer, Path], tmp_path: Path
+) -> None:
+    server, root = served
+    np.save(root / "modes.npy", np.arange(100_000, dtype=np.int64))
+    caches = [tmp_path / "a" / "new" / "cache", tmp_path / "b" / "cache"]  # missing parents are made too
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent / "src"), os.environ.get("PYTHONPATH", "")])}
+    args = [f"{server.url}/modes.npy", *map(str, caches), str(root / "modes.npy")]
+    done = subprocess.run([sys.executable, "-c", _MODES, *args], env=env, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    for cache, top in zip(caches, (tmp_path / "a", tmp_path / "b"), strict=True):
+        assert len(chunk_files(cache)) == 13  # 800,128 bytes in chunks of 64 KiB
+        made = [top, *top.rglob("*")]
+        dirs = [p for p in made if p.is_dir()]
+        files = [p for p in made if p.is_file()]
+        assert len(dirs) >= 3 and {p.stat().st_mode & 0o777 for p in dirs} == {0o700}, dirs
+        assert {p.name for p in files} >= {"CACHEDIR.TAG", ".lock", ".used"}
+        assert {(p.name, p.stat().st_mode & 0o777) for p in files} == {(p.name, 0o600) for p in files}
+
+
+def test_a_cache_dir_others_own_or_can_write_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp
+    with pytest.raises(ConfigError) as caught:
+        ChunkDirectory(CacheOptions(str(shared), 1 << 30, 1 << 20))
+    me = os.geteuid()
+    assert f"storage_options['cache_dir'] = {str(shared)!r}: refused as a cache directory" in str(caught.value)
+    assert f"owned by uid {me}" in str(caught.value) and "with mode 1777" in str(caught.value)
+    assert "expected a directory owned by this user" in str(caught.value)
+    assert not list(shared.iterdir())  # nothing written there
+    if me == 0:  # root: a directory of another user
+        foreign = tmp_path / "foreign"
+        foreign.mkdir(0o700)
+        os.chown(foreign, 65534, 65534)
+    else:
+        foreign = Path("/")  # root's, and not writable by others
+    with pytest.raises(
+        ConfigError, match=f"owned by uid {foreign.stat().st_uid}.* mode 0*{foreign.stat().st_mode & 0o7777:o}"
+    ):
+        ChunkDirectory(CacheOptions(str(foreign), 1 << 30, 1 << 20))
+    link = tmp_path / "link"
+    link.symlink_to(shared)  # a link is followed, and the directory it leads to checked
+    with pytest.raises(ConfigError, match="refused as a cache directory"):
+        ChunkDirectory(CacheOptions(str(link), 1 << 30, 1 << 20))
+    mine = tmp_path / "mine"
+    mine.mkdir(0o755)  # others may read the names, not write: accepted, the files themselves are 0600
+    mine.chmod(0o755)
+    ChunkDirectory(CacheOptions(str(mine), 1 << 30, 1 << 20))
+    assert (mine / "CACHEDIR.TAG").read_text().startswith("Signature: 8a477f597d28d172789f06886806bc55\n")
+
+
+def test_a_directory_the_cache_did_not_make_is_refused(tmp_path: Path) -> None:
+    other = tmp_path / "project"
+    other.mkdir()
+    (other / "notes.tmp").write_text("mine")
+    (other / "data").mkdir()
+    with pytest.raises(ConfigError) as caught:
+        ChunkDirectory(CacheOptions(str(other), 1 << 30, 1 << 20))
+    assert "holds files the cache did not make ('data', 'notes.tmp') and no npyfeed CACHEDIR.TAG marker" in str(
+        caught.value
+    )
+    assert sorted(p.name for p in other.iterdir()) == ["data", "notes.tmp"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    ChunkDirectory(CacheOptions(str(empty), 1 << 30, 1 << 20))  # empty: adopted, and tagged
+    (empty / "notes.tmp").write_text("added later")
+    ChunkDirectory(CacheOptions(str(empty), 1 << 30, 1 << 20))  # tagged: files added later are tolerated
+
+
+def test_eviction_deletes_only_the_caches_own_files(
+    served: tuple[RangeServer, Path], tmp_path: Path, small_chunks: None
+) -> None:
+    server, root = served
+    x = np.random.default_rng(9).integers(0, 1 << 62, (20000, 3), dtype=np.int64)  # 480 KB
+    np.save(root / "foreign.npy", x)
+    cache = tmp_path / "cache"
+    url = f"{server.url}/foreign.npy"
+    opts = options(cache, 100_000, 8 << 10)
+    assert np.array_equal(npyfeed.open(url, storage_options=opts)[:1000], x[:1000])
+    [objects] = [p for p in cache.iterdir() if p.is_dir()]
+    old = time.time() - 3600  # older than any temporary file of the cache may live
+    theirs = [tmp_path / "notes.tmp", cache / "notes.tmp", cache / "checkpoint.tmp", objects / "notes.tmp"]
+    theirs += [objects / "checkpoint.tmp", objects / ".notes.1.abcdef12.tmp", cache / ("ab" * 16)]
+    for path in theirs:
+        path.write_text("not the cache's")
+        os.utime(path, (old, old))
+    other_dir = cache / ("f" * 32)  # named like an object's directory, but a link to someone's files
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / f"{'0' * 16}-8192-0").write_bytes(b"x" * 9000)  # named like a chunk
+    other_dir.symlink_to(elsewhere)
+    fifo = objects / f"{'1' * 16}-8192-0"  # named like a chunk, not a regular file
+    os.mkfifo(fifo)
+    named = objects / f"{'2' * 16}-8192-0"
+    named.mkdir()
+    orphan = objects / f".{chunk_files(cache)[0].name}.12345.abcdef12.tmp"  # the cache's own, left by a killed writer
+    orphan.write_bytes(b"")
+    os.utime(orphan, (old, old))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "npyfeed cache .* evicted before they are used again", RuntimeWarning)
+        for _ in range(2):  # 5x the cache: chunks evicted over and over
+            assert same_rows(epoch(npyfeed.Loader(url, 512, shuffle=True, seed=1, storage_options=opts)), x)
+    assert npyfeed.storage.cache.chunk_directory(CacheOptions(str(cache), 100_000, 8 << 10)).evicted > 10
+    for path in theirs:
+        assert path.read_text() == "not the cache's", path
+    assert (elsewhere / f"{'0' * 16}-8192-0").read_bytes() == b"x" * 9000 and other_dir.is_symlink()
+    assert fifo.exists() and named.is_dir()
+    assert not orphan.exists()  # its own temporary file, left over: removed
+    assert disk_bytes(cache) <= 100_000 + 64 + sum(len("not the cache's") for p in theirs if cache in p.parents)
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_what_is_not_a_regular_file_where_a_chunk_should_be_is_never_opened(
+    served: tuple[RangeServer, Path], tmp_path: Path
+) -> None:
+    server, root = served
+    x = np.random.default_rng(10).standard_normal((40000, 4))  # 1.28 MB: 20 chunks of 64 KiB
+    np.save(root / "fifo.npy", x)
+    url = f"{server.url}/fifo.npy"
+    opts = options(tmp_path, "10MB", 64 << 10)
+    assert np.array_equal(npyfeed.open(url, storage_options=opts)[:], x)
+    files = chunk_files(tmp_path)
+    assert len(files) == 20
+    forged = tmp_path / "forged"
+    data = bytearray(files[2].read_bytes())
+    data[1000:1008] = b"\xff" * 8  # a chunk that would pass its trailer check (written this boot): never followed
+    forged.write_bytes(bytes(data))
+    files[1].unlink()
+    os.mkfifo(files[1])  # would block a reader opening it
+    files[2].unlink()
+    files[2].symlink_to(forged)
+    files[3].unlink()
+    files[3].mkdir()
+    files[4].unlink()
+    os.mkfifo(files[4].with_name(files[4].name + ".part"))  # a FIFO where a claim goes: never waited on
+    result: list[object] = []
+
+    def read() -> None:
+        try:
+            result.append(npyfeed.open(url, storage_options=opts)[:])
+        except BaseException as e:
+            result.append(e)
+
+    reader = threading.Thread(target=read, daemon=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reader.start()
+        reader.join(60)
+    if reader.is_alive():  # unblock it before failing: open the FIFO's other end
+        os.close(os.open(files[1], os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("a reader hung on a FIFO where a chunk should be")
+    assert isinstance(result[0], np.ndarray) and np.array_equal(result[0], x), result
+    assert [str(w.message) for w in caught if "cannot write a chunk" in str(w.message)]  # the directory: bypassed
+    assert files[1].is_file() and files[2].is_file() and not files[2].is_symlink()  # replaced by fetched chunks
+    assert files[3].is_dir()  # not the cache's to delete: its rows come from the store
+    assert forged.read_bytes() == bytes(data)
+
+
+_HOLDER = textwrap.dedent(
+    """
+    import sys
+    import npyfeed
+    url, cache = sys.argv[1:3]
+    opts = {"cache_dir": cache, "cache_size": "10MB", "cache_chunk_bytes": 65536, "request_bytes": 1 << 20}
+    npyfeed.open(url, storage_options=opts)[:]
+    """
+)
+
+
+def test_claims_of_a_stopped_process_are_waited_on_at_most_the_deadline(
+    served: tuple[RangeServer, Path], tmp_path: Path
+) -> None:
+    server, root = served
+    x = np.random.default_rng(11).integers(0, 1 << 30, (80000, 4), dtype=np.int32)  # 1.28 MB: 20 chunks
+    np.save(root / "stopped.npy", x)
+    cache = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent / "src"), os.environ.get("PYTHONPATH", "")])}
+    with FaultProxy(f"127.0.0.1:{server.port}", delay=1.0) as proxy:  # slow: the holder claims, then waits
+        url = f"{proxy.url}/stopped.npy"
+        holder = subprocess.Popen([sys.executable, "-c", _HOLDER, url, str(cache)], env=env)
+        try:
+            _wait_for(lambda: len(list(cache.rglob("*.part"))) == 20, 60)  # all claimed; answers take 1 s
+            holder.send_signal(signal.SIGSTOP)  # its claims stay locked for as long as it is stopped
+            held = list(cache.rglob("*.part"))
+            proxy.delay = 0.0
+            opts = {"cache_dir": str(cache), "cache_size": "10MB", "cache_chunk_bytes": 65536, "deadline": 3}
+            a = npyfeed.open(url, storage_options=opts)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")  # if it was stopped holding the space lock too (see the next test)
+                began = time.monotonic()
+                assert np.array_equal(a[:], x)  # the held chunks' rows fetched from the store here
+                first = time.monotonic() - began
+                began = time.monotonic()
+                assert np.array_equal(a[::2], x[::2])
+                again = time.monotonic() - began
+            assert all("space lock is held" in str(w.message) for w in caught), [str(w.message) for w in caught]
+            assert len(held) == 20 and all(p.exists() for p in held)  # still held: stopped, not dead
+        finally:
+            holder.kill()  # a stopped process is killed too
+            holder.wait(30)
+    assert 3 <= first < 3 + 20, first  # one wait of the deadline for all the held chunks, not one per chunk
+    assert again < 3, again  # a claim waited on in vain is not waited on again
+
+
+_LOCKER = textwrap.dedent(
+    """
+    import fcntl, os, signal, sys
+    fd = os.open(os.path.join(sys.argv[1], ".lock"), os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.kill(os.getpid(), signal.SIGSTOP)
+    """
+)
+
+
+def test_a_space_lock_held_by_a_stopped_process_is_waited_on_at_most_the_deadline(
+    served: tuple[RangeServer, Path], tmp_path: Path
+) -> None:
+    server, root = served
+    x = np.random.default_rng(12).integers(0, 1 << 30, (80000, 4), dtype=np.int32)
+    np.save(root / "locked.npy", x)
+    opts = {"cache_dir": str(tmp_path), "cache_size": "10MB", "cache_chunk_bytes": 65536, "deadline": 2}
+    a = npyfeed.open(f"{server.url}/locked.npy", storage_options=opts)  # the cache's directory and .lock exist
+    locker = subprocess.Popen([sys.executable, "-c", _LOCKER, str(tmp_path)])
+    try:
+        _wait_for(lambda: Path(f"/proc/{locker.pid}/stat").read_text().split(") ")[1].startswith("T"), 60)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            began = time.monotonic()
+            assert np.array_equal(a[:], x)  # from the store
+            first = time.monotonic() - began
+            began = time.monotonic()
+            assert np.array_equal(a[1::2], x[1::2])
+            again = time.monotonic() - began
+    finally:
+        locker.kill()
+        locker.wait(30)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "space lock is held by a process that does not let go" in messages[0], messages
+    assert f"{tmp_path / '.lock'}" in messages[0]
+    assert 2 <= first < 2 + 20, first
+    assert again < 2, again  # tried once, not waited on again
+    assert not chunk_files(tmp_path)
+    assert np.array_equal(a[:], x) and len(chunk_files(tmp_path)) == 20  # free again (the holder died): cached

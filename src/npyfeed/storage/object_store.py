@@ -75,6 +75,7 @@ class ObjectFile:
                 self._size,
                 self._fetch_ranges,
                 self.options.request_bytes,
+                self.options.deadline,  # the longest wait for a chunk another process is writing
             )
         # (start, end) -> Future[np.ndarray]: ranges fetched ahead of use, oldest first.
         self._ahead: OrderedDict[tuple[int, int], concurrent.futures.Future[np.ndarray]] = OrderedDict()

@@ -7,6 +7,10 @@ disk, so memory stays at the requests in flight), then copies the rows out of th
 (neighbours within a few KiB in one call) into the caller's buffer. Rows in a chunk the cache has no room for are
 fetched from the store as without a cache. Chunks are keyed by URL, version (size and ETag) and index: a replaced
 object is a new key, and its old chunks are deleted when the new version is first cached.
+
+A chunk another process is writing is waited for at most ``wait_seconds`` (the storage ``deadline``) per gather,
+however many chunks it holds; then (and for every later gather while that same claim is held: a stopped process
+keeps it forever) the rows are fetched from the store here.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ import hashlib
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from npyfeed.storage.cache import claims
 from npyfeed.storage.cache.directory import TRAILER, ChunkDirectory, chunk_directory
 from npyfeed.storage.ranges import plan_requests
 
@@ -32,7 +38,6 @@ __all__ = ["CachedObject"]
 # than another system call).
 _LOCAL_GAP = 16 << 10
 _CLAIMS_AT_ONCE = 64  # chunks fetched together (each holds an open file while it is written)
-_WAIT_SECONDS = 300.0  # longest wait for another process's fetch of a chunk before fetching it here too
 
 Fetch = Callable[[Sequence[tuple[int, int]], Callable[[int, Any], None]], None]
 
@@ -41,11 +46,19 @@ class CachedObject:
     """One version of one object in a :class:`ChunkDirectory`.
 
     ``fetch(ranges, sink)`` fetches byte ranges of that version from the store (``sink(i, data)`` per range, on
-    any thread); ``request_bytes`` bounds one range request.
+    any thread); ``request_bytes`` bounds one range request; ``wait_seconds`` bounds a gather's wait for chunks
+    other processes are writing.
     """
 
     def __init__(
-        self, cache: ChunkDirectory, name: str, version: object, size: int, fetch: Fetch, request_bytes: int
+        self,
+        cache: ChunkDirectory,
+        name: str,
+        version: object,
+        size: int,
+        fetch: Fetch,
+        request_bytes: int,
+        wait_seconds: float,
     ) -> None:
         self.cache = cache
         self.name = name
@@ -54,6 +67,7 @@ class CachedObject:
         self.chunks = -(-size // self.chunk_bytes)
         self._fetch = fetch
         self._request_bytes = request_bytes
+        self._wait_seconds = wait_seconds
         self.directory = cache.root / hashlib.sha256(name.encode()).hexdigest()[:32]
         self._version = hashlib.sha256(repr(version).encode()).hexdigest()[:16]
         self._key = f"{name}\0{version!r}\0{self.chunk_bytes}"
@@ -64,9 +78,11 @@ class CachedObject:
         """Fresh per-process state (a forked worker inherits locks and fetches in flight of its parent's threads)."""
         self._pid = os.getpid()
         self.cache = chunk_directory(self.cache.options)
+        self.cache.wait_at_most(self._wait_seconds)
         self._lock = threading.Lock()
         self._inflight: dict[int, concurrent.futures.Future[bool]] = {}
         self._queued: set[int] = set()  # chunks waiting for the read-ahead threads
+        self._stuck: set[tuple[int, tuple[int, int]]] = set()  # (chunk, claim file) waited on in vain: not again
 
     def path(self, k: int) -> Path:
         return self.directory / f"{self._version}-{self.chunk_bytes}-{k}"
@@ -97,7 +113,7 @@ class CachedObject:
 
     def _fill(self, ks: list[int]) -> None:
         """Fetch chunks ``ks`` into the cache: each once per process (other threads wait for it) and once among
-        processes (see :meth:`ChunkDirectory.claim`)."""
+        processes (see :func:`~npyfeed.storage.cache.claims.claim`)."""
         if self._pid != os.getpid():
             self._after_fork()
         mine: dict[int, concurrent.futures.Future[bool]] = {}
@@ -137,8 +153,14 @@ class CachedObject:
             claimed, theirs = self._claim_all(ks[i : i + _CLAIMS_AT_ONCE])
             waiting += theirs
             self._write(claimed)
+        deadline = time.monotonic() + self._wait_seconds  # one wait for all: a stopped holder may hold many
         for k in waiting:  # another process is fetching them: wait, then take over if it gave up
-            self.cache.wait(self.path(k), _WAIT_SECONDS)
+            held = claims.holder(self.path(k))
+            if not claims.wait(self.path(k), deadline - time.monotonic()):
+                if held is not None and held == claims.holder(self.path(k)):
+                    with self._lock:
+                        self._stuck.add((k, held))
+                continue  # still held: its rows are read from the store
             fd = self.open(k)
             if fd is not None:
                 _close([fd])
@@ -153,25 +175,35 @@ class CachedObject:
         for k in ks:
             try:
                 fd = self._claim(k)
-                if fd is None:
-                    waiting.append(k)
-                elif fd < 0:
-                    continue  # published by another process meanwhile
-                elif self.cache.reserve(self.length(k) + TRAILER.size, self.path(k)):
-                    claimed[k] = fd
-                else:
-                    self.cache.abandon(fd, self.path(k))  # no room
             except OSError as e:  # the cache's disk, not the store: read without the cache
                 self.cache.failed(e)
+                continue
+            if fd is None:
+                held = claims.holder(self.path(k))
+                if held is not None and (k, held) not in self._stuck:
+                    waiting.append(k)  # else: a claim already waited on in vain, or not a claim: the store
+                continue
+            if fd < 0:
+                continue  # published by another process meanwhile
+            try:
+                room = self.cache.reserve(self.length(k) + TRAILER.size, self.path(k))
+            except OSError as e:  # a TimeoutError for a space lock that is not let go, or the disk
+                room = False
+                self.cache.failed(e)
+            if room:
+                claimed[k] = fd
+            else:
+                with contextlib.suppress(OSError):
+                    claims.abandon(fd, self.path(k))  # no room
         return claimed, waiting
 
     def _claim(self, k: int) -> int | None:
         """Claim chunk ``k`` for writing: a descriptor, None if another process is writing it, or -1 if it was
         published between our look and our claim."""
-        fd = self.cache.claim(self.path(k))
+        fd = claims.claim(self.path(k))
         if fd is not None and (done := self.open(k)) is not None:
             _close([done])
-            self.cache.abandon(fd, self.path(k))
+            claims.abandon(fd, self.path(k))
             return -1
         return fd
 
@@ -224,7 +256,7 @@ class CachedObject:
     def _drop(self, k: int, fd: int) -> None:
         """Give up a claimed chunk and the room reserved for it."""
         with contextlib.suppress(OSError):
-            self.cache.abandon(fd, self.path(k))
+            claims.abandon(fd, self.path(k))
         with contextlib.suppress(OSError):
             self.cache.release(self.length(k) + TRAILER.size)
 

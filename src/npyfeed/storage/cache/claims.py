@@ -1,41 +1,23 @@
-"""The chunk cache's files: flock claims and their orphans, boot ids and CRCs (see
-:mod:`npyfeed.storage.cache.directory`)."""
+"""One writer per chunk among all processes: claims held by ``flock``.
+
+The writer makes a temporary file, locks it (``flock``), and links it to ``<chunk>.part``; a second process finds
+the ``.part``, waits for its lock (at most a deadline: a stopped holder keeps it forever), then uses the finished
+chunk or reads the rows from the store itself. A killed writer's lock is released by the kernel: its unlocked
+``.part`` is an orphan, which the next claimant (or an eviction scan) removes. Only regular files are ever opened
+(:func:`~npyfeed.storage.cache.private_dir.open_regular`): a FIFO named like a claim is never waited on.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
-import uuid
-import zlib
+import time
 from pathlib import Path
 
-__all__ = [
-    "CLOEXEC",
-    "NO_BOOT_ID",
-    "boot_id",
-    "claims",
-    "crc_of",
-    "mark_checked",
-    "part_path",
-    "remove_orphan",
-    "scandir",
-    "unlink_quietly",
-    "unlocked",
-]
+from npyfeed.storage.cache.private_dir import create_file, make_subdir, open_regular, temp_name
 
-CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_CRC_PIECE = 1 << 20  # checksums read the chunk in pieces of this size: bounded memory
-BOOT_ID_BYTES = 16  # the boot id is the last field of a chunk's trailer
-
-
-def scandir(path: str | os.PathLike[str]) -> list[os.DirEntry[str]]:
-    try:
-        with os.scandir(path) as it:
-            return list(it)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+__all__ = ["abandon", "claim", "claims", "holder", "part_path", "remove_orphan", "unlink_quietly", "unlocked", "wait"]
 
 
 def part_path(path: Path) -> Path:
@@ -51,10 +33,9 @@ def unlink_quietly(path: str | os.PathLike[str]) -> bool:
 
 
 def unlocked(path: str | os.PathLike[str], *, shared: bool = False) -> bool:
-    """Whether no process holds the flock of ``path`` (a missing file counts as unlocked)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | CLOEXEC)
-    except FileNotFoundError:
+    """Whether no process holds the flock of the regular file ``path`` (missing, or not a regular file: True)."""
+    fd = open_regular(path)
+    if fd is None:
         return True
     try:
         fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
@@ -66,58 +47,83 @@ def unlocked(path: str | os.PathLike[str], *, shared: bool = False) -> bool:
 
 
 def remove_orphan(part: Path) -> bool:
-    """Remove ``part`` if its writer is gone (its lock is free); whether it is gone now."""
-    try:
-        fd = os.open(part, os.O_RDONLY | CLOEXEC)
-    except FileNotFoundError:
-        return True
+    """Remove the claim ``part`` if its writer is gone (its lock is free); whether it is gone now. Anything but a
+    regular file there is not the cache's: left alone (False)."""
+    fd = open_regular(part)
+    if fd is None:
+        return not os.path.lexists(part)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
         with contextlib.suppress(FileNotFoundError):
-            if part.stat().st_ino == os.fstat(fd).st_ino:
+            if part.stat(follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
                 part.unlink()
         return True
     finally:
         os.close(fd)
 
 
-NO_BOOT_ID = bytes(16)
-_boot: list[bytes] = []
-
-
-def boot_id() -> bytes:
-    """This boot of the machine (Linux's ``boot_id``); zeros where unknown (every process then checks CRCs)."""
-    if not _boot:
+def claim(path: Path) -> int | None:
+    """Become the one writer of chunk ``path``: an open, locked descriptor of ``<path>.part``, or None if another
+    live process is writing it (see :func:`wait`) or something not the cache's is in the way."""
+    make_subdir(path.parent)
+    part = part_path(path)
+    for _ in range(3):
+        tmp = path.parent / temp_name(path.name)
+        fd = create_file(tmp)
         try:
-            _boot.append(uuid.UUID(Path("/proc/sys/kernel/random/boot_id").read_text().strip()).bytes)
-        except (OSError, ValueError):
-            _boot.append(NO_BOOT_ID)
-    return _boot[0]
-
-
-def mark_checked(path: Path, length: int, trailer_bytes: int) -> None:
-    """Write the current boot id into a checked chunk's trailer (best effort: if it fails, it is checked again)."""
-    if boot_id() == NO_BOOT_ID:
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_WRONLY | CLOEXEC)
-        try:
-            os.pwrite(fd, boot_id(), length + trailer_bytes - BOOT_ID_BYTES)
-        finally:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # locked before it has the .part name: no one sees it unlocked
+            os.link(tmp, part)
+            claims.add(fd)
+        except FileExistsError:
             os.close(fd)
+            unlink_quietly(tmp)
+            if not remove_orphan(part):
+                return None
+            continue
+        except BaseException:
+            os.close(fd)
+            unlink_quietly(tmp)
+            raise
+        unlink_quietly(tmp)
+        return fd
+    return None
 
 
-def crc_of(fd: int, length: int) -> int:
-    crc = 0
-    for offset in range(0, length, _CRC_PIECE):
-        piece = os.pread(fd, min(_CRC_PIECE, length - offset), offset)
-        if not piece:
-            raise OSError(errno.EIO, "a cache chunk file ended early")
-        crc = zlib.crc32(piece, crc)
-    return crc
+def holder(path: Path) -> tuple[int, int] | None:
+    """Which claim file is at ``<path>.part`` (device, inode), to recognise a claim already waited on."""
+    try:
+        info = part_path(path).stat(follow_symlinks=False)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def wait(path: Path, timeout: float) -> bool:
+    """Wait at most ``timeout`` seconds until no process is writing chunk ``path``; whether none is."""
+    part = part_path(path)
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        if unlocked(part, shared=True):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.05)
+
+
+def abandon(fd: int, path: Path) -> None:
+    """Give up a claimed chunk: remove its ``.part`` (if still ours) and close ``fd``."""
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            if part_path(path).stat(follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                part_path(path).unlink()
+    finally:
+        claims.discard(fd)
+        os.close(fd)
 
 
 # Descriptors of the chunks this process is writing. A forked child inherits them, and with them the flock that

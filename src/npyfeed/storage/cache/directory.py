@@ -1,36 +1,36 @@
-"""A local directory of fixed-size chunks of remote objects, shared by processes and kept under a size limit.
+"""The cache's directory: its files, the space they take, and eviction of its own files only.
 
-``storage_options={"cache_dir": "/tmp/npyfeed-cache", "cache_size": "20GB"}`` (and optionally
+``storage_options={"cache_dir": "~/.cache/npyfeed", "cache_size": "20GB"}`` (and optionally
 ``"cache_chunk_bytes"``, 4 MiB by default; see :mod:`npyfeed.storage.cache.options`) turns it on;
-:class:`npyfeed.storage.cache.cached_object.CachedObject` reads rows through it. This module is the directory
-alone: names, space, writing and checking chunk files. Layout::
+:class:`npyfeed.storage.cache.cached_object.CachedObject` reads rows through it. Layout::
 
+    <cache_dir>/CACHEDIR.TAG              the marker: this directory is the cache's (see private_dir)
     <cache_dir>/.lock                     flock'ed while space is reserved or freed
     <cache_dir>/.used                     bytes held by chunk files (a counter; rebuilt by a scan when missing)
     <cache_dir>/<sha256(url)[:32]>/<sha256(version)[:16]>-<chunk bytes>-<index>      a chunk: data + trailer
+    <cache_dir>/<sha256(url)[:32]>/<chunk name>.part                                 a claim (see claims)
 
-- A chunk file is its data followed by a 48-byte trailer (magic, data length, CRC-32 of the data, a digest of the
-  key, a boot id), so a truncated file, a file of another object, or bytes changed on disk (a power loss before the
-  data was flushed) are caught: such a file is deleted and the chunk fetched again. The CRC is read back when a
-  chunk is written, and checked again the first time a chunk is used after a reboot (see :meth:`ChunkDirectory.open`).
-- One writer per chunk among all processes: the writer makes a temporary file, locks it (``flock``), and links it
-  to ``<name>.part``; a second process finds the ``.part``, waits for its lock, then uses the finished chunk. A
-  killed writer leaves an unlocked ``.part``, which the next claimant (or a scan) removes. A chunk is published by
-  ``rename``, so no reader ever sees half of one.
-- Space: before a chunk is written, its bytes are reserved in ``.used`` under ``.lock``; when they do not fit, a
-  scan deletes the least recently used chunks (``atime``, which a read sets explicitly, whatever the mount's
-  ``noatime``) until they do, or the chunk is not cached (its rows are read from the store instead). ``.part``
-  files count at their full size, so the directory stays under the limit while chunks are being written.
+Space: before a chunk is written, its bytes are reserved in ``.used`` under ``.lock``; when they do not fit, a
+scan deletes the least recently used chunks (``atime``, which a read sets explicitly, whatever the mount's
+``noatime``) until they do, or the chunk is not cached (its rows are read from the store instead). ``.part`` files
+count at their full size, so the directory stays under the limit while chunks are being written. The lock is
+waited for at most the storage ``deadline`` (a stopped process may hold it forever): then, and until it is free
+again, chunks are not cached (a ``TimeoutError``, which the readers turn into rows read from the store).
+
+Eviction deletes only what the cache made: regular files named like its chunks, claims and temporary files,
+inside object directories named like its own, inside the marked directory. Anything else there (``notes.tmp``, a
+FIFO, a link, a directory) is neither counted nor deleted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import math
 import os
 import re
-import secrets
-import struct
+import stat
 import threading
 import time
 import warnings
@@ -38,52 +38,58 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from npyfeed.errors import ConfigError
-from npyfeed.storage.cache.claims import (
-    CLOEXEC,
-    NO_BOOT_ID,
-    boot_id,
-    claims,
-    crc_of,
-    mark_checked,
-    part_path,
-    remove_orphan,
-    scandir,
-    unlink_quietly,
-    unlocked,
+from npyfeed.storage.cache.chunk_file import TRAILER, finish, is_good, mark_checked
+from npyfeed.storage.cache.claims import claims, part_path, unlink_quietly, unlocked
+from npyfeed.storage.cache.options import CacheOptions
+from npyfeed.storage.cache.private_dir import (
+    TEMP_NAME,
+    check_private,
+    create_file,
+    ensure_marker,
+    make_dirs,
+    open_or_create,
+    open_regular,
+    read_text,
+    temp_name,
+    write_file,
 )
-from npyfeed.storage.cache.options import TRAILER_BYTES, CacheOptions
 
-__all__ = ["TRAILER", "ChunkDirectory", "chunk_directory"]
+__all__ = ["THRASH_RATIO", "TRAILER", "ChunkDirectory", "chunk_directory"]
 
-# magic, data length, crc32 of the data, (padding), key digest, boot id of the machine's boot that wrote or last
-# checked it (see ChunkDirectory.open).
-TRAILER = struct.Struct("<8sQI4x8s16s")
-assert TRAILER.size == TRAILER_BYTES
-_MAGIC = b"NPYFCHK2"
+_OBJECT_DIR = re.compile(r"^[0-9a-f]{32}$")
 _CHUNK_NAME = re.compile(r"^[0-9a-f]{16}-(\d+)-\d+$")
 _PART_NAME = re.compile(r"^[0-9a-f]{16}-(\d+)-\d+\.part$")
+_ROOT_FILES = (".used", "CACHEDIR.TAG")  # whose temporary files the cache writes in its root
 THRASH_RATIO = 4
 """Warn when chunks fetched exceed this many times the rows served, the cache having turned over once."""
-_ORPHAN_TMP_SECONDS = 600.0  # a claim's temporary file lives milliseconds; older ones were left by a killed process
+_ORPHAN_TMP_SECONDS = 600.0  # a temporary file lives milliseconds; older ones were left by a killed process
 
 
 class ChunkDirectory:
-    """One cache directory: reserving space (evicting the least recently used chunks), claiming, publishing and
-    checking chunk files. Thread-safe; processes coordinate through ``flock``."""
+    """One private cache directory: reserving space (evicting the least recently used chunks), publishing and
+    opening verified chunk files. Thread-safe; processes coordinate through ``flock``."""
 
     def __init__(self, options: CacheOptions) -> None:
         self.options = options
         self.root = Path(options.directory)
         self._lock = threading.Lock()  # flock excludes other processes, not this process's other threads
         self._failed = False
+        self._lock_wait = math.inf  # see wait_at_most
+        self._lock_stuck = False  # the last wait for .lock timed out: try once, not wait, until it is free
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f".probe.{os.getpid()}.{secrets.token_hex(4)}"
-            probe.touch()
+            make_dirs(self.root)
+            check_private(self.root)  # a ConfigError naming the owner and mode found
+            ensure_marker(self.root)
+            probe = self.root / temp_name(".used")  # named like a temporary file: removed if left behind
+            os.close(create_file(probe))
             probe.unlink()
-            (self.root / ".lock").touch()
-            with self._locked():  # flock works there (not on every network filesystem)
-                pass
+            fd = open_or_create(self.root / ".lock")
+            try:  # flock works there (not on every network filesystem)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass  # held by another process: flock works
+            finally:
+                os.close(fd)
         except OSError as e:
             raise ConfigError(
                 f"storage_options['cache_dir'] = {options.directory!r}: cannot be used as a cache directory "
@@ -102,28 +108,49 @@ class ChunkDirectory:
     def limit(self) -> int:
         return self.options.size
 
+    def wait_at_most(self, seconds: float) -> None:
+        """Bound the wait for the space lock (the shortest storage ``deadline`` of the objects using the cache)."""
+        with self._lock:
+            self._lock_wait = min(self._lock_wait, seconds)
+
     # -- space -------------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        """Hold ``.lock`` (and this process's lock); a TimeoutError after :meth:`wait_at_most` seconds."""
         with self._lock:
-            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | CLOEXEC, 0o666)
+            fd = open_or_create(self.root / ".lock")
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                deadline = time.monotonic() + (0.0 if self._lock_stuck else self._lock_wait)
+                delay = 0.0005
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            self._lock_stuck = True
+                            raise TimeoutError(
+                                errno.ETIMEDOUT,
+                                f"the cache's space lock is held by a process that does not let go (stopped?) for "
+                                f"over {self._lock_wait:g} s",
+                                str(self.root / ".lock"),
+                            ) from None
+                        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                        delay = min(delay * 2, 0.02)
+                self._lock_stuck = False
                 yield
             finally:
                 os.close(fd)  # releases the flock
 
     def _read_used(self) -> int | None:
+        text = read_text(self.root / ".used")
         try:
-            text = (self.root / ".used").read_text()
-            return int(text) if text.strip() else None
-        except (OSError, ValueError):
+            return int(text) if text and text.strip() else None
+        except ValueError:
             return None
 
     def _write_used(self, used: int) -> None:
-        tmp = self.root / f".used.{os.getpid()}.{threading.get_ident()}"
-        tmp.write_text(str(max(0, used)))
-        tmp.replace(self.root / ".used")
+        write_file(self.root / ".used", str(max(0, used)))
 
     def reserve(self, nbytes: int, part: Path | None = None) -> bool:
         """Count ``nbytes`` of a chunk about to be written (claimed as ``part``), evicting least recently used
@@ -158,14 +185,17 @@ class ChunkDirectory:
     def _evict(self, target: int | None, exclude: str | None = None) -> int:
         """Scan the directory (under the lock); delete least recently used chunks until at most ``target`` bytes
         remain (None: delete nothing but orphans). Returns the bytes left, not counting the ``.part`` named
-        ``exclude`` (the caller's own, reserved separately)."""
+        ``exclude`` (the caller's own, reserved separately). Only the cache's own files are touched."""
         chunks: list[tuple[int, int, str]] = []  # (atime, size, path)
         total = 0
         now = time.time()
-        for sub in scandir(self.root):
-            if not sub.is_dir(follow_symlinks=False):
+        for entry in _regular_files(self.root):
+            if (m := TEMP_NAME.match(entry.name)) and m.group("name") in _ROOT_FILES:
+                _remove_if_old(entry, now)
+        for sub in _scandir(self.root):
+            if not _OBJECT_DIR.match(sub.name) or not sub.is_dir(follow_symlinks=False):
                 continue
-            for entry in scandir(sub.path):
+            for entry in _regular_files(sub.path):
                 try:
                     info = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
@@ -180,8 +210,8 @@ class ChunkDirectory:
                         unlink_quietly(entry.path)
                     else:
                         total += max(info.st_size, int(match.group(1)) + TRAILER.size)
-                elif entry.name.endswith(".tmp") and now - info.st_mtime > _ORPHAN_TMP_SECONDS:
-                    unlink_quietly(entry.path)
+                elif (m := TEMP_NAME.match(entry.name)) and _CHUNK_NAME.match(m.group("name")):
+                    _remove_if_old(entry, now)
         if target is not None and total > target:
             chunks.sort()
             for _, size, path in chunks:
@@ -214,8 +244,8 @@ class ChunkDirectory:
             )
 
     def failed(self, error: OSError) -> None:
-        """A chunk could not be written here (disk full, filesystem errors): warn once; its rows are read from
-        the store."""
+        """A chunk could not be written here (disk full, filesystem errors, something not the cache's in the way):
+        warn once; its rows are read from the store."""
         with self._lock:
             first, self._failed = not self._failed, True
         if first:
@@ -226,54 +256,23 @@ class ChunkDirectory:
                 stacklevel=4,
             )
 
-    # -- writing ------------------------------------------------------------------------------------------------
-    def claim(self, path: Path) -> int | None:
-        """Become the one writer of chunk ``path``: an open, locked descriptor of ``<path>.part``, or None if
-        another live process is writing it (see :meth:`wait`)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        part = part_path(path)
-        for _ in range(3):
-            tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | CLOEXEC, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)  # locked before it has the .part name: no one sees it unlocked
-                os.link(tmp, part)
-                claims.add(fd)
-            except FileExistsError:
-                os.close(fd)
-                unlink_quietly(tmp)
-                if not remove_orphan(part):
-                    return None
-                continue
-            except BaseException:
-                os.close(fd)
-                unlink_quietly(tmp)
-                raise
-            unlink_quietly(tmp)
-            return fd
-        return None
-
-    def wait(self, path: Path, timeout: float) -> None:
-        """Wait (at most ``timeout`` seconds) until no process is writing chunk ``path``."""
-        part = part_path(path)
-        deadline = time.monotonic() + timeout
-        delay = 0.002
-        while time.monotonic() < deadline:
-            if not part.exists() or unlocked(part, shared=True):
-                return
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
-
+    # -- chunk files --------------------------------------------------------------------------------------------
     def publish(self, fd: int, path: Path, length: int, digest: bytes) -> bool:
         """Finish the claimed chunk ``path`` whose ``length`` data bytes were written to ``fd``: append the
-        trailer and rename it in place. Closes ``fd``; False if the ``.part`` was taken away meanwhile."""
+        trailer and rename it in place (replacing a link or a FIFO there; a directory there is an OSError and
+        the claim is removed). Closes ``fd``; False if the ``.part`` was taken away meanwhile."""
+        part = part_path(path)
         try:
-            crc = crc_of(fd, length)
-            os.pwrite(fd, TRAILER.pack(_MAGIC, length, crc, digest, boot_id()), length)
+            finish(fd, length, digest)
             info = os.fstat(fd)
-            part_path(path).rename(path)
+            part.rename(path)
         except FileNotFoundError:
             return False
+        except OSError:
+            with contextlib.suppress(OSError):
+                if part.stat(follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                    part.unlink()
+            raise
         finally:
             claims.discard(fd)
             os.close(fd)
@@ -281,47 +280,25 @@ class ChunkDirectory:
             self._verified.add((info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns))
         return True
 
-    def abandon(self, fd: int, path: Path) -> None:
-        """Give up a claimed chunk: remove its ``.part`` (if still ours) and close ``fd``."""
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                if part_path(path).stat().st_ino == os.fstat(fd).st_ino:
-                    part_path(path).unlink()
-        finally:
-            claims.discard(fd)
-            os.close(fd)
-
-    # -- reading ------------------------------------------------------------------------------------------------
     def open(self, path: Path, length: int, digest: bytes) -> int | None:
-        """An open descriptor of chunk ``path`` if it holds ``length`` good bytes of this key; else None (a file
-        found bad is deleted, so the chunk is fetched again). Marks it used (its atime) for eviction.
-
-        A file whose length or trailer is wrong is bad. Its CRC is checked when it was written (or last checked)
-        before the machine's current boot (a crash before the page cache reached the disk is how a complete-looking
-        file goes bad; the CRC of a file written since boot was computed from the bytes it holds). Once checked, its
-        trailer takes the current boot id, so every process of this boot trusts it without reading it again.
+        """An open descriptor of chunk ``path`` if it is a regular file holding ``length`` good bytes of this key
+        (see :func:`~npyfeed.storage.cache.chunk_file.is_good`); else None: a bad chunk file is deleted (so the
+        chunk is fetched again); anything but a regular file is never opened. Marks it used (atime) for eviction.
         """
         try:
-            fd = os.open(path, os.O_RDONLY | CLOEXEC)
-        except OSError:  # not there (or no way to it: read from the store)
+            fd = open_regular(path)
+        except OSError:  # no way to it: read from the store
+            return None
+        if fd is None:
             return None
         try:
             info = os.fstat(fd)
             identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-            good = info.st_size == length + TRAILER.size
-            if good:
-                raw = os.pread(fd, TRAILER.size, length).ljust(TRAILER.size, b"\0")
-                magic, found, crc, key, boot = TRAILER.unpack(raw)
-                good = magic == _MAGIC and found == length and key == digest
-            if good and (boot != boot_id() or boot == NO_BOOT_ID) and identity not in self._verified:
-                try:
-                    good = crc_of(fd, length) == crc
-                except OSError:  # shortened while being checked
-                    good = False
-                if good:
-                    with self._lock:
-                        self._verified.add(identity)
-                    mark_checked(path, length, TRAILER.size)
+            good, checked = is_good(fd, info, length, digest, identity in self._verified)
+            if checked:
+                with self._lock:
+                    self._verified.add(identity)
+                mark_checked(path, length)
             if not good:
                 os.close(fd)
                 self._discard(path, info)
@@ -337,16 +314,17 @@ class ChunkDirectory:
     def _discard(self, path: Path, info: os.stat_result) -> None:
         """Delete a bad chunk file (if ``path`` still names it) and give back its space."""
         with contextlib.suppress(FileNotFoundError):
-            now = path.stat()
+            now = path.stat(follow_symlinks=False)
             if (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino):
                 path.unlink()
-                self.release(info.st_size)
+                with contextlib.suppress(OSError):  # a counter left high is corrected by the next scan
+                    self.release(info.st_size)
 
     def remove_other_versions(self, directory: Path, keep: str) -> None:
         """Delete the chunk files in ``directory`` (one object) whose version is not ``keep`` (a replaced object's
         old chunks: never served again), giving back their space."""
         freed = 0
-        for entry in scandir(directory):
+        for entry in _regular_files(directory):
             if _CHUNK_NAME.match(entry.name) and not entry.name.startswith(keep + "-"):
                 with contextlib.suppress(FileNotFoundError):
                     size = entry.stat(follow_symlinks=False).st_size
@@ -354,6 +332,31 @@ class ChunkDirectory:
                     freed += size
         if freed:
             self.release(freed)
+
+
+def _scandir(path: str | os.PathLike[str]) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as it:
+            return list(it)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _regular_files(path: str | os.PathLike[str]) -> list[os.DirEntry[str]]:
+    """The regular files in ``path`` (never a link, a FIFO or a directory: those are not the cache's)."""
+    found = []
+    for entry in _scandir(path):
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(entry.stat(follow_symlinks=False).st_mode):
+                found.append(entry)
+    return found
+
+
+def _remove_if_old(entry: os.DirEntry[str], now: float) -> None:
+    """Delete one of the cache's temporary files left by a killed process (none lives longer than milliseconds)."""
+    with contextlib.suppress(OSError):
+        if now - entry.stat(follow_symlinks=False).st_mtime > _ORPHAN_TMP_SECONDS:
+            unlink_quietly(entry.path)
 
 
 _caches: dict[tuple[int, CacheOptions], ChunkDirectory] = {}

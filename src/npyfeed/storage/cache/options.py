@@ -1,8 +1,9 @@
 """The local cache's settings in ``storage_options``: ``cache_dir``, ``cache_size``, ``cache_chunk_bytes``.
 
-``split_cache_options`` takes them out of ``storage_options`` (the rest configures the store) and validates them:
-sizes are ints or strings such as ``"20GB"`` (10^9) or ``"512MiB"`` (2^20), and a bad one is a
-:class:`~npyfeed.ConfigError` naming the key and the value.
+``split_cache_options`` takes them out of ``storage_options`` (the rest configures the store) and validates them
+once, where they enter: sizes are ints or strings such as ``"20GB"`` (10^9) or ``"512MiB"`` (2^20), within
+bounds (:data:`MIN_CHUNK_BYTES`, :data:`MAX_CHUNK_BYTES`; a cache of at least one chunk), and a bad one is a
+:class:`~npyfeed.ConfigError` naming the key, the value and the bound. ``cache_dir`` may start with ``~``.
 """
 
 from __future__ import annotations
@@ -17,10 +18,24 @@ from typing import Any
 
 from npyfeed.errors import ConfigError
 
-__all__ = ["CACHE_KEYS", "DEFAULT_CHUNK_BYTES", "TRAILER_BYTES", "CacheOptions", "parse_size", "split_cache_options"]
+__all__ = [
+    "CACHE_KEYS",
+    "DEFAULT_CHUNK_BYTES",
+    "MAX_CHUNK_BYTES",
+    "MIN_CHUNK_BYTES",
+    "TRAILER_BYTES",
+    "CacheOptions",
+    "parse_size",
+    "split_cache_options",
+]
 
 CACHE_KEYS = ("cache_dir", "cache_size", "cache_chunk_bytes")
 DEFAULT_CHUNK_BYTES = 4 << 20
+MIN_CHUNK_BYTES = 64 << 10
+"""Smallest ``cache_chunk_bytes``: a chunk is a file, a claim and a request; tiny chunks make a batch thousands of
+each (``cache_chunk_bytes=1`` delivered no batch in 30 s)."""
+MAX_CHUNK_BYTES = 1 << 30
+"""Largest ``cache_chunk_bytes``: a missing chunk is fetched whole before any of its rows is served."""
 TRAILER_BYTES = 48
 """Bytes a chunk file holds after its data (:data:`npyfeed.storage.cache.directory.TRAILER`)."""
 
@@ -71,7 +86,8 @@ class CacheOptions:
         if self.size < self.chunk_bytes + TRAILER_BYTES:
             raise ConfigError(
                 f"storage_options['cache_size'] is {self.size} bytes, smaller than one chunk "
-                f"(storage_options['cache_chunk_bytes'] = {self.chunk_bytes} bytes): nothing could be cached"
+                f"(storage_options['cache_chunk_bytes'] = {self.chunk_bytes} bytes): nothing could be cached; it must "
+                f"be at least {self.chunk_bytes + TRAILER_BYTES} bytes"
             )
 
 
@@ -86,8 +102,13 @@ def split_cache_options(storage_options: Mapping[str, Any] | None) -> tuple[Cach
         raise ConfigError(
             f"storage_options['cache_dir'] must be a directory path when cache options are given, got {directory!r}"
         )
-    directory = str(Path(os.fspath(directory)).absolute())
+    directory = str(Path(os.fspath(directory)).expanduser().absolute())
     chunk = parse_size(mine.get("cache_chunk_bytes", DEFAULT_CHUNK_BYTES), "cache_chunk_bytes")
+    if not MIN_CHUNK_BYTES <= chunk <= MAX_CHUNK_BYTES:
+        raise ConfigError(
+            f"storage_options['cache_chunk_bytes'] = {mine['cache_chunk_bytes']!r} ({chunk} bytes) is out of bounds: "
+            f"it must be between {MIN_CHUNK_BYTES} (64 KiB) and {MAX_CHUNK_BYTES} (1 GiB) bytes"
+        )
     size = parse_size(mine["cache_size"], "cache_size") if "cache_size" in mine else _default_size(directory)
     return CacheOptions(directory, size, chunk), options
 
