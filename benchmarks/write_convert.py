@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 import npyfeed
+from npyfeed.sources import RowSource
 from npyfeed.write.convert import convert
 
 COLS = 256  # float32: 1 KiB rows
@@ -61,7 +62,7 @@ def _write_npy(path: Path, rows: int) -> float:
 def _check(spec: Path | str, rows: int, reference: np.ndarray | None = None) -> None:
     """C order, the right length, and sampled rows that are where they belong (``x[i, 0] == i``)."""
     got = npyfeed.open(str(spec))
-    assert isinstance(got, npyfeed.RowSource) and got.shape == (rows, COLS), (spec, got)
+    assert isinstance(got, RowSource) and got.shape == (rows, COLS), (spec, got)
     assert all(not npyfeed.read_header(p).fortran_order for p in got.paths), spec
     sample = np.sort(np.random.default_rng(1).integers(0, rows, 64))
     block = got[sample]

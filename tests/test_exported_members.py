@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import npyfeed
 
 
@@ -36,3 +38,41 @@ def test_import_npyfeed_imports_no_framework_and_no_cloud_client() -> None:
     code = f"import sys, npyfeed; print([m for m in {heavy!r} if m in sys.modules])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_all_holds_only_what_a_user_calls() -> None:
+    """Functions and classes a user calls or constructs, the exceptions and warnings they catch, the version."""
+    called = {"Loader", "NpyArray", "NpyWriter", "Shard", "mix", "open", "read_header", "split"}
+    returned = {"Columns", "Mix"}  # what open() and mix() return: users annotate with them and call their methods
+    caught = {name for name in npyfeed.__all__ if name.endswith(("Error", "Warning"))}
+    assert set(npyfeed.__all__) == called | returned | caught | {"__version__"}
+    assert all(callable(getattr(npyfeed, name)) for name in called | returned | caught)
+
+
+DOCUMENTED = {
+    "convert": "convert",  # npyfeed.convert.convert(...), docs/writing.md
+    "jax_arrays": "global_batches",  # docs/distributed.md
+    "keras": "LoaderCheckpoint",  # docs/distributed.md
+    "storage": "Storage",  # docs/storage.md
+}
+
+
+def test_documented_modules_resolve_after_import_npyfeed_alone() -> None:
+    """``npyfeed.keras.LoaderCheckpoint`` & co. work after ``import npyfeed`` (lazy module attributes); before
+    first use, nothing heavy is imported (a fresh interpreter each)."""
+    code = (
+        "import sys, npyfeed\n"
+        "heavy = ('tensorflow', 'keras', 'torch', 'jax')\n"
+        "assert not [m for m in heavy if m in sys.modules], sys.modules.keys()\n"
+        f"for module, name in {DOCUMENTED!r}.items():\n"
+        "    assert module in dir(npyfeed), module\n"
+        "    print(module, getattr(getattr(npyfeed, module), name).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [word for module, name in DOCUMENTED.items() for word in (module, name)]
+
+
+def test_an_unknown_attribute_is_still_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'kerass'"):
+        npyfeed.kerass  # noqa: B018

@@ -15,6 +15,7 @@ import pytest
 import npyfeed
 from npyfeed import ColumnMismatchError, ConfigError, Loader, Mix
 from npyfeed.order.mix_order import mix_order
+from npyfeed.order.orders import Order
 from npyfeed.sources.mix import apportion
 from test_loader import assert_resumes
 
@@ -23,7 +24,7 @@ WEIGHTS = {"web": 0.6, "code": 0.3, "tiny": 0.1}
 BASE = {"web": 0, "code": 100_000, "tiny": 200_000}  # row ids say which source a row came from
 
 
-def order_of(m: Mix, shuffle: str, seed: int) -> npyfeed.Order:
+def order_of(m: Mix, shuffle: str, seed: int) -> Order:
     """The order a Loader gives mixture ``m``."""
     return mix_order(m.counts, m.sizes, m.offsets, shuffle, seed)
 

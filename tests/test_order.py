@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npyfeed import BlockShuffle, ConfigError, GlobalShuffle, Sequential
-from npyfeed.order.orders import ChunkCache
+from npyfeed import ConfigError
+from npyfeed.order.orders import BlockShuffle, ChunkCache, GlobalShuffle, Sequential
 
 
 @settings(max_examples=60, deadline=None)
