@@ -498,6 +498,10 @@ def test_a_cache_dir_others_own_or_can_write_is_refused(tmp_path: Path) -> None:
     assert f"owned by uid {me}" in str(caught.value) and "with mode 1777" in str(caught.value)
     assert "expected a directory owned by this user" in str(caught.value)
     assert not list(shared.iterdir())  # nothing written there
+    link = tmp_path / "link"
+    link.symlink_to(shared)  # a link is followed, and the directory it leads to checked
+    with pytest.raises(ConfigError, match="refused as a cache directory"):
+        ChunkDirectory(CacheOptions(str(link), 1 << 30, 1 << 20))
     if me == 0:  # root: a directory of another user
         foreign = tmp_path / "foreign"
         foreign.mkdir(0o700)
@@ -508,10 +512,14 @@ def test_a_cache_dir_others_own_or_can_write_is_refused(tmp_path: Path) -> None:
         ConfigError, match=f"owned by uid {foreign.stat().st_uid}.* mode 0*{foreign.stat().st_mode & 0o7777:o}"
     ):
         ChunkDirectory(CacheOptions(str(foreign), 1 << 30, 1 << 20))
-    link = tmp_path / "link"
-    link.symlink_to(shared)  # a link is followed, and the directory it leads to checked
-    with pytest.raises(ConfigError, match="refused as a cache directory"):
-        ChunkDirectory(CacheOptions(str(link), 1 << 30, 1 << 20))
+    (tmp_path / "open").mkdir()
+    (tmp_path / "open").chmod(0o777)  # a parent anyone can write, not sticky: the directory could be swapped
+    with pytest.raises(ConfigError) as caught:
+        ChunkDirectory(CacheOptions(str(tmp_path / "open" / "cache"), 1 << 30, 1 << 20))
+    assert f"its parent {str(tmp_path / 'open')!r} is owned by uid {me}" in str(caught.value)
+    assert "with mode 0777, so another user could replace the cache directory" in str(caught.value)
+    ChunkDirectory(CacheOptions(str(shared / "cache"), 1 << 30, 1 << 20))  # a sticky parent (1777, like /tmp)
+    assert (shared / "cache").stat().st_mode & 0o7777 == 0o700
     mine = tmp_path / "mine"
     mine.mkdir(0o755)  # others may read the names, not write: accepted, the files themselves are 0600
     mine.chmod(0o755)

@@ -1,8 +1,9 @@
 """The cache's directory is private, and the cache keeps to what it made there.
 
 - Directories are created 0700 and files 0600 whatever the umask (chunks hold private bucket data).
-- A ``cache_dir`` owned by another user, or that group or others can write, is refused (:class:`ConfigError`):
-  whoever can write there could forge chunks that this user's jobs would serve as data.
+- A ``cache_dir`` owned by another user, or that group or others can write, or whose parents would let another
+  user replace it, is refused (:class:`ConfigError`): whoever can write there could forge chunks that this user's
+  jobs would serve as data.
 - A marker file, ``CACHEDIR.TAG`` (the Cache Directory Tagging convention, so backup tools skip it), is written
   when the cache makes its directory (or finds it empty); a directory without it that holds anything else is
   refused, so the cache never evicts from a directory it did not make.
@@ -157,9 +158,13 @@ def make_subdir(path: Path) -> None:
 
 
 def check_private(path: Path) -> None:
-    """Refuse a directory that another user owns or that group or others can write (a ConfigError naming it,
-    the owner and mode found, and what is expected). A symlink to a private directory is accepted: the
-    directory it leads to is checked."""
+    """Refuse a directory that another user owns or that group or others can write, or one whose parents would let
+    another user replace it (a ConfigError naming the directory, the owner and mode found, and what is expected).
+
+    A symlink to a private directory is accepted: the directory it leads to is checked, and its parents must be
+    owned by this user or root and not writable by group or others, unless sticky (like ``/tmp``: there only an
+    entry's owner can rename it), as ssh checks a key's directories.
+    """
     info = path.stat()
     if not stat.S_ISDIR(info.st_mode):
         raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(path))
@@ -173,6 +178,16 @@ def check_private(path: Path) -> None:
             "user would read as data. Name a directory of your own (e.g. '~/.cache/npyfeed'), or a new path the "
             "cache creates 0700"
         )
+    for parent in Path(os.path.realpath(path)).parents:
+        info = parent.stat()
+        mode = stat.S_IMODE(info.st_mode)
+        if info.st_uid not in (me, 0) or (mode & 0o022 and not mode & stat.S_ISVTX):
+            raise ConfigError(
+                f"storage_options['cache_dir'] = {str(path)!r}: refused as a cache directory: its parent "
+                f"{str(parent)!r} is owned by {_user(info.st_uid)} with mode {mode:04o}, so another user could "
+                f"replace the cache directory with one of theirs; expected parents owned by this user ({_user(me)}) "
+                "or root that group and others cannot write (or sticky, like /tmp)"
+            )
 
 
 def ensure_marker(path: Path) -> None:
