@@ -192,6 +192,7 @@ def test_a_cache_smaller_than_the_data_stays_under_its_limit(
             assert same_rows(rows, x)
             assert disk_bytes(tmp_path) <= limit + 64, disk_bytes(tmp_path)
     thrashed = [str(w.message) for w in caught if "evicted before they are used again" in str(w.message)]
+    assert all(issubclass(w.category, npyfeed.CacheWarning) for w in caught if "npyfeed cache" in str(w.message))
     if shuffle == "global":  # random rows over data 5x the cache: whole chunks for single rows, and it says so
         assert len(thrashed) == 1 and "larger than cache_size (0.1 MB)" in thrashed[0], thrashed
     elif shuffle == "none":
@@ -365,7 +366,7 @@ def test_a_cache_that_cannot_be_written_reads_from_the_store(
     np.save(root / "full.npy", x)
     a = npyfeed.open(f"{server.url}/full.npy", storage_options=options(tmp_path, "10MB", 8192))
     a.storage.cache.directory.write_bytes(b"")  # type: ignore[attr-defined]  # a file where its chunks would go
-    with pytest.warns(RuntimeWarning, match="cannot write a chunk"):
+    with pytest.warns(npyfeed.CacheWarning, match="cannot write a chunk"):
         assert np.array_equal(a[:], x)  # every row from the store instead
     assert np.array_equal(a[::7], x[::7])  # warned once
     assert not chunk_files(tmp_path)

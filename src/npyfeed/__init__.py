@@ -17,6 +17,7 @@ import importlib
 from typing import Any
 
 from npyfeed.errors import (
+    CacheWarning,
     ColumnMismatchError,
     ConfigError,
     FileChangedError,
@@ -39,6 +40,7 @@ from npyfeed.write.writer import NpyWriter
 __version__ = "0.1.0"
 
 __all__ = [
+    "CacheWarning",
     "ColumnMismatchError",
     "Columns",
     "ConfigError",

@@ -11,6 +11,7 @@
     └── WorkerError(RuntimeError)        a read or transform failed on a prefetch thread
 
     NpyfeedWarning(Warning)              something works, but not as well as it could
+    ├── CacheWarning(RuntimeWarning)     the local chunk cache is bypassed for some rows, or thrashes
     ├── RemoteShuffleWarning(UserWarning)  a global shuffle over an object store: the request rate it implies
     └── UnversionedObjectWarning(UserWarning)  a server gives no ETag or Last-Modified: changes go unnoticed
 
@@ -21,6 +22,7 @@ are silenced with the standard filters, e.g. ``warnings.filterwarnings("ignore",
 from __future__ import annotations
 
 __all__ = [
+    "CacheWarning",
     "ColumnMismatchError",
     "ConfigError",
     "FileChangedError",
@@ -70,6 +72,13 @@ class WorkerError(NpyfeedError, RuntimeError):
 
 class NpyfeedWarning(Warning):
     """Base class of npyfeed's warnings: the work goes on, but a setting costs more than it should."""
+
+
+class CacheWarning(NpyfeedWarning, RuntimeWarning):
+    """The local chunk cache (``storage_options["cache_dir"]``) reads some rows from the store instead: a chunk
+    cannot be written there (disk full, something not the cache's in the way, its space lock held by a process that
+    does not let go), or it thrashes (a global shuffle of data larger than ``cache_size``). Given once per cache
+    and process; the rows are right either way."""
 
 
 class RemoteShuffleWarning(NpyfeedWarning, UserWarning):

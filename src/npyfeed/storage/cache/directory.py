@@ -37,7 +37,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from npyfeed.errors import ConfigError
+from npyfeed.errors import CacheWarning, ConfigError
 from npyfeed.storage.cache.chunk_file import TRAILER, finish, is_good, mark_checked
 from npyfeed.storage.cache.claims import claims, part_path, unlink_quietly, unlocked
 from npyfeed.storage.cache.options import CacheOptions
@@ -239,7 +239,7 @@ class ChunkDirectory:
                 f"{self.served_bytes / 1e6:.1f} MB of rows, and chunks are evicted before they are used again: "
                 f"the data read in random order (shuffle=True) is larger than cache_size ({self.limit / 1e6:.1f} "
                 "MB). Raise cache_size, read in block-shuffle order, or turn the cache off",
-                RuntimeWarning,
+                CacheWarning,
                 stacklevel=4,
             )
 
@@ -252,7 +252,7 @@ class ChunkDirectory:
             warnings.warn(
                 f"npyfeed cache {self.options.directory}: cannot write a chunk ({error}); reading those rows from "
                 "the store instead",
-                RuntimeWarning,
+                CacheWarning,
                 stacklevel=4,
             )
 
