@@ -23,12 +23,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from npyfeed.errors import RemoteShuffleWarning
 from npyfeed.loader.budget import storages
 from npyfeed.loader.geometry import is_remote
 from npyfeed.loader.loader import Loader, ShuffleMode
+from npyfeed.sources.base import row_nbytes
 from npyfeed.sources.columns import Columns, StorageOptions
 from npyfeed.storage.client import RequestStats, import_obstore
 from npyfeed.storage.urls import parse_url
@@ -310,7 +309,7 @@ def _request_report(
 ) -> RequestReport:
     spent = [c.stats.since(b) for c, b in zip(clients, before, strict=True)]
     remote = [a for a in columns.arrays if any(is_remote(s) for s in storages(a))]
-    row_bytes = sum(int(np.prod(a.shape[1:], dtype=np.int64)) * a.dtype.itemsize for a in remote)
+    row_bytes = sum(row_nbytes(a) for a in remote)
     histogram = [sum(counts) for counts in zip(*(s.histogram for s in spent), strict=True)]
     merged = RequestStats(histogram=histogram)
     return RequestReport(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 
 from npyfeed.errors import NpyfeedError
 from npyfeed.format import MAX_HEADER_SIZE, NpyHeader, read_header
+from npyfeed.sources.base import row_nbytes
 from npyfeed.storage.urls import is_url, redact
 from npyfeed.write.writer import describe_partial
 
@@ -202,7 +202,7 @@ def _describe(h: NpyHeader) -> dict[str, Any]:
         "byte_order": _byte_order(h.dtype),
         "shape": list(h.shape),
         "rows": rows,
-        "row_bytes": math.prod(h.shape[1:]) * h.dtype.itemsize if h.shape else None,
+        "row_bytes": row_nbytes(h) if h.shape else None,
         "order": "Fortran" if h.fortran_order else "C",
         "header_bytes": h.data_offset,
         "data_bytes": h.data_bytes,

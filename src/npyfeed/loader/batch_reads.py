@@ -21,11 +21,13 @@ import numpy as np
 
 from npyfeed.arguments import ShuffleMode
 from npyfeed.errors import ConfigError, NpyfeedError, WorkerError
-from npyfeed.loader.budget import PAGE, Plan, drop_page_tables, hint_ranges, read_windows
+from npyfeed.loader.budget import PAGE, Plan, drop_page_tables, read_windows
 from npyfeed.loader.buffers import BufferPool
 from npyfeed.loader.prefetch import PrefetchStats, Stopped, prefetch_ordered, stopping
 from npyfeed.order.orders import Order
+from npyfeed.runs import runs
 from npyfeed.shard import Layout, Shard
+from npyfeed.sources.base import row_nbytes
 from npyfeed.sources.columns import Columns
 from npyfeed.storage.urls import is_url
 from npyfeed.system import available_memory
@@ -256,8 +258,8 @@ class BatchReads:
 
     def _hint_rows(self, rows: np.ndarray) -> None:
         """Queue the reads of ``rows`` with the kernel; neighbours sharing a page are one request."""
-        widest = max(1, max(int(np.prod(a.shape[1:], dtype=np.int64)) * a.dtype.itemsize for a in self.source.arrays))
-        self.source.will_need(hint_ranges(rows, max(1, PAGE // widest)))
+        widest = max(1, max(row_nbytes(a) for a in self.source.arrays))
+        self.source.will_need(runs(np.sort(rows), gap=max(1, PAGE // widest) - 1))  # rows sharing a page: one range
 
     def iter_batches(
         self, epoch: int, indices: range | None = None, *, prefetch: int | None = None

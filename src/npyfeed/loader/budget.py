@@ -130,17 +130,6 @@ def _trim_rows(row_bytes: Sequence[int], file_bytes: Sequence[int], random: bool
     return max(1, allowed * PAGE_TABLE_SPAN // (PAGE * max(1, sum(row_bytes))))
 
 
-def hint_ranges(rows: np.ndarray, gap_rows: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` row ranges covering ``rows``, merging neighbours less than ``gap_rows`` apart."""
-    if rows.size == 0:
-        return []
-    ordered = np.sort(rows)
-    breaks = np.flatnonzero(np.diff(ordered) > gap_rows) + 1
-    starts = ordered[np.concatenate(([0], breaks))]
-    stops = ordered[np.concatenate((breaks - 1, [ordered.size - 1]))] + 1
-    return list(zip(starts.tolist(), stops.tolist(), strict=True))
-
-
 def read_windows(
     arrays: Sequence[Any],
     rows: np.ndarray,

@@ -23,10 +23,10 @@ interchangeable.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from npyfeed.loader.budget import storages
+from npyfeed.sources.base import row_nbytes
 from npyfeed.storage.urls import is_url
 
 __all__ = [
@@ -65,10 +65,6 @@ def _remote_columns(source: Any) -> list[tuple[Any, list[Any]]]:
     return out
 
 
-def _row_bytes(array: Any) -> int:
-    return math.prod(array.shape[1:]) * array.dtype.itemsize
-
-
 def default_geometry(source: Any) -> tuple[int, int]:
     """``(block_rows, window_blocks)`` for a block shuffle of ``source`` (a Columns) when the user gave none."""
     row_bytes = max(1, int(source.row_bytes))
@@ -81,7 +77,7 @@ def default_geometry(source: Any) -> tuple[int, int]:
     block_bytes = min(REMOTE_BLOCK_BYTES, max(_MIN_REMOTE_BLOCK_BYTES, pool // (_WINDOWS_IN_POOL * low)))
     block_rows = max(1, block_bytes // row_bytes)
     # Each column's pool holds its share of three windows: window rows x that column's row bytes.
-    widest = max(1, max(_row_bytes(array) for array, _ in remote))
+    widest = max(1, max(row_nbytes(array) for array, _ in remote))
     return block_rows, max(low, min(high, pool // (_WINDOWS_IN_POOL * block_rows * widest)))
 
 
@@ -103,7 +99,7 @@ def global_shuffle_warning(source: Any, batch_size: int, block_rows: int, gather
     per_batch = block_epoch = 0.0
     for array, found in remote:
         opts = found[0].options
-        row = max(1, _row_bytes(array))
+        row = max(1, row_nbytes(array))
         # `together` random rows of n, sorted: a row starts a new request when none of the next gap_rows + 1 rows
         # is among them (plan_requests merges rows fewer than gap_bytes apart).
         alone = (1 - together / n) ** (opts.gap_bytes // row + 1)

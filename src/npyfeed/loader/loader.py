@@ -31,6 +31,7 @@ from npyfeed.loader.state import loader_state, restore_state
 from npyfeed.order.mix_order import mix_order
 from npyfeed.order.orders import BlockShuffle, ChunkCache, GlobalShuffle, Order, Sequential
 from npyfeed.shard import Layout, Shard
+from npyfeed.sources.base import row_nbytes
 from npyfeed.sources.columns import Columns, Source
 from npyfeed.sources.mix import Mix
 from npyfeed.system import cpu_count
@@ -157,7 +158,7 @@ class Loader(BatchReads):
 
     def _make_plan(self, batches_per_read: int | None = None, prefetch: int | None = None) -> Plan:
         """The read geometry within the memory budget (see :mod:`npyfeed.loader.budget`)."""
-        row_bytes = [int(np.prod(a.shape[1:], dtype=np.int64)) * a.dtype.itemsize for a in self.source.arrays]
+        row_bytes = [row_nbytes(a) for a in self.source.arrays]
         return plan(
             batch_size=self.batch_size,
             row_bytes=row_bytes,

@@ -14,6 +14,7 @@ import numpy as np
 
 from npyfeed.errors import ConfigError
 from npyfeed.order.orders import ChunkCache, GlobalShuffle, Order, Sequential, mix64
+from npyfeed.runs import runs
 
 __all__ = ["MixOrder", "mix_order"]
 
@@ -122,10 +123,4 @@ class MixOrder:
         return out
 
     def hint_ranges(self, epoch: int, start: int, stop: int) -> list[tuple[int, int]]:
-        rows = np.sort(self.rows(epoch, start, stop))
-        if rows.size == 0:
-            return []
-        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-        starts = rows[np.concatenate(([0], breaks))]
-        stops = rows[np.concatenate((breaks - 1, [rows.size - 1]))] + 1
-        return list(zip(starts.tolist(), stops.tolist(), strict=True))
+        return runs(np.sort(self.rows(epoch, start, stop)))

@@ -18,6 +18,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from npyfeed.errors import ConfigError
+from npyfeed.runs import runs
 
 __all__ = ["BlockShuffle", "ChunkCache", "GlobalShuffle", "Order", "Sequential", "mix64"]
 
@@ -59,16 +60,6 @@ class Order(Protocol):
     def hint_ranges(self, epoch: int, start: int, stop: int) -> list[tuple[int, int]]:
         """Row ranges worth asking the kernel to read ahead before positions ``start..stop-1`` are read."""
         ...
-
-
-def _runs(sorted_rows: np.ndarray) -> list[tuple[int, int]]:
-    """Coalesce sorted row indices into ``[start, stop)`` runs of consecutive rows."""
-    if sorted_rows.size == 0:
-        return []
-    breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
-    starts = np.concatenate(([0], breaks))
-    stops = np.concatenate((breaks, [sorted_rows.size]))
-    return [(int(sorted_rows[a]), int(sorted_rows[b - 1]) + 1) for a, b in zip(starts, stops, strict=True)]
 
 
 def _check_range(num_rows: int, start: int, stop: int) -> None:
@@ -144,7 +135,7 @@ class GlobalShuffle:
         return self.permute(epoch, np.arange(start, stop, dtype=np.uint64))
 
     def hint_ranges(self, epoch: int, start: int, stop: int) -> list[tuple[int, int]]:
-        return _runs(np.sort(self.rows(epoch, start, stop)))
+        return runs(np.sort(self.rows(epoch, start, stop)))
 
 
 @dataclass(frozen=True)

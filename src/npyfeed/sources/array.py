@@ -17,7 +17,7 @@ import numpy as np
 
 from npyfeed.errors import NpyFormatError
 from npyfeed.format import MAX_HEADER_SIZE, NpyHeader, load_header
-from npyfeed.sources.base import AccessPattern, index_rows
+from npyfeed.sources.base import AccessPattern, index_rows, row_nbytes
 from npyfeed.storage import Storage, open_storage
 
 __all__ = ["NpyArray"]
@@ -97,7 +97,7 @@ class NpyArray:
 
     @property
     def row_bytes(self) -> int:
-        return math.prod(self.shape[1:]) * self.dtype.itemsize
+        return row_nbytes(self)
 
     @property
     def nbytes(self) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 
 from npyfeed.storage.base import AccessPattern
 
-__all__ = ["AccessPattern", "RowSource", "index_rows", "row_bytes"]
+__all__ = ["AccessPattern", "RowSource", "index_rows", "row_nbytes", "rows_as_bytes"]
 
 
 @runtime_checkable
@@ -125,17 +125,22 @@ def _read_any_order(source: RowSource, rows: np.ndarray) -> np.ndarray:
     unique_out = np.empty((unique.size, *source.shape[1:]), source.dtype)
     source.read_rows(unique, unique_out)
     out = np.empty((rows.size, *source.shape[1:]), source.dtype)
-    np.take(row_bytes(unique_out), inverse.reshape(-1), axis=0, out=row_bytes(out))
+    np.take(rows_as_bytes(unique_out), inverse.reshape(-1), axis=0, out=rows_as_bytes(out))
     return out
 
 
-def row_bytes(a: np.ndarray) -> np.ndarray:
-    """A C-contiguous array's rows as a ``(rows, row_bytes)`` uint8 view.
+def row_nbytes(array: Any) -> int:
+    """Bytes of one row of ``array`` (anything with ``shape`` and ``dtype``: an array, a source, a header)."""
+    return math.prod(array.shape[1:]) * array.dtype.itemsize
+
+
+def rows_as_bytes(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous array's rows as a ``(rows, row_nbytes)`` uint8 view.
 
     Moving rows through this view copies every byte, where NumPy copies a structured dtype field by field and
     leaves its padding bytes as the destination held them.
     """
-    size = a.itemsize * math.prod(a.shape[1:])
+    size = row_nbytes(a)
     if a.size == 0 or size == 0:
         return np.zeros((len(a), size), np.uint8)  # no bytes to move
     return a.reshape(-1).view(np.uint8).reshape(len(a), size)

@@ -17,7 +17,7 @@ import numpy as np
 from npyfeed.errors import ColumnMismatchError, ConfigError
 from npyfeed.format import MAX_HEADER_SIZE
 from npyfeed.sources.array import NpyArray
-from npyfeed.sources.base import AccessPattern, RowSource, index_rows
+from npyfeed.sources.base import AccessPattern, RowSource, index_rows, row_nbytes
 from npyfeed.sources.concat import ConcatArray, RowSlice
 from npyfeed.storage import open_storage
 from npyfeed.storage.urls import has_glob, is_url, local_path, parse_url, redact
@@ -189,7 +189,7 @@ class Columns:
     @property
     def row_bytes(self) -> int:
         """Bytes of one row across all columns."""
-        return sum(int(np.prod(a.shape[1:], dtype=np.int64)) * a.dtype.itemsize for a in self.arrays)
+        return sum(row_nbytes(a) for a in self.arrays)
 
     def pack(self, values: Sequence[Any]) -> Any:
         """Put one value per column back into the user's structure (array, tuple or dict)."""

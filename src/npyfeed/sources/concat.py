@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from npyfeed.errors import ColumnMismatchError, ConfigError
-from npyfeed.sources.base import AccessPattern, RowSource, index_rows, row_bytes
+from npyfeed.sources.base import AccessPattern, RowSource, index_rows, rows_as_bytes
 
 __all__ = ["ConcatArray", "RowSlice"]
 
@@ -57,7 +57,7 @@ class ConcatArray:
             order = np.argsort(rows, kind="stable")
             ordered = np.empty_like(out)
             self.read_rows(rows[order], ordered)
-            row_bytes(out)[order] = row_bytes(ordered)  # bytes, padding included
+            rows_as_bytes(out)[order] = rows_as_bytes(ordered)  # bytes, padding included
             return
         for i, a, b in self._split(rows):
             self.parts[i].read_rows(rows[a:b] - self._starts[i], out[a:b])
