@@ -8,7 +8,8 @@ One idea per module:
 - :mod:`~npyfeed.storage.cache.directory`: the chunks' space, and eviction of the cache's own files only;
 - :mod:`~npyfeed.storage.cache.claims`: one writer per chunk among processes, waited for at most a deadline;
 - :mod:`~npyfeed.storage.cache.chunk_file`: a chunk file's trailer (length, CRC, key, boot) and its verification;
-- :mod:`~npyfeed.storage.cache.cached_object`: an object's rows read through its chunks.
+- :mod:`~npyfeed.storage.cache.cached_object`: an object's rows read through its chunks;
+- :mod:`~npyfeed.storage.cache.read_ahead`: the threads that fetch chunks a Loader announced ahead of use.
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from npyfeed.storage.cache import claims
+from npyfeed.storage.cache import claims, read_ahead
 from npyfeed.storage.cache.directory import TRAILER, ChunkDirectory, chunk_directory
 from npyfeed.storage.ranges import plan_requests
 
@@ -366,9 +366,9 @@ class CachedObject:
                     if k < self.chunks and k not in self._queued and len(self._queued) < limit:
                         self._queued.add(k)
                         todo.append(k)
-        per_job = max(1, _AHEAD_JOB_BYTES // self.chunk_bytes)
+        per_job = max(1, read_ahead.JOB_BYTES // self.chunk_bytes)
         for i in range(0, len(todo), per_job):
-            _read_ahead().put((self, todo[i : i + per_job]))
+            read_ahead.submit(functools.partial(self._fetch_ahead, todo[i : i + per_job]))
 
     def _fetch_ahead(self, ks: list[int]) -> None:
         try:
@@ -378,29 +378,6 @@ class CachedObject:
         finally:
             with self._lock:
                 self._queued.difference_update(ks)
-
-
-_AHEAD_THREADS = 2
-_AHEAD_JOB_BYTES = 32 << 20  # chunks fetched together by one read-ahead thread (requests in flight at once)
-_ahead: dict[int, queue.SimpleQueue[tuple[CachedObject, list[int]]]] = {}
-_ahead_lock = threading.Lock()
-
-
-def _read_ahead() -> queue.SimpleQueue[tuple[CachedObject, list[int]]]:
-    """The process's read-ahead queue, served by a few daemon threads (started on first use, again after fork)."""
-    with _ahead_lock:
-        jobs = _ahead.get(os.getpid())
-        if jobs is None:
-            jobs = _ahead[os.getpid()] = queue.SimpleQueue()
-            for _ in range(_AHEAD_THREADS):
-                threading.Thread(target=_serve, args=(jobs,), name="npyfeed-cache-ahead", daemon=True).start()
-        return jobs
-
-
-def _serve(jobs: queue.SimpleQueue[tuple[CachedObject, list[int]]]) -> None:
-    while True:
-        target, ks = jobs.get()
-        target._fetch_ahead(ks)
 
 
 def _pread_exact(fd: int, out: np.ndarray, offset: int) -> bool:
