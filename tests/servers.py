@@ -12,8 +12,8 @@
 - :class:`S3rver`: s3rver (npm) over a directory: an S3 implementation that ignores ``If-Match`` (it answers a
   replaced object's bytes with their new ETag).
 - :class:`Nginx`: nginx serving a directory over HTTP, or HTTPS with a certificate from a :class:`TestCA`; it sends
-  ``ETag`` (mtime and size, one-second resolution) and ``Last-Modified`` and honours ``If-Match`` and
-  ``If-Unmodified-Since``.
+  ``ETag`` (mtime and size, one-second resolution; or none, ``etag=False``) and ``Last-Modified`` and honours
+  ``If-Match`` and ``If-Unmodified-Since``.
 - :class:`FaultProxy`: an HTTP proxy in front of either that answers a share of requests 503, resets a share of
   connections halfway through the body, stalls a share (reads the request, never answers), and delays requests,
   from a seeded random stream; it counts what it did.
@@ -312,15 +312,24 @@ class TestCA:
 
 class Nginx(_Daemon):
     """nginx serving the files under ``root`` on 127.0.0.1 (``url`` is the base), over HTTPS with ``tls`` (a
-    :class:`TestCA`'s server certificate), else HTTP. Its configuration, logs and pid live in ``workdir``."""
+    :class:`TestCA`'s server certificate), else HTTP; ``etag=False`` (``etag off``) sends Last-Modified only, and
+    still honours ``If-Unmodified-Since``. Its configuration, logs and pid live in ``workdir``."""
 
     name = "nginx"
 
-    def __init__(self, root: str | os.PathLike[str], workdir: str | os.PathLike[str], tls: TestCA | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        workdir: str | os.PathLike[str],
+        tls: TestCA | None = None,
+        *,
+        etag: bool = True,
+    ) -> None:
         super().__init__()
         self.root = Path(root).resolve()
         self.workdir = Path(workdir).resolve()
         self.tls = tls
+        self.etag = etag
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
 
     def _command(self) -> list[str]:
@@ -350,6 +359,7 @@ http {{
         listen {listen};
         {tls}
         root {self.root};
+        etag {"on" if self.etag else "off"};
         location / {{ }}
     }}
 }}

@@ -7,6 +7,7 @@ Servers (each on a free port of 127.0.0.1, started once per module, moto once pe
 | moto (S3) | MD5 | yes | If-Match |
 | s3rver (S3, npm) | MD5 | yes | nothing (answers the new bytes) |
 | nginx over HTTP, over HTTPS (test CA) | mtime-size | yes | If-Match, If-Unmodified-Since |
+| nginx with ``etag off`` | - | yes | If-Unmodified-Since |
 | RangeServer, Last-Modified only | - | yes | nothing |
 | RangeServer, no validator | - | - | nothing |
 
@@ -94,7 +95,7 @@ def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
     return TestCA(tmp_path_factory.mktemp("ca"))
 
 
-KINDS = ["moto", "s3rver", "nginx-http", "nginx-https", "last-modified-only", "no-validator"]
+KINDS = ["moto", "s3rver", "nginx-http", "nginx-https", "nginx-no-etag", "last-modified-only", "no-validator"]
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -117,7 +118,7 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             yield Store(kind, s3_put)
     elif kind.startswith("nginx"):
         tls = test_ca if kind == "nginx-https" else None
-        with Nginx(root / "www", root / "nginx", tls=tls) as nginx:
+        with Nginx(root / "www", root / "nginx", tls=tls, etag=kind != "nginx-no-etag") as nginx:
             options = {"client_options": {"root_certificate": test_ca.ca_pem}} if tls else {}
             yield Store(kind, file_put(root / "www", nginx.url), options=options)
     else:
