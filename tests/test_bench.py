@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import npyfeed
-from npyfeed.bench.run import drop_from_cache, raw_object_speed, raw_read_speed, recommend, run_bench
+from npyfeed.bench.advice import recommend
+from npyfeed.bench.run import drop_from_cache, raw_object_speed, raw_read_speed, run_bench
 from npyfeed.cli import main
 from npyfeed.loader.budget import storages
 from npyfeed.storage.client import RequestStats

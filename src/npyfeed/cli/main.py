@@ -281,7 +281,8 @@ def _leaves(dtype: np.dtype[Any]) -> list[np.dtype[Any]]:
 
 # -- bench --------------------------------------------------------------------------------------------------------
 def _bench(args: argparse.Namespace) -> int:
-    from npyfeed.bench.run import recommend, run_bench
+    from npyfeed.bench.advice import recommend
+    from npyfeed.bench.run import run_bench
 
     source = args.files[0] if len(args.files) == 1 else tuple(args.files)
     try:
