@@ -274,6 +274,11 @@ def test_tls_untrusted_certificate_is_refused_as_such(tmp_path: Path, test_ca: T
         # Trusted through the documented settings: the option (PEM text), or SSL_CERT_FILE.
         options = {"client_options": {"root_certificate": test_ca.ca_pem}}
         assert npyfeed.open(url, storage_options=options)[7, 0] == 10**6 + 7
+        for path in (test_ca.ca_file, str(test_ca.ca_file)):  # or the PEM file's path
+            assert npyfeed.open(url, storage_options={"client_options": {"root_certificate": path}})[6, 0] == 10**6 + 6
+        missing = {"client_options": {"root_certificate": str(tmp_path / "nope.pem")}}
+        with pytest.raises(ConfigError, match=r"root_certificate'\]=.*nope\.pem: cannot read the CA certificate file"):
+            npyfeed.open(url, storage_options=missing)
         with environment({"SSL_CERT_FILE": str(test_ca.ca_file)}):
             assert npyfeed.open(url)[8, 0] == 10**6 + 8
 
@@ -291,7 +296,7 @@ def test_tls_aws_ca_bundle_for_s3(tmp_path: Path, test_ca: TestCA) -> None:
             assert npyfeed.open(url)[9, 0] == 10**6 + 9
         with (
             environment({**server.env, "AWS_CA_BUNDLE": str(tmp_path / "missing.pem")}),
-            pytest.raises(ConfigError, match=r"AWS_CA_BUNDLE=.*missing\.pem"),
+            pytest.raises(ConfigError, match=r"AWS_CA_BUNDLE=.*missing\.pem: cannot read the CA certificate file"),
         ):
             npyfeed.open(url)
 

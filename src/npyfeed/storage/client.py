@@ -150,14 +150,15 @@ class StoreClient:
             options.setdefault("skip_signature", True)
             if base.startswith("http://"):
                 client_options.setdefault("allow_http", True)
+        root = client_options.get("root_certificate")
+        if isinstance(root, os.PathLike) or (isinstance(root, str) and "-----BEGIN" not in root):
+            # A path rather than PEM text (obstore takes the text): read the file.
+            setting = "storage_options['client_options']['root_certificate']"
+            client_options["root_certificate"] = _read_pem(root, setting)
         ca_bundle = os.environ.get("AWS_CA_BUNDLE", "")
         if url.scheme == "s3" and ca_bundle and "root_certificate" not in client_options:
             # The AWS SDKs' variable: a PEM file of CAs to trust for S3 (added to the system's roots here).
-            try:
-                with open(ca_bundle, "rb") as f:
-                    client_options["root_certificate"] = f.read()
-            except OSError as e:
-                raise ConfigError(f"AWS_CA_BUNDLE={ca_bundle}: cannot read the CA bundle: {e.strerror}") from e
+            client_options["root_certificate"] = _read_pem(ca_bundle, "AWS_CA_BUNDLE")
         client_options.setdefault("timeout", timedelta(seconds=self.options.timeout))
         client_options.setdefault("connect_timeout", timedelta(seconds=self.options.connect_timeout))
         if retry_config is None:
@@ -373,13 +374,25 @@ class StoreClient:
             return ssl.SSLCertVerificationError(
                 errno.EACCES,
                 f"{name}: {what}: the server's TLS certificate is not trusted ({certificate}); trust its CA with "
-                "storage_options={'client_options': {'root_certificate': <PEM text>}}, SSL_CERT_FILE, or for s3:// "
-                "AWS_CA_BUNDLE (docs/object-storage.md, TLS)",
+                "storage_options={'client_options': {'root_certificate': <CA PEM file or text>}}, SSL_CERT_FILE, "
+                "or for s3:// AWS_CA_BUNDLE (docs/object-storage.md, TLS)",
             )
         status = _status(str(e))
         if status is not None and 400 <= status < 500 and status not in (408, 429):
             return OSError(errno.EIO, f"{name}: {what}: the store answered HTTP {status} ({text})")
         return _Transient(f"{what}: {text}")
+
+
+def _read_pem(path: str | os.PathLike[str], setting: str) -> bytes:
+    """The CA certificates in the PEM file ``path`` named by ``setting``; ``ConfigError`` if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(
+            f"{setting}={os.fspath(path)}: cannot read the CA certificate file ({e.strerror}); expected a PEM file "
+            "or PEM text"
+        ) from e
 
 
 def _status(message: str) -> int | None:
