@@ -54,6 +54,7 @@ external state).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -178,6 +179,33 @@ class _Reader:
         self._leaves(batches[0], where)  # untransformed batches all have the source's structure
         stacked = [_stacked(list(views)) for views in zip(*map(self.flatten, batches), strict=True)]
         return self._checked(stacked, where, (stop - start,))
+
+
+class _Call:
+    """The callable ``tf.numpy_function`` holds: a weak reference to a :class:`_Reader` method.
+
+    TensorFlow keeps every ``numpy_function`` callable alive for the rest of the process: it appends it to the
+    outermost graph, in eager mode the default graph, which is never destroyed. A callable holding the reader
+    kept every pipeline's Loader (its open files, mappings and buffers) forever: 200 pipelines built and dropped
+    left 400 descriptors open. So TensorFlow keeps only this small object; the dataset holds the reader.
+    """
+
+    __slots__ = ("_method", "_reader")
+
+    def __init__(self, reader: _Reader, method: str) -> None:
+        self._reader = weakref.ref(reader)
+        self._method = method
+
+    def __call__(self, epoch: np.int64, index: np.int64) -> list[np.ndarray]:
+        reader = self._reader()
+        if reader is None:
+            raise ConfigError(
+                "npyfeed: the Python dataset object of this to_tf_dataset() pipeline was released while its graph "
+                "still runs; keep a reference to the dataset (or an iterator) while it is read, or use "
+                "to_tf_dataset(native=True) for a graph that runs without its Python objects"
+            )
+        result: list[np.ndarray] = getattr(reader, self._method)(epoch, index)
+        return result
 
 
 def _compatible(spec_shape: tuple[int | None, ...], shape: tuple[int, ...]) -> bool:
@@ -359,9 +387,10 @@ def to_tf_dataset(
     def real(epoch: Any, index: Any) -> Any:
         return index < num_reads
 
+    function, leading = (_Call(reader, "chunk"), [None]) if chunked else (_Call(reader, "batch"), [])
+
     @tf.autograph.experimental.do_not_convert
     def read(epoch: Any, index: Any) -> Any:
-        function, leading = (reader.chunk, [None]) if chunked else (reader.batch, [])
         dtypes = [s.dtype for s in flat_specs]
         flat = tf.numpy_function(function, [epoch, index], dtypes, stateful=False, name="npyfeed")
         for tensor, s in zip(flat, flat_specs, strict=True):
@@ -395,4 +424,8 @@ def to_tf_dataset(
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     if threads is not None:
         options.threading.private_threadpool_size = threads
-    return dataset.with_options(options)
+    dataset = dataset.with_options(options)
+    # The reader (and through it the Loader, its files and buffers) lives as long as this dataset object, or any
+    # dataset or iterator built from it (they hold their inputs): see _Call.
+    dataset._npyfeed_reader = reader
+    return dataset
