@@ -82,6 +82,11 @@ def test_npz_member_to_npy(tmp_path: Path, compressed: bool, fortran: bool) -> N
     convert(f"{tmp_path / 'data.npz'}:labels.npy", tmp_path / "labels.npy", dtype="<i8")
     _same(tmp_path / "labels.npy", labels.astype("<i8"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz", "images.npy", "labels.npy"]
+    # To shards: a Fortran member is unpacked beside the shards' directory, which is published whole.
+    result = convert(f"{tmp_path / 'data.npz'}:images", tmp_path / "s" / "im.npy", shard_bytes=128 + 50 * 96)
+    assert len(result.outputs) == 6
+    np.testing.assert_array_equal(npyfeed.open(str(tmp_path / "s" / "im_*.npy"))[:], images)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz", "images.npy", "labels.npy", "s"]
 
 
 def test_npz_errors_are_clear(tmp_path: Path) -> None:

@@ -384,9 +384,13 @@ def _npz_fortran(
     memory_bytes: int,
     progress: bool,
 ) -> ConvertResult:
-    """A Fortran-order member cannot be transposed from a stream: unpack it beside ``dest``, then transpose."""
-    target = Path(dest)
-    temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.fortran.partial")
+    """A Fortran-order member cannot be transposed from a stream: unpack it beside ``dest``, then transpose.
+
+    Beside the shards' directory for sharded output: that directory is published whole, so it must stay empty.
+    """
+    target = Path(dest).absolute()
+    beside = target.parent if shard_bytes is None else target.parent.parent
+    temp = beside / f".{target.name}.{secrets.token_hex(4)}.fortran.partial"
     try:
         with open(temp, "xb") as out:
             out.write(prefix)  # the member's own header: the temporary is an exact copy of the member
