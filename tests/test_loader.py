@@ -213,7 +213,7 @@ def test_buffers_are_recycled_when_batches_are_dropped(files: dict[str, Any]) ->
         for batch in loader:
             del batch
     gc.collect()
-    assert loader._buffers.reused > 0
+    assert loader.read_path.buffers.reused > 0
     assert loader.read_batch(0, 3).ctypes.data % 64 == 0  # aligned: TensorFlow shares it instead of copying
 
 

@@ -474,7 +474,7 @@ def test_batches_held_across_epochs_never_change(
             if epoch % 2 == 0 or index % 4 == 0:  # odd epochs let most batches go: their buffers are recycled
                 held.append((epoch, index, batch))
         del batch  # the loop variable must not keep the last dropped batch alive
-    assert loader._buffers.reused > 0  # buffers were recycled while held batches (or chunks) were alive
+    assert loader.read_path.buffers.reused > 0  # buffers were recycled while held batches (or chunks) were alive
     x = np.load(distinct)
     for epoch, index, batch in held:
         np.testing.assert_array_equal(batch.numpy(), x[loader.batch_rows(epoch, index)], f"{epoch}/{index}")
@@ -501,5 +501,5 @@ def test_batches_and_chunks_reach_tensorflow_without_a_copy(distinct: str, monke
     address = lambda a: np.int64(a.__array_interface__["data"][0])  # noqa: E731
     ds = to_tf_dataset(loader).map(lambda b: tf.numpy_function(address, [b], tf.int64))
     addresses = list(ds.as_numpy_iterator())
-    owners = [(o.ctypes.data, o.nbytes) for pairs in loader._buffers._free.values() for o, _ in pairs]
+    owners = [(o.ctypes.data, o.nbytes) for pairs in loader.read_path.buffers._free.values() for o, _ in pairs]
     assert [any(start <= a < start + size for start, size in owners) for a in addresses] == [True] * 11

@@ -12,7 +12,6 @@ True
 
 from __future__ import annotations
 
-import os
 import secrets
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -24,14 +23,13 @@ from npyfeed import arguments as args
 from npyfeed.arguments import ShuffleMode
 from npyfeed.errors import ConfigError, RemoteShuffleWarning
 from npyfeed.launcher import resolve as resolve_launch
-from npyfeed.loader.batch_reads import BatchReads
-from npyfeed.loader.budget import Plan, plan
 from npyfeed.loader.geometry import default_geometry, global_shuffle_warning
+from npyfeed.loader.prefetch import PrefetchStats
+from npyfeed.loader.read_path import ReadPath
 from npyfeed.loader.state import loader_state, restore_state
 from npyfeed.order.mix_order import mix_order
 from npyfeed.order.orders import BlockShuffle, ChunkCache, GlobalShuffle, Order, Sequential
 from npyfeed.shard import Layout, Shard
-from npyfeed.sources.base import row_nbytes
 from npyfeed.sources.columns import Columns, Source
 from npyfeed.sources.mix import Mix
 from npyfeed.system import cpu_count
@@ -47,7 +45,7 @@ Batch = Any
 _READ_BYTES = 4 << 20  # one read task fetches about this much (several small batches at once)
 
 
-class Loader(BatchReads):
+class Loader:
     """Batches of rows from ``.npy`` files, in sequential or shuffled epochs, with bounded read-ahead.
 
     Args:
@@ -143,33 +141,29 @@ class Loader(BatchReads):
         self._resumed_epoch = -1
         self._next_epoch, self._next_batch = epoch, 0
         self._position = (epoch, 0)
-        self._init_hints()
-        self._init_reads()
+        self.read_path = ReadPath(
+            self,
+            self.source,
+            batch_size=self.batch_size,
+            shuffle=self.shuffle,
+            transform=self.transform,
+            num_threads=self.num_threads,
+            io_threads=self.io_threads,
+            prefetch=self.prefetch,
+            io_hints=self.io_hints,
+            read_bytes=_READ_BYTES,
+        )
         if self.shuffle == "global":
             self._warn_remote_shuffle(block)
 
     def _warn_remote_shuffle(self, block_rows: int) -> None:
         """Once per Loader: the request rate a global shuffle over an object store implies (if it is high)."""
         # Rows are gathered (sorted and merged) a read window at a time: several batches, at most window_rows.
-        gathered = min(self.batch_size * self._plan.batches_per_read, self._plan.window_rows)
+        read_plan = self.read_path.plan
+        gathered = min(self.batch_size * read_plan.batches_per_read, read_plan.window_rows)
         warning = global_shuffle_warning(self.source, self.batch_size, block_rows, gathered)
         if warning is not None:
             warnings.warn(warning, RemoteShuffleWarning, stacklevel=3)
-
-    def _make_plan(self, batches_per_read: int | None = None, prefetch: int | None = None) -> Plan:
-        """The read geometry within the memory budget (see :mod:`npyfeed.loader.budget`)."""
-        row_bytes = [row_nbytes(a) for a in self.source.arrays]
-        return plan(
-            batch_size=self.batch_size,
-            row_bytes=row_bytes,
-            file_bytes=[len(self.source) * b for b in row_bytes],
-            random=self.shuffle == "global",
-            num_threads=self.num_threads,
-            io_threads=self.io_threads,
-            read_bytes=_READ_BYTES,
-            batches_per_read=batches_per_read,
-            prefetch=self.prefetch if prefetch is None else prefetch,
-        )
 
     def _make_order(self, block_rows: int, window_blocks: int) -> Order:
         n = len(self.source)
@@ -232,7 +226,7 @@ class Loader(BatchReads):
         contiguous copy and a shuffled one a single gather: NumPy's per-call cost is paid once per chunk. A
         failure raises an error naming the batch that failed, its epoch, the files and the original cause.
         """
-        chunk = self._read_chunk(epoch, start, stop)
+        chunk = self.read_path.read_chunk(epoch, start, stop)
         if chunk.error is not None:
             raise chunk.error
         return chunk.batches
@@ -251,11 +245,30 @@ class Loader(BatchReads):
             self._position = (epoch, index + 1) if index + 1 < count else (epoch + 1, 0)
             yield batch
 
+    def iter_batches(
+        self, epoch: int, indices: range | None = None, *, prefetch: int | None = None
+    ) -> Iterator[tuple[int, Batch]]:
+        """``(index, batch)`` for batches ``indices`` (default: all) of ``epoch``, read ahead on the thread pool.
+
+        Stateless: unlike ``iter(loader)`` it neither claims nor moves :attr:`epoch`, so framework adapters that
+        keep their own epoch count (and workers reading every k-th batch) share the read path.
+        """
+        return self.read_path.iter_batches(epoch, indices, prefetch=prefetch)
+
+    @property
+    def batches_per_read(self) -> int:
+        """Batches one read task fetches together: about 4 MiB at a time, so small batches amortize overheads
+        (fewer when the memory budget is tight)."""
+        return self.read_path.batches_per_read
+
+    @property
+    def stats(self) -> PrefetchStats:
+        """Read-ahead statistics of the last pass (depth, waits)."""
+        return self.read_path.stats
+
     def close(self) -> None:
         """Stop the read threads (a later ``iter()`` starts new ones)."""
-        if self._pool is not None and self._pool_pid == os.getpid():
-            self._pool.shutdown(wait=True, cancel_futures=True)
-        self._pool = None
+        self.read_path.close()
 
     def __enter__(self) -> Loader:
         return self
@@ -318,16 +331,6 @@ class Loader(BatchReads):
         if isinstance(order, BlockShuffle):
             return order.block_rows, order.window_blocks
         return 1, 1
-
-    # -- pickling: worker processes get the configuration and position, not threads or buffers -----------------
-    _UNPICKLED = ("_lock", "_cpu_slots", "_pool", "_pool_pid", "_buffers", "stats", "_plan", "_planned_at")
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in self._UNPICKLED}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._init_reads()
 
     # -- framework adapters (each imports its framework lazily) -----------------------------------------------
     def to_tf_dataset(self, **kwargs: Any) -> tf.data.Dataset:

@@ -1,7 +1,11 @@
-"""How a :class:`~npyfeed.loader.loader.Loader` reads: batches fetched in chunks on its read threads, the first bad
-batch's error delivered after the good ones before it, and the kernel asked to read ahead (a whole file streamed
-once per process when it fits in memory, whole blocks per window of a block shuffle, a batch's rows at once when
-reads are slow).
+"""The read path a Loader owns: batches fetched in chunks on read threads into recycled aligned buffers, then
+transformed; the first bad batch's error delivered after the good ones before it, and the kernel asked to read
+ahead (a whole file streamed once per process when it fits in memory, whole blocks per window of a block shuffle,
+a batch's rows at once when reads are slow).
+
+Which rows each batch reads is not its business: it asks its :class:`Schedule` (the Loader). Threads, buffers,
+locks and the memory plan belong to one process: they are made on first use in each process (a forked or
+unpickled copy makes its own), never copied.
 """
 
 from __future__ import annotations
@@ -13,18 +17,18 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from npyfeed.arguments import ShuffleMode
-from npyfeed.errors import ConfigError, NpyfeedError, WorkerError
-from npyfeed.loader.budget import PAGE, Plan, drop_page_tables, read_windows
+from npyfeed.loader.batch_errors import batch_error, check_rows
+from npyfeed.loader.budget import PAGE, Plan, drop_page_tables, plan, read_windows
 from npyfeed.loader.buffers import BufferPool
 from npyfeed.loader.prefetch import PrefetchStats, Stopped, prefetch_ordered, stopping
-from npyfeed.order.orders import Order
+from npyfeed.order.orders import BlockShuffle, ChunkCache, Order
 from npyfeed.runs import runs
 from npyfeed.shard import Layout, Shard
 from npyfeed.sources.base import row_nbytes
@@ -34,7 +38,7 @@ from npyfeed.system import available_memory
 
 Batch = Any
 
-__all__ = ["BatchReads"]
+__all__ = ["ReadPath", "Schedule"]
 
 # Kernel hints pay off when reads are slow (cold data): below this read speed a batch asks the kernel to queue
 # all its rows at once (posix_fadvise WILLNEED) instead of faulting them in one page at a time.
@@ -42,81 +46,137 @@ _HINT_BELOW_BYTES_PER_S = 300e6
 _REPLAN_SECONDS = 0.5  # how often reads re-measure the memory left (a few /proc and cgroup files)
 
 
-class BatchReads:
-    """The Loader's read path, as a mixin: the configuration it reads is the Loader's (declared here), and the
-    state it keeps is set up by :meth:`_init_reads` (and again after unpickling)."""
+class Schedule(Protocol):
+    """What the read path asks its Loader: which rows each batch of an epoch reads, in which order and shard."""
 
-    source: Columns
-    shuffle: ShuffleMode
-    transform: Callable[[Batch], Batch] | None
     order: Order
     shard: Shard
-    num_threads: int
-    io_threads: int
-    io_hints: bool | None
-    stats: PrefetchStats
 
-    def _init_hints(self) -> None:
-        """What the kernel was asked so far (kept when the loader is pickled: a worker knows the file streamed)."""
+    def batch_rows(self, epoch: int, index: int) -> np.ndarray: ...
+
+    def layout(self, epoch: int) -> Layout: ...
+
+    def num_batches(self, epoch: int) -> int: ...
+
+
+@dataclass
+class _Process:
+    """The read path's resources in one process: threads, buffers, locks and the memory plan of this machine."""
+
+    plan: Plan
+    buffers: BufferPool
+    cpu_slots: threading.BoundedSemaphore
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    pool: ThreadPoolExecutor | None = None
+    planned_at: float = field(default_factory=time.monotonic)
+    pid: int = field(default_factory=os.getpid)
+
+
+class ReadPath:
+    """Reads batches of ``schedule`` from ``source``: chunks -> recycled aligned buffers -> ``transform``.
+
+    The configuration is what the Loader validated; ``read_bytes`` is about what one read task fetches.
+    """
+
+    def __init__(
+        self,
+        schedule: Schedule,
+        source: Columns,
+        *,
+        batch_size: int,
+        shuffle: ShuffleMode,
+        transform: Callable[[Batch], Batch] | None,
+        num_threads: int,
+        io_threads: int,
+        prefetch: int | None,
+        io_hints: bool | None,
+        read_bytes: int,
+    ) -> None:
+        self.schedule, self.source = schedule, source
+        self.batch_size, self.shuffle, self.transform = batch_size, shuffle, transform
+        self.num_threads, self.io_threads, self.prefetch = num_threads, io_threads, prefetch
+        self.io_hints, self.read_bytes = io_hints, read_bytes
+        self.stats = PrefetchStats()
+        # What the kernel was asked so far: kept when pickled (a worker knows the file was streamed).
         # Block shuffles always hint: once per window of blocks, it costs nothing and turns reads sequential.
-        self._hinting = self.io_hints is not False and (bool(self.io_hints) or self.shuffle == "block")
+        self._hinting = io_hints is not False and (bool(io_hints) or shuffle == "block")
         self._hinted: set[tuple[int, int]] = set()
         self._prepared: set[int] = set()
         self._streamed = False
         self._rows_mapped = 0  # rows read since the page tables were last dropped
+        self._process: _Process | None = None
 
-    def _init_reads(self) -> None:
-        """The read path's state (threads, buffers and locks are made anew in each process)."""
-        self._lock = threading.Lock()
-        self._cpu_slots = threading.BoundedSemaphore(self.num_threads)
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_pid = os.getpid()
-        self._plan: Plan = self._make_plan()  # this machine's budget, not the one a pickled loader was made on
-        self._planned_at = time.monotonic()
-        self._buffers = BufferPool(self._plan.buffers)
-        self.stats = PrefetchStats()
+    def __getstate__(self) -> dict[str, Any]:
+        """Configuration and hints travel to worker processes; threads, buffers and the plan do not."""
+        return {**self.__dict__, "_process": None, "stats": PrefetchStats()}
 
-    # -- what the Loader provides ------------------------------------------------------------------------------
-    def _make_plan(self, batches_per_read: int | None = None, prefetch: int | None = None) -> Plan:
-        raise NotImplementedError
+    def _here(self) -> _Process:
+        """This process's resources, made on first use here (a forked child must not wait on its parent's pool)."""
+        local = self._process
+        if local is None or local.pid != os.getpid():
+            made = self.make_plan()  # this machine's budget, not the one a pickled loader was made on
+            local = _Process(made, BufferPool(made.buffers), threading.BoundedSemaphore(self.num_threads))
+            self._process = local
+        return local
 
-    def _block_geometry(self) -> tuple[int, int]:
-        raise NotImplementedError
+    def make_plan(self, batches_per_read: int | None = None, prefetch: int | None = None) -> Plan:
+        """The read geometry within the memory budget (see :mod:`npyfeed.loader.budget`)."""
+        row_bytes = [row_nbytes(a) for a in self.source.arrays]
+        return plan(
+            batch_size=self.batch_size,
+            row_bytes=row_bytes,
+            file_bytes=[len(self.source) * b for b in row_bytes],
+            random=self.shuffle == "global",
+            num_threads=self.num_threads,
+            io_threads=self.io_threads,
+            read_bytes=self.read_bytes,
+            batches_per_read=batches_per_read,
+            prefetch=self.prefetch if prefetch is None else prefetch,
+        )
 
-    def batch_rows(self, epoch: int, index: int) -> np.ndarray:
-        raise NotImplementedError
+    @property
+    def plan(self) -> Plan:
+        """This process's plan: batches per read, windows, buffers, read-ahead depth."""
+        return self._here().plan
 
-    def layout(self, epoch: int) -> Layout:
-        raise NotImplementedError
-
-    def num_batches(self, epoch: int) -> int:
-        raise NotImplementedError
+    @property
+    def buffers(self) -> BufferPool:
+        """The recycled output buffers of this process."""
+        return self._here().buffers
 
     @property
     def batches_per_read(self) -> int:
-        """Batches one read task fetches together: about 4 MiB at a time, so small batches amortize overheads
-        (fewer when the memory budget is tight)."""
-        return self._plan.batches_per_read
+        """Batches one read task fetches together: about ``read_bytes`` at a time, so small batches amortize
+        overheads (fewer when the memory budget is tight)."""
+        return self.plan.batches_per_read
+
+    def close(self) -> None:
+        """Stop the read threads of this process (a later read starts new ones)."""
+        local = self._process
+        if local is not None and local.pid == os.getpid() and local.pool is not None:
+            local.pool.shutdown(wait=True, cancel_futures=True)
+            local.pool = None
 
     # -- reads ---------------------------------------------------------------------------------------------------
 
-    def _read_chunk(self, epoch: int, start: int, stop: int, stop_event: threading.Event | None = None) -> _Chunk:
-        """Like :meth:`read_batches`, but a failure is returned with the good batches before it, never raised."""
+    def read_chunk(self, epoch: int, start: int, stop: int, stop_event: threading.Event | None = None) -> Chunk:
+        """Batches ``start..stop-1`` of ``epoch``; a failure is returned with the good batches before it, never
+        raised."""
         try:
             columns, per_batch = self._read_rows(epoch, start, stop, stop_event)
         except Stopped:
-            return _Chunk([])
+            return Chunk([])
         except Exception as e:
             if stop - start == 1:
-                return _Chunk([], self._batch_error(epoch, start, "read", e))
+                return Chunk([], batch_error(self.source.paths, epoch, start, "read", e))
             # Which batch failed? Read them one by one (the rare path), delivering those before it.
             batches: list[Batch] = []
             for index in range(start, stop):
-                one = self._read_chunk(epoch, index, index + 1, stop_event)
+                one = self.read_chunk(epoch, index, index + 1, stop_event)
                 batches += one.batches
                 if one.error is not None or not one.batches:
-                    return _Chunk(batches, one.error)
-            return _Chunk(batches)
+                    return Chunk(batches, one.error)
+            return Chunk(batches)
         batches = []
         offset = 0
         for index, batch_rows in zip(range(start, stop), per_batch, strict=True):
@@ -128,11 +188,11 @@ class BatchReads:
             if self.transform is not None:
                 try:
                     batch = self.transform(batch)
-                    _check_rows(batch, batch_rows.size, epoch, index, self.source.paths)
+                    check_rows(batch, batch_rows.size, epoch, index, self.source.paths)
                 except Exception as e:
-                    return _Chunk(batches, self._batch_error(epoch, index, "transform", e))
+                    return Chunk(batches, batch_error(self.source.paths, epoch, index, "transform", e))
             batches.append(batch)
-        return _Chunk(batches)
+        return Chunk(batches)
 
     def _read_rows(
         self, epoch: int, start: int, stop: int, stop_event: threading.Event | None
@@ -140,7 +200,7 @@ class BatchReads:
         """(one array per column holding the rows of batches ``start..stop-1``, each batch's sorted rows)."""
         if epoch not in self._prepared:
             self._prepare(epoch)
-        per_batch = [self.batch_rows(epoch, i) for i in range(start, stop)]
+        per_batch = [self.schedule.batch_rows(epoch, i) for i in range(start, stop)]
         rows = per_batch[0] if len(per_batch) == 1 else np.concatenate(per_batch)
         hinting = self._hinting
         hint = None
@@ -149,10 +209,11 @@ class BatchReads:
         elif hinting:
             hint = self._hint_rows
         arrays = self.source.arrays
-        outs = [self._buffers.empty((rows.size, *a.shape[1:]), a.dtype) for a in arrays]
+        local = self._here()
+        outs = [local.buffers.empty((rows.size, *a.shape[1:]), a.dtype) for a in arrays]
         # Cold data: the rows were queued with the kernel at once, and this read may wait on storage alongside
         # up to `io_threads` others, since waiting holds no core. Warm data: at most `num_threads` copy at once.
-        with contextlib.nullcontext() if hinting else self._cpu_slots:
+        with contextlib.nullcontext() if hinting else local.cpu_slots:
             started = time.perf_counter()
             read_windows(
                 arrays,
@@ -171,41 +232,25 @@ class BatchReads:
     def _current_plan(self) -> Plan:
         """The plan, re-measured against the memory left at most every ``_REPLAN_SECONDS``: what the application
         allocates after the loader was made shrinks the windows of the reads that follow."""
-        now = time.monotonic()
-        if now - self._planned_at > _REPLAN_SECONDS:
-            self._planned_at = now
-            self._plan = self._make_plan()
-        return self._plan
+        local, now = self._here(), time.monotonic()
+        if now - local.planned_at > _REPLAN_SECONDS:
+            local.planned_at = now
+            local.plan = self.make_plan()
+        return local.plan
 
     def _count_mapped(self, rows: int) -> None:
         """Drop the mappings' page tables once the rows read since the last drop could have filled their share."""
-        trim = self._plan.trim_rows
+        local = self._here()
+        trim = local.plan.trim_rows
         if not trim:
             return
-        with self._lock:
+        with local.lock:
             self._rows_mapped += rows
             due = self._rows_mapped >= trim
             if due:
                 self._rows_mapped = 0
         if due:
             drop_page_tables(self.source)
-
-    def _batch_error(self, epoch: int, index: int, stage: str, error: Exception) -> Exception:
-        """The error the consumer gets for batch ``index``: what failed where, the original as ``__cause__``."""
-        paths = ", ".join(self.source.paths[:3]) + (", ..." if len(self.source.paths) > 3 else "")
-        where = f"batch {index} of epoch {epoch} ({paths})"
-        wrapped: Exception | None = None
-        if isinstance(error, ConfigError) and f"batch {index} of epoch {epoch}" in str(error):
-            wrapped = error  # already names the batch (a transform returning other rows)
-        elif isinstance(error, NpyfeedError) and not isinstance(error, WorkerError):
-            with contextlib.suppress(Exception):
-                wrapped = type(error)(f"{error} (reading {where})")
-        if wrapped is None:
-            wrapped = WorkerError(f"reading {where} failed: {type(error).__name__}: {error} (in the {stage})")
-        if wrapped is not error:
-            wrapped.__cause__ = error
-        wrapped.epoch, wrapped.batch = epoch, index  # type: ignore[attr-defined]
-        return wrapped
 
     def _prepare(self, epoch: int) -> None:
         """Once per epoch, before its first read: set the kernel's read-ahead policy for this access pattern.
@@ -216,7 +261,7 @@ class BatchReads:
         streamed whole (there is no page cache to fill, only a bounded read-ahead pool): a block shuffle fetches
         its windows ahead instead, each block once.
         """
-        with self._lock:
+        with self._here().lock:
             if epoch in self._prepared:
                 return
             self._prepared.add(epoch)
@@ -237,13 +282,15 @@ class BatchReads:
 
     def _hint(self, epoch: int, start: int, stop: int) -> None:
         """Block shuffles: whole blocks, once per window of blocks, and the next window too."""
-        if self.shard.count == 1:
+        order = self.schedule.order
+        inner = order.order if isinstance(order, ChunkCache) else order
+        if self.schedule.shard.count == 1 and isinstance(inner, BlockShuffle):
             # Whole blocks, once per window, and the next window too, so storage streams across window edges.
-            window_rows = self._block_geometry()[0] * self._block_geometry()[1]
-            layout = self.layout(epoch)
+            window_rows = inner.block_rows * inner.window_blocks
+            layout = self.schedule.layout(epoch)
             first = layout.positions(start)[0] // window_rows
             last = min(layout.positions(stop - 1)[1] // window_rows + 1, (len(self.source) - 1) // window_rows)
-            with self._lock:
+            with self._here().lock:
                 todo = [w for w in range(first, last + 1) if (epoch, w) not in self._hinted]
                 if len(self._hinted) > 1024:
                     self._hinted.clear()
@@ -251,7 +298,7 @@ class BatchReads:
             ranges = []
             for w in todo:
                 lo = w * window_rows
-                ranges += self.order.hint_ranges(epoch, lo, min(lo + window_rows, len(self.source)))
+                ranges += order.hint_ranges(epoch, lo, min(lo + window_rows, len(self.source)))
         else:
             ranges = []
         self.source.will_need(ranges)
@@ -264,12 +311,8 @@ class BatchReads:
     def iter_batches(
         self, epoch: int, indices: range | None = None, *, prefetch: int | None = None
     ) -> Iterator[tuple[int, Batch]]:
-        """``(index, batch)`` for batches ``indices`` (default: all) of ``epoch``, read ahead on the thread pool.
-
-        Stateless: unlike ``iter(loader)`` it neither claims nor moves :attr:`epoch`, so framework adapters that
-        keep their own epoch count (and workers reading every k-th batch) share the read path.
-        """
-        count = self.num_batches(epoch)
+        """``(index, batch)`` for batches ``indices`` (default: all) of ``epoch``, read ahead on the thread pool."""
+        count = self.schedule.num_batches(epoch)
         indices = range(count) if indices is None else indices
         if indices.step < 0 or (len(indices) and not 0 <= indices[0] <= indices[-1] < count):
             raise IndexError(f"batches {indices} are out of range for {count} batches in epoch {epoch}")
@@ -277,11 +320,11 @@ class BatchReads:
         stop = indices.stop if len(indices) else indices.start
         stop_event = threading.Event()
         jobs = (
-            (i, partial(self._read_chunk, epoch, i, min(i + step, stop) if step > 1 else i + 1, stop_event))
+            (i, partial(self.read_chunk, epoch, i, min(i + step, stop) if step > 1 else i + 1, stop_event))
             for i in indices[::step]
         )
-        geometry = self._plan if step == self._plan.batches_per_read and prefetch is None else None
-        geometry = geometry or self._make_plan(step, prefetch)
+        current = self.plan
+        geometry = current if step == current.batches_per_read and prefetch is None else self.make_plan(step, prefetch)
         self.stats = PrefetchStats()
         try:
             for first, chunk in prefetch_ordered(
@@ -295,41 +338,17 @@ class BatchReads:
             stop_event.set()  # reads still running stop at their next batch or window
 
     def _executor(self) -> ThreadPoolExecutor:
-        if self._pool_pid != os.getpid():
-            # A forked child (a DataLoader worker) inherits the pool but not its threads: waiting on it would hang.
-            self._pool, self._pool_pid = None, os.getpid()
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.io_threads, thread_name_prefix="npyfeed")
-            weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
-        return self._pool
+        # A forked child (a DataLoader worker) inherits the pool but not its threads: _here() gives it its own.
+        local = self._here()
+        if local.pool is None:
+            local.pool = ThreadPoolExecutor(self.io_threads, thread_name_prefix="npyfeed")
+            weakref.finalize(self, local.pool.shutdown, wait=False, cancel_futures=True)
+        return local.pool
 
 
 @dataclass
-class _Chunk:
+class Chunk:
     """What one read task hands the consumer: the good batches, then the error of the first bad one."""
 
     batches: list[Batch]
     error: Exception | None = None
-
-
-def _leaves(batch: Any) -> Iterator[Any]:
-    if isinstance(batch, dict):
-        for value in batch.values():
-            yield from _leaves(value)
-    elif isinstance(batch, (tuple, list)):
-        for value in batch:
-            yield from _leaves(value)
-    else:
-        yield batch
-
-
-def _check_rows(batch: Batch, rows: int, epoch: int, index: int, paths: tuple[str, ...]) -> None:
-    """A transform must keep a batch's rows: every array it returns has ``rows`` entries along axis 0."""
-    for leaf in _leaves(batch):
-        shape = getattr(leaf, "shape", None)
-        if shape is not None and len(shape) >= 1 and shape[0] is not None and int(shape[0]) != rows:
-            raise ConfigError(
-                f"transform returned {int(shape[0])} rows for batch {index} of epoch {epoch} ({paths[0]}), "
-                f"expected {rows}: a transform maps a batch to a batch of the same rows (filter rows in the "
-                "training step, or return a mask column)"
-            )
