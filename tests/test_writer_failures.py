@@ -24,6 +24,7 @@ import pytest
 
 import npyfeed
 import npyfeed.write.casting
+import npyfeed.write.publish as publish
 from npyfeed import ConfigError, NpyWriter
 from npyfeed.write.writer import npy_header
 
@@ -364,3 +365,28 @@ def test_the_rules_for_other_casts(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=r"int64 cannot be cast to int16 under casting='safe'"):
             NpyWriter(tmp_path / "s.npy", "i2", casting="safe").write(np.array([1]))
     assert np.load(tmp_path / "i.npy").tolist() == [1, 2]
+
+
+def test_errors_at_close_name_the_target_and_say_what_was_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "injected")
+
+    target = tmp_path / "x.npy"
+    w = NpyWriter(target, "u1")
+    w.write(np.arange(3, dtype="u1"))
+    monkeypatch.setattr(os, "fsync", failing_fsync)  # the file's own fsync: nothing may be published
+    with pytest.raises(OSError, match=r"injected: closing: nothing was published: '.*x\.npy'") as info:
+        w.close()
+    assert info.value.errno == errno.EIO and sorted(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+
+    def failing_dir_sync(path: Path) -> None:
+        raise OSError(errno.EIO, "injected")
+
+    monkeypatch.setattr(publish, "fsync_dir", failing_dir_sync)  # after the rename: published, not durable
+    failed = pytest.raises(OSError, match=r"injected: published, but syncing its directory failed")
+    with failed, NpyWriter(target, "u1") as w:
+        w.write(np.arange(3, dtype="u1"))
+    assert np.load(target).tolist() == [0, 1, 2] and sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]

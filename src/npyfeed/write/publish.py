@@ -74,7 +74,7 @@ class Publish:
         if self._temp_dir is None:
             (temp,) = temps
             Path(temp).replace(self.final)
-            fsync_dir(self.final.absolute().parent)
+            self._durable(self.final.absolute().parent)
             return (self.path,)
         names = [Path(p).name for p in shard_paths(self.path, len(temps))]
         for temp, name in zip(temps, names, strict=True):
@@ -87,8 +87,14 @@ class Publish:
                 raise with_path(e, str(self.final), "files appeared in the shards' directory while writing") from e
             raise
         self._temp_dir = None
-        fsync_dir(self.final.parent)
+        self._durable(self.final.parent)
         return tuple(shard_paths(self.path, len(temps)))
+
+    def _durable(self, directory: Path) -> None:
+        try:
+            fsync_dir(directory)
+        except OSError as e:
+            raise with_path(e, self.path, "published, but syncing its directory failed: a crash may undo it") from e
 
     def discard(self) -> None:
         """Remove the temporary directory (shards only; the writer removes its own files). Idempotent."""
