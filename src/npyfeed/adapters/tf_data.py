@@ -40,6 +40,10 @@ batch to batch (beyond the batch dimension), or a loader with no batch to probe,
 Batches of a transform, or read under a user's ``output_signature``, are checked against the spec, and a
 mismatch names the batch, the field, and what was expected.
 
+**Lifetime.** The dataset (and every dataset or iterator built from it) keeps the Loader alive; once they are all
+dropped, the Loader's files and buffers are released (TensorFlow itself keeps only a small weak reference, see
+:class:`_Call`).
+
 **Errors and exit.** A failed read or transform reaches the consumer after every good batch before it, as a
 ``tf.errors.OpError`` naming the batch, its epoch, the files and the original error. Every read passes through
 :data:`npyfeed.adapters.tf_calls.GATE`, drained at interpreter exit, so a script that ends (or is interrupted)
