@@ -73,17 +73,11 @@ def undone_at_exit() -> Iterator[None]:
                 torch.distributed.destroy_process_group()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", DOCUMENTS)
-def test_python_blocks_run(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: Any) -> None:
-    if name == "docs/object-storage.md":
-        request.getfixturevalue("s3_bucket")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
-    document = SYBIL.parse(ROOT / name)
+def run_blocks(path: Path, name: str) -> tuple[int, list[str]]:
+    """Run the Python blocks of one page in order: the number that ran, and each skip with its reason."""
     ran, skipped = 0, []
     with undone_at_exit():
-        for example in document.examples():
+        for example in SYBIL.parse(path).examples():
             where = f"{name}, line {example.line}"
             if isinstance(example.region.evaluator, Skipper):
                 action, reason = example.parsed
@@ -97,6 +91,17 @@ def test_python_blocks_run(name: str, tmp_path: Path, monkeypatch: pytest.Monkey
                 err.add_note(f"in the Python block at {where}")
                 raise
             ran += not isinstance(example.region.evaluator, Skipper)
+    return ran, skipped
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DOCUMENTS)
+def test_python_blocks_run(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: Any) -> None:
+    if name == "docs/object-storage.md":
+        request.getfixturevalue("s3_bucket")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    ran, skipped = run_blocks(ROOT / name, name)
     print(f"{name}: {ran} blocks ran, {len(skipped)} skipped", *skipped, sep="\n  ")
     assert (ran + len(skipped) == 0) == (name in NO_PYTHON), f"{name}: {ran + len(skipped)} Python blocks; NO_PYTHON"
 
@@ -114,3 +119,35 @@ def test_every_fenced_block_names_its_language(name: str) -> None:
     openings = fences[::2]
     unknown = [lang for lang in openings if lang.strip() not in LANGUAGES]
     assert not unknown, f"{name}: code blocks must be one of {sorted(LANGUAGES)}, found {unknown}"
+
+
+# -- the runner itself ---------------------------------------------------------------------------------------------
+def page(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "page.md"
+    path.write_text(text)
+    return path
+
+
+def test_blocks_share_a_namespace_and_skips_are_counted(tmp_path: Path) -> None:
+    text = (
+        "```python\nx = 1\n```\n\n"
+        "<!-- invisible-code-block: python\ny = x + 1\n-->\n\n"
+        '<!-- skip: next "needs a cluster" -->\n```python\nraise AssertionError("skipped blocks do not run")\n```\n\n'
+        "```python\nassert (x, y) == (1, 2)\n```\n"
+    )
+    ran, skipped = run_blocks(page(tmp_path, text), "page.md")
+    assert ran == 3
+    assert skipped == ["page.md, line 10: needs a cluster"]
+
+
+def test_a_failing_block_fails_naming_its_line(tmp_path: Path) -> None:
+    text = '```python\nx = 1\n```\n\n```python\nraise ValueError("boom")\n```\n'
+    with pytest.raises(ValueError, match="boom") as info:
+        run_blocks(page(tmp_path, text), "page.md")
+    assert "in the Python block at page.md, line 5" in info.value.__notes__
+
+
+def test_a_skip_needs_a_reason(tmp_path: Path) -> None:
+    text = "<!-- skip: next -->\n```python\nx = 1\n```\n"
+    with pytest.raises(AssertionError, match="a skip needs a reason"):
+        run_blocks(page(tmp_path, text), "page.md")
