@@ -372,10 +372,14 @@ http {{
 class FaultProxy:
     """An HTTP/1.1 proxy to ``upstream`` (``host:port``) that injects faults into a share of requests.
 
-    ``error_rate``: answered ``503 Slow Down`` without reaching the server; ``reset_rate``: forwarded, then the
+    ``error_rate``: answered ``503 Slow Down`` (or ``error_status``, e.g. ``403 AccessDenied``) without reaching the
+    server; ``reset_rate``: forwarded, then the
     connection is reset (RST) after half the response body; ``stall_rate``: read and never answered, the connection
     held open until the proxy stops (a hung server); ``delay``: seconds added before every request is forwarded
     (a slow link). Decisions come from ``random.Random(seed)``; ``counts`` says what was done.
+
+    :meth:`down` stops the server as a crashed or restarting one looks: connections refused, those open reset;
+    :meth:`up` listens again on the same port.
     """
 
     def __init__(
@@ -388,8 +392,10 @@ class FaultProxy:
         delay: float = 0.0,
         seed: int = 0,
         fault_after: int = 0,
+        error_status: tuple[int, str] = (503, "SlowDown"),
     ) -> None:
         host, _, port = upstream.rpartition(":")
+        self.error_status = error_status
         self.upstream = (host, int(port))
         self.error_rate, self.reset_rate, self.stall_rate, self.delay = error_rate, reset_rate, stall_rate, delay
         self.fault_after = fault_after  # the first requests pass untouched (headers at open)
@@ -401,6 +407,8 @@ class FaultProxy:
         self.port = self._listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._stop = threading.Event()
+        self._down = False
+        self._open: set[socket.socket] = set()
         self._thread = threading.Thread(target=self._accept, daemon=True)
 
     def start(self) -> FaultProxy:
@@ -411,6 +419,24 @@ class FaultProxy:
         self._stop.set()
         self._thread.join(5)
         self._listener.close()
+
+    def down(self) -> None:
+        """Refuse new connections and reset the open ones (a stopped server)."""
+        with self._lock:
+            self._down = True
+            self._listener.close()
+            for conn in self._open:
+                with contextlib.suppress(OSError):
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    conn.shutdown(socket.SHUT_RDWR)
+            self._open.clear()
+
+    def up(self) -> None:
+        """Listen again on the same port (the server restarted)."""
+        with self._lock:
+            listener = socket.create_server(("127.0.0.1", self.port))
+            listener.settimeout(0.1)
+            self._listener, self._down = listener, False
 
     def __enter__(self) -> FaultProxy:
         return self.start()
@@ -425,7 +451,15 @@ class FaultProxy:
             except TimeoutError:
                 continue
             except OSError:
-                return
+                if self._stop.is_set():
+                    return
+                time.sleep(0.01)  # down: the listener is closed until up()
+                continue
+            with self._lock:
+                if self._down:
+                    conn.close()
+                    continue
+                self._open.add(conn)
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _decide(self) -> str:
@@ -462,9 +496,10 @@ class FaultProxy:
                 if self.delay:
                     time.sleep(self.delay)
                 if action == "error":
-                    msg = b"<Error><Code>SlowDown</Code><Message>injected</Message></Error>"
+                    status, code = self.error_status
+                    msg = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
                     conn.sendall(
-                        b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: "
+                        f"HTTP/1.1 {status} {code}\r\nContent-Type: application/xml\r\nContent-Length: ".encode()
                         + str(len(msg)).encode()
                         + b"\r\n\r\n"
                         + msg
@@ -497,6 +532,8 @@ class FaultProxy:
         except OSError:
             return
         finally:
+            with self._lock:
+                self._open.discard(conn)
             with contextlib.suppress(OSError):
                 conn.close()
             if upstream is not None:

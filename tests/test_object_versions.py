@@ -49,7 +49,7 @@ BATCH = 32
 CHANGES = {"same size": ROWS, "bigger": ROWS + 512, "smaller": ROWS - 512}
 ORDERS: dict[str, Any] = {"sequential": False, "shuffle": True, "block": "block"}
 # Small requests, chunks and read-ahead, so most of an epoch is fetched after the replacement.
-OPTIONS = {"request_bytes": 8192, "prefetch_bytes": 65536, "retries": 1, "deadline": 30}
+OPTIONS = {"request_bytes": 8192, "prefetch_bytes": 65536, "deadline": 30}
 CACHE = {"cache_chunk_bytes": 65536}
 
 

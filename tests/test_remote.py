@@ -69,7 +69,7 @@ def test_client_options_are_checked() -> None:
     for name, bad in [("timeout", 0), ("deadline", float("inf")), ("connect_timeout", True), ("deadline", "60s")]:
         with pytest.raises(ConfigError, match=rf"storage_options\['{name}'\] must be a positive number of seconds"):
             ClientOptions(**{name: bad})
-    for name, bad in [("request_bytes", 0), ("retries", -1), ("max_concurrency", 2.0)]:
+    for name, bad in [("request_bytes", 0), ("gap_bytes", -1), ("max_concurrency", 2.0)]:
         with pytest.raises(ConfigError, match=re.escape(f"storage_options['{name}']")):
             ClientOptions(**{name: bad})
 
@@ -161,6 +161,19 @@ def test_missing_objects_and_buckets_name_the_url(s3: MotoS3) -> None:
             npyfeed.open(url)
     with pytest.raises(FileNotFoundError, match="no object matches"):
         npyfeed.open(f"s3://{BUCKET}/nothing/x_*.npy")
+    with pytest.raises(FileNotFoundError, match=re.escape("s3://no-such-bucket/") + ".*no such object or bucket"):
+        npyfeed.open("s3://no-such-bucket/train/x_*.npy")  # a listing's 404, like a GET's
+
+
+def test_denied_requests_are_permission_errors(s3: MotoS3) -> None:
+    upload(s3, "denied/x_0.npy", np.arange(10))
+    upstream = s3.endpoint.removeprefix("http://")
+    with FaultProxy(upstream, error_rate=1.0, error_status=(403, "AccessDenied")) as proxy:
+        options = {"endpoint": proxy.url}
+        with pytest.raises(PermissionError, match=re.escape(f"s3://{BUCKET}/denied") + ".*access denied"):
+            npyfeed.open(f"s3://{BUCKET}/denied/x_*.npy", storage_options=options)  # a listing
+        with pytest.raises(PermissionError, match=re.escape(f"s3://{BUCKET}/denied/x_0.npy") + ".*access denied"):
+            npyfeed.open(f"s3://{BUCKET}/denied/x_0.npy", storage_options=options)  # a HEAD
 
 
 def test_not_npy_and_truncated_objects(s3: MotoS3) -> None:
@@ -191,7 +204,7 @@ def test_shuffled_epoch_is_exact_through_a_faulty_proxy(s3: MotoS3, retrier: str
     url = upload(s3, f"faults/{retrier}.npy", x)
     upstream = s3.endpoint.removeprefix("http://")
     with FaultProxy(upstream, error_rate=0.15, reset_rate=0.1, delay=0.002, seed=4, fault_after=1) as proxy:
-        options: dict[str, object] = {"endpoint": proxy.url, "request_bytes": 4096, "gap_bytes": 0, "retries": 10}
+        options: dict[str, object] = {"endpoint": proxy.url, "request_bytes": 4096, "gap_bytes": 0}
         if retrier == "npyfeed":
             options["retry_config"] = {"max_retries": 0}  # obstore gives up at once: our own retries must cope
         with pytest.warns(npyfeed.RemoteShuffleWarning, match="requests per batch"):  # 32-byte rows, no merging

@@ -8,14 +8,17 @@
     ├── ConfigError(ValueError)          an argument out of range (batch size, shard, split, state)
     ├── FileChangedError(OSError)        a file was truncated, replaced or deleted while it was being read
     │   └── ObjectChangedError(NpyFormatError)  the same for a remote object (its size, ETag or date changed)
-    └── WorkerError(RuntimeError)        a read or transform failed on a prefetch thread
+    └── WorkerError(RuntimeError)        a read or transform raised StopIteration (which would end an epoch)
 
     NpyfeedWarning(Warning)              something works, but not as well as it could
     ├── CacheWarning(RuntimeWarning)     the local chunk cache is bypassed for some rows, or thrashes
     ├── RemoteShuffleWarning(UserWarning)  a global shuffle over an object store: the request rate it implies
     └── UnversionedObjectWarning(UserWarning)  a server gives no ETag or Last-Modified: changes go unnoticed
 
-Every message names the file (when there is one), the field, the value found and what was expected. Warnings
+Every message names the file (when there is one), the field, the value found and what was expected; URLs show
+without their credentials. A batch that fails during an epoch raises the original error, its type kept (an
+``OSError``, ``TimeoutError``, ``PermissionError``, ``ZeroDivisionError`` from a transform...), with a note (PEP 678)
+naming the batch, its epoch and the files, and ``epoch`` and ``batch`` attributes. Warnings
 are silenced with the standard filters, e.g. ``warnings.filterwarnings("ignore", category=RemoteShuffleWarning)``.
 """
 
@@ -67,7 +70,9 @@ class ObjectChangedError(FileChangedError, NpyFormatError):
 
 
 class WorkerError(NpyfeedError, RuntimeError):
-    """Reading or transforming a batch failed on a prefetch thread; the original error is ``__cause__``."""
+    """A read or transform raised ``StopIteration``: raised as it is, every iterator (and tf.data) would take it for
+    the end of the epoch and drop the rest silently. The original is ``__cause__``. Every other failure of a batch
+    keeps its own type."""
 
 
 class NpyfeedWarning(Warning):

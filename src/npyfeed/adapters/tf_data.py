@@ -160,18 +160,24 @@ class _Reader:
     def _guarded(self, read: Callable[[int, int, int], list[np.ndarray]], e: int, start: int, stop: int) -> Any:
         """``read(e, start, stop)``, with any failure re-raised naming the batch, the epoch and the files.
 
-        Our own errors keep their type (a ``ConfigError`` is tf's ``InvalidArgumentError``); anything else, from a
-        transform or a read, becomes a :class:`WorkerError` caused by it. A ``StopIteration`` from a transform
-        must not escape as such: tf.data would take it for the end of the epoch and silently drop the rest.
+        Errors keep their type, with a note naming where (the Loader's, or one added here); tf.data turns them
+        into its own by type (``ValueError`` -> ``InvalidArgumentError``, ``OSError`` and others ->
+        ``UnknownError``), its message holding the original's type, message and notes. A ``StopIteration`` must
+        not escape as such: tf.data would take it for the end of the epoch and silently drop the rest, so it
+        becomes a :class:`WorkerError` caused by it.
         """
         try:
             return read(e, start, stop)
-        except NpyfeedError:
-            raise
         except Exception as err:
             batches = f"batch {start}" if stop - start == 1 else f"batches {start}-{stop - 1}"
             paths = ", ".join(self.loader.source.paths[:3])
-            raise WorkerError(f"reading {batches} of epoch {e} ({paths}) failed: {type(err).__name__}: {err}") from err
+            if isinstance(err, StopIteration | StopAsyncIteration):
+                raise WorkerError(
+                    f"reading {batches} of epoch {e} ({paths}) failed: {type(err).__name__}: {err}"
+                ) from err
+            if getattr(err, "batch", None) is None and not isinstance(err, NpyfeedError):
+                err.add_note(f"npyfeed: reading {batches} of epoch {e} ({paths}) failed")
+            raise
 
     def _batch(self, e: int, i: int, _stop: int) -> list[np.ndarray]:
         where = f"batch {i} of epoch {e}"

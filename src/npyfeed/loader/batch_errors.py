@@ -1,37 +1,42 @@
 """A batch's errors: what the consumer gets when batch ``index`` of an epoch fails to read or to transform.
 
-An error keeps its type where it can (an ``OSError`` stays an ``OSError``, a ``FileChangedError`` names the file)
-and says which batch of which epoch failed, with the original as ``__cause__``; anything else becomes a
-``WorkerError``. A transform must keep a batch's rows.
+An error keeps its type (an ``OSError`` stays an ``OSError``, a ``ZeroDivisionError`` from a transform stays one)
+and gets a note (PEP 678) saying which batch of which epoch of which files failed, in the read or the transform;
+only a ``StopIteration`` becomes a ``WorkerError`` (raised as it is, it would end the epoch). A transform must keep a
+batch's rows.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from npyfeed.errors import ConfigError, NpyfeedError, WorkerError
+from npyfeed.errors import ConfigError, WorkerError
 
 __all__ = ["batch_error", "check_rows"]
 
 
 def batch_error(paths: tuple[str, ...], epoch: int, index: int, stage: str, error: Exception) -> Exception:
-    """The error the consumer gets for batch ``index``: what failed where, the original as ``__cause__``."""
+    """The error the consumer gets for batch ``index``: the original one, its type kept (``except OSError`` still
+    works), with a note naming the batch, its epoch, the files and the stage, and ``epoch`` and ``batch``
+    attributes."""
     shown = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
     where = f"batch {index} of epoch {epoch} ({shown})"
-    wrapped: Exception | None = None
-    if isinstance(error, ConfigError) and f"batch {index} of epoch {epoch}" in str(error):
-        wrapped = error  # already names the batch (a transform returning other rows)
-    elif isinstance(error, NpyfeedError) and not isinstance(error, WorkerError):
-        with contextlib.suppress(Exception):
-            wrapped = type(error)(f"{error} (reading {where})")
-    if wrapped is None:
-        wrapped = WorkerError(f"reading {where} failed: {type(error).__name__}: {error} (in the {stage})")
-    if wrapped is not error:
+    if isinstance(error, StopIteration | StopAsyncIteration):
+        # These mean "no more data" to every iterator and to tf.data: raised as they are, the epoch would end early
+        # without an error. The one case that needs a wrapper.
+        wrapped = WorkerError(
+            f"reading {where} failed: {type(error).__name__}: {error} (in the {stage}): a transform or read must "
+            "not raise StopIteration, which would end the epoch early"
+        )
         wrapped.__cause__ = error
-    wrapped.epoch, wrapped.batch = epoch, index  # type: ignore[attr-defined]
-    return wrapped
+        error = wrapped
+    else:
+        note = f"npyfeed: reading {where} failed in the {stage}"
+        if note not in getattr(error, "__notes__", ()):
+            error.add_note(note)
+    error.epoch, error.batch = epoch, index  # type: ignore[attr-defined]
+    return error
 
 
 def _leaves(batch: Any) -> Iterator[Any]:

@@ -3,7 +3,8 @@
 At most ``depth`` batches are in flight or waiting, so memory is bounded by ``depth`` x batch bytes whatever the
 file size. Results come back in submission order with the key they were submitted under, so the consumer knows
 exactly which batch it holds (what a saved state must refer to, not what was read ahead). An exception on a
-thread is re-raised in the consumer as :class:`WorkerError` naming the batch, with the original as its cause.
+thread is re-raised in the consumer as it is, its type kept, with a note naming what was being read. A job no
+thread has started when the consumer asks for it runs on the consumer's thread at once.
 When the consumer starves (the next batch is not ready when asked for), ``depth`` grows up to ``max_depth``.
 
 Stopping: a consumer that goes away (``break``, a dropped iterator, garbage collection, ``KeyboardInterrupt``)
@@ -21,8 +22,6 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Generic, TypeVar
-
-from npyfeed.errors import NpyfeedError, WorkerError
 
 __all__ = ["EXITING", "PrefetchStats", "Stopped", "prefetch_ordered", "stopping"]
 
@@ -56,10 +55,17 @@ class PrefetchStats:
 
 
 class _Job(Generic[K, T]):
-    __slots__ = ("future", "key")
+    __slots__ = ("fn", "future", "key")
 
-    def __init__(self, key: K, future: Future[T]) -> None:
-        self.key, self.future = key, future
+    def __init__(self, key: K, fn: Callable[[], T], future: Future[T]) -> None:
+        self.key, self.fn, self.future = key, fn, future
+
+    def result(self) -> T:
+        """The job's result; a job no thread has started yet runs here, now, instead of waiting for a free
+        thread: what the consumer waits for starts when it asks (bounding its wait by the read's own deadline)."""
+        if self.future.cancel():
+            return self.fn()
+        return self.future.result()
 
 
 def prefetch_ordered(
@@ -87,7 +93,7 @@ def prefetch_ordered(
                 except StopIteration:
                     exhausted = True
                     break
-                pending.append(_Job(key, pool.submit(fn)))
+                pending.append(_Job(key, fn, pool.submit(fn)))
             if not pending:
                 return
             job = pending.popleft()
@@ -102,13 +108,10 @@ def prefetch_ordered(
                     stats.depth = depth
                     streak = 0
             try:
-                result = job.future.result()
-            except NpyfeedError as e:
-                if isinstance(e, WorkerError):
-                    raise
-                raise type(e)(f"{e} (while reading {describe(job.key)})") from e
+                result = job.result()
             except Exception as e:
-                raise WorkerError(f"reading {describe(job.key)} failed: {type(e).__name__}: {e}") from e
+                e.add_note(f"npyfeed: while reading {describe(job.key)}")
+                raise
             stats.delivered += 1
             yield job.key, result
     finally:

@@ -33,6 +33,7 @@ from npyfeed.runs import runs
 from npyfeed.shard import Layout, Shard
 from npyfeed.sources.base import row_nbytes
 from npyfeed.sources.columns import Columns
+from npyfeed.storage.deadlines import read_scope
 from npyfeed.storage.urls import is_url
 from npyfeed.system import available_memory
 
@@ -161,13 +162,19 @@ class ReadPath:
 
     def read_chunk(self, epoch: int, start: int, stop: int, stop_event: threading.Event | None = None) -> Chunk:
         """Batches ``start..stop-1`` of ``epoch``; a failure is returned with the good batches before it, never
-        raised."""
+        raised. Its requests to object stores share one deadline from when it began (:func:`read_scope`)."""
+        with read_scope():
+            return self._read_chunk_in_scope(epoch, start, stop, stop_event)
+
+    def _read_chunk_in_scope(self, epoch: int, start: int, stop: int, stop_event: threading.Event | None) -> Chunk:
         try:
             columns, per_batch = self._read_rows(epoch, start, stop, stop_event)
         except Stopped:
             return Chunk([])
         except Exception as e:
-            if stop - start == 1:
+            if stop - start == 1 or isinstance(e, TimeoutError):
+                # A timeout spent the read's deadline: it is the first batch's error (the one the consumer waits
+                # for), not a reason to read each batch again, each waiting as long.
                 return Chunk([], batch_error(self.source.paths, epoch, start, "read", e))
             # Which batch failed? Read them one by one (the rare path), delivering those before it.
             batches: list[Batch] = []

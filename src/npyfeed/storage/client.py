@@ -9,19 +9,22 @@ hidden by requests in flight, not by threads.
 Every range GET carries the version pinned at open as a precondition (``If-Match: <ETag>``, else
 ``If-Unmodified-Since``), so a replaced object is refused by a server that honours it (412); every answer's ETag,
 Last-Modified and total size are checked against the pin too (:mod:`npyfeed.storage.versions`: some servers
-ignore preconditions), and its body for its exact length. Transient failures (5xx, resets, timeouts,
-bodies cut short by the network) are retried with jittered exponential backoff; a range is written to its own
-slice of the destination on every attempt, so a retry can never duplicate or drop a row.
+ignore preconditions), and its body for its exact length. Transient failures (5xx, resets, refused connections,
+timeouts, bodies cut short by the network) are retried with jittered backoff (at most 1 s apart) until the
+deadline, so an outage shorter than it is survived; a range is written to its own slice of the destination on
+every attempt, so a retry can never duplicate or drop a row.
 
 Nothing waits forever on a server: each HTTP request is bounded by obstore's ``connect_timeout`` and ``timeout``,
-and each range (every attempt and backoff included), HEAD and listing page by ``deadline``; past it the caller gets
-a ``TimeoutError`` naming the URL, the bytes and the last failure.
+and a read by ``deadline``, counted from when the read began (a Loader's read of batches: see
+:mod:`npyfeed.storage.deadlines`), waiting for a request slot included; past it the caller gets a ``TimeoutError``
+naming the URL, the bytes, the attempts and the last failure.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import errno
 import os
 import random
@@ -29,13 +32,15 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from npyfeed.errors import ConfigError, ObjectChangedError
+from npyfeed.storage.deadlines import ends_at
 from npyfeed.storage.request_stats import RequestStats
 from npyfeed.storage.urls import ObjectUrl, redact
 from npyfeed.storage.versions import ObjectVersion
@@ -49,7 +54,6 @@ _OWN_KEYS = (
     "max_concurrency",
     "request_bytes",
     "gap_bytes",
-    "retries",
     "prefetch_bytes",
     "timeout",
     "connect_timeout",
@@ -69,27 +73,26 @@ class ClientOptions:
     """Largest single range request; bounds the memory in flight to about ``max_concurrency x request_bytes``."""
     gap_bytes: int = 256 << 10
     """Rows closer than this share one request (a request costs about as much as this much transfer)."""
-    retries: int = 6
-    """Attempts after the first for a transient failure (5xx, reset, timeout, short body), with backoff."""
     prefetch_bytes: int = 96 << 20
     """Memory for ranges fetched ahead of use (``will_need``: the blocks of the next block-shuffle windows)."""
     timeout: float = 30.0
-    """Seconds one HTTP request may take, connecting to last byte (obstore's ``timeout``); then it is retried."""
+    """Seconds one HTTP request may take, connecting to last byte (obstore's ``timeout``); then it is retried
+    (until ``deadline``)."""
     connect_timeout: float = 5.0
     """Seconds to open a connection (obstore's ``connect_timeout``)."""
     deadline: float = 120.0
-    """Seconds one range, HEAD or listing page may take with all its retries; then a ``TimeoutError`` naming the
-    URL. Time spent queued behind other requests of the same store does not count."""
+    """Seconds a read may take, from when it began (a Loader's read of a batch: from when the consumer asked at the
+    latest) to its last byte, waiting for a request slot and every retry included; then a ``TimeoutError`` naming
+    the URL. Transient failures are retried until then. Also bounds a HEAD and each listing page."""
 
     def __post_init__(self) -> None:
         for name in ("max_concurrency", "request_bytes", "prefetch_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"storage_options[{name!r}] must be a positive int, got {value!r}")
-        for name in ("gap_bytes", "retries"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"storage_options[{name!r}] must be a non-negative int, got {value!r}")
+        value = self.gap_bytes
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"storage_options['gap_bytes'] must be a non-negative int, got {value!r}")
         for name in ("timeout", "connect_timeout", "deadline"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
@@ -123,6 +126,49 @@ class _Loop:
 
 class _Transient(Exception):
     """A failure worth retrying (the message says what happened)."""
+
+
+class _Slots:
+    """At most ``n`` requests in flight to a store; a freed slot goes to a waiting read someone waits for before
+    any read-ahead. Used on the loop thread only."""
+
+    def __init__(self, n: int) -> None:
+        self._free = n
+        self._waiting: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (deque(), deque())
+
+    @contextlib.asynccontextmanager
+    async def hold(self, background: bool) -> AsyncIterator[None]:
+        await self._acquire(background)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, background: bool) -> None:
+        if self._free:  # free slots exist only while nobody waits
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._waiting[background]
+        queue.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # handed a slot just as it was cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):  # not already skipped over by a release
+                    queue.remove(waiter)
+            raise
+
+    def _release(self) -> None:
+        for queue in self._waiting:
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
+        self._free += 1
 
 
 class StoreClient:
@@ -174,7 +220,7 @@ class StoreClient:
             self.store = make_store(url.store_url, client_options=client_options, retry_config=retry_config, **options)
         except Exception as e:
             raise ConfigError(f"{redact(url.store_url)}: cannot configure the store: {_first_line(e)}") from _shown(e)
-        self._semaphore: asyncio.Semaphore | None = None
+        self._semaphore: _Slots | None = None
 
     # -- running on the loop ------------------------------------------------------------------------------------
     def run(self, make: Callable[[], Awaitable[T]]) -> T:
@@ -203,18 +249,69 @@ class StoreClient:
                 raise
             raise self._timeout(name, what) from None
 
+    async def _retrying(
+        self,
+        attempt: Callable[[], Awaitable[T]],
+        name: str,
+        what: str,
+        end: float,
+        *,
+        changed: bool = True,
+        background: bool = False,
+    ) -> T:
+        """``await attempt()`` until it succeeds, retrying transient failures with jittered backoff until the
+        monotonic time ``end``; then a ``TimeoutError`` naming ``name``, the attempts and the last failure.
+        ``changed``: a missing object was there when opened (it was deleted: ``ObjectChangedError``).
+
+        The request slot is held through retries and backoff (a struggling server gets no more requests meanwhile);
+        waiting for a slot counts against ``end`` (the caller is waiting), and reads someone waits for go before
+        read-ahead (``background``).
+        """
+        attempts, last = 0, None
+        delay = 0.05
+        limit = asyncio.timeout_at(end)
+        try:
+            async with limit, self._slots().hold(background):
+                while True:
+                    attempts += 1
+                    try:
+                        return await attempt()
+                    except ObjectChangedError:
+                        raise
+                    except Exception as e:
+                        error = self._error(e, name, what, changed=changed)
+                        if not isinstance(error, _Transient):
+                            raise error from _shown(e)
+                        last = error
+                    self.stats.retries += 1
+                    await asyncio.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 1.0)
+        except TimeoutError:
+            if not limit.expired():
+                raise
+            raise self._timeout(name, what, attempts, last) from None
+
+    def timeout_error(self, key: str, what: str) -> TimeoutError:
+        """The ``TimeoutError`` for ``what`` on ``key`` not done by its deadline (for callers that wait on reads
+        started earlier, e.g. read-ahead)."""
+        return self._timeout(redact(self.url.with_key(key)), what, attempts=-1)
+
     def _timeout(self, name: str, what: str, attempts: int = 0, last: BaseException | None = None) -> TimeoutError:
-        tried = f"{attempts} attempt{'s' if attempts > 1 else ''}, " if attempts else ""
-        cause = f"last: {last}" if last is not None else "no answer from the server"
+        if attempts < 0:
+            cause = "still retrying the request that reads them ahead"
+        elif attempts:
+            cause = f"{attempts} attempt{'s' if attempts > 1 else ''}, last: {last or 'no answer from the server'}"
+        else:
+            cause = f"waiting for one of the {self.options.max_concurrency} request slots, all busy with this store"
         return TimeoutError(
             errno.ETIMEDOUT,
-            f"{name}: {what}: no complete answer within the {self.options.deadline:g} s deadline ({tried}{cause}; "
+            f"{name}: {what}: no complete answer within the {self.options.deadline:g} s deadline ({cause}; "
             "storage_options 'timeout' and 'deadline' set the limits)",
         )
 
-    def _slots(self) -> asyncio.Semaphore:
+    def _slots(self) -> _Slots:
         if self._semaphore is None:  # created on the loop thread, the only one that touches it
-            self._semaphore = asyncio.Semaphore(self.options.max_concurrency)
+            self._semaphore = _Slots(self.options.max_concurrency)
         return self._semaphore
 
     def path(self, key: str) -> str:
@@ -225,16 +322,18 @@ class StoreClient:
     def head(self, key: str) -> dict[str, Any]:
         """Size, ETag and modification time of ``key``; ``FileNotFoundError`` naming the URL if it is missing."""
         name = redact(self.url.with_key(key))
+        end = ends_at(self.options.deadline)
 
         async def go() -> Any:
-            return await self._bounded(
-                self._obstore.head_async(self.store, self.path(key)), name, "reading its metadata"
+            return await self._retrying(
+                lambda: self._obstore.head_async(self.store, self.path(key)),
+                name,
+                "reading its metadata",
+                end,
+                changed=False,
             )
 
-        try:
-            return dict(self.run(go))
-        except Exception as e:
-            raise self._final_error(e, name, "cannot read the object's metadata") from _shown(e)
+        return dict(self.run(go))  # failures come mapped to our errors by _retrying
 
     def list(self, prefix: str) -> list[dict[str, Any]]:
         """Every object under the directory ``prefix`` (recursively), as obstore's metadata dicts."""
@@ -261,15 +360,29 @@ class StoreClient:
     ) -> None:
         """Fetch the byte ranges ``[start, end)`` of ``key`` concurrently; ``sink(i, data)`` gets range ``i``'s
         bytes (an exact-length buffer) on the loop thread, as each arrives, once the answer proved to be of
-        ``version``. Raises the first failure."""
+        ``version``. Raises the first failure; ends by the caller's deadline
+        (:func:`~npyfeed.storage.deadlines.ends_at`)."""
         if not ranges:
             return
-        self.run(lambda: self.fetch_async(key, version, ranges, sink))
+        end = ends_at(self.options.deadline)
+        self.run(lambda: self.fetch_async(key, version, ranges, sink, end))
 
     async def fetch_async(
-        self, key: str, version: ObjectVersion, ranges: Sequence[tuple[int, int]], sink: Callable[..., None]
+        self,
+        key: str,
+        version: ObjectVersion,
+        ranges: Sequence[tuple[int, int]],
+        sink: Callable[..., None],
+        end: float,
+        *,
+        background: bool = False,
     ) -> None:
-        tasks = [asyncio.ensure_future(self._get(key, version, i, a, b, sink)) for i, (a, b) in enumerate(ranges)]
+        """:meth:`fetch` on the loop: every range done by the monotonic time ``end``; ``background`` for
+        read-ahead (requests someone waits for get free slots first)."""
+        tasks = [
+            asyncio.ensure_future(self._get(key, version, i, a, b, sink, end, background))
+            for i, (a, b) in enumerate(ranges)
+        ]
         try:
             await asyncio.gather(*tasks)
         except BaseException:
@@ -279,59 +392,40 @@ class StoreClient:
             raise
 
     async def _get(
-        self, key: str, version: ObjectVersion, i: int, start: int, end: int, sink: Callable[..., None]
+        self,
+        key: str,
+        version: ObjectVersion,
+        i: int,
+        start: int,
+        end: int,
+        sink: Callable[..., None],
+        ends: float,
+        background: bool,
     ) -> None:
         name = redact(self.url.with_key(key))
         path = self.path(key)
         options: dict[str, Any] = {"range": (start, end), **version.preconditions()}
-        delay = 0.05
-        attempts, last = 0, None
-        # The slot is held through retries and backoff, so the deadline counts this range's own time, not its wait
-        # behind the other requests in flight (a struggling server also gets fewer requests meanwhile).
-        async with self._slots():
-            limit = asyncio.timeout(self.options.deadline)
+
+        async def attempt() -> None:
+            began = time.perf_counter()
+            self.stats.began()
             try:
-                async with limit:
-                    for attempt in range(self.options.retries + 1):
-                        attempts = attempt + 1
-                        began = time.perf_counter()
-                        self.stats.began()
-                        try:
-                            result = await self._obstore.get_async(self.store, path, options=options)
-                            # Before a byte is used: a server that ignored the precondition still says what it sent.
-                            version.check(name, result.meta)
-                            data = await result.bytes_async()
-                            if len(data) != end - start:
-                                # A short body of the same version: the object is shorter than it said.
-                                raise ObjectChangedError(
-                                    f"{name}: the object ended early: asked for bytes [{start}, {end}), got "
-                                    f"{len(data)} bytes (truncated or replaced since it was opened)"
-                                )
-                            self.stats.record(len(data), time.perf_counter() - began)
-                            sink(i, data)
-                            return
-                        except ObjectChangedError:
-                            raise
-                        except Exception as e:
-                            error = self._error(e, name, f"cannot read bytes [{start}, {end})", changed=True)
-                            if not isinstance(error, _Transient) or attempt == self.options.retries:
-                                if isinstance(error, _Transient):
-                                    raise OSError(
-                                        errno.EIO,
-                                        f"{name}: reading bytes [{start}, {end}) failed {attempts} times; "
-                                        f"last: {error}",
-                                    ) from _shown(e)
-                                raise error from _shown(e)
-                            last = error
-                        finally:
-                            self.stats.ended()
-                        self.stats.retries += 1
-                        await asyncio.sleep(delay * (0.5 + random.random()))
-                        delay = min(delay * 2, 2.0)
-            except TimeoutError:
-                if not limit.expired():
-                    raise
-                raise self._timeout(name, f"reading bytes [{start}, {end})", attempts, last) from None
+                result = await self._obstore.get_async(self.store, path, options=options)
+                # Before a byte is used: a server that ignored the precondition still says what it sent.
+                version.check(name, result.meta)
+                data = await result.bytes_async()
+            finally:
+                self.stats.ended()
+            if len(data) != end - start:
+                # A short body of the same version: the object is shorter than it said.
+                raise ObjectChangedError(
+                    f"{name}: the object ended early: asked for bytes [{start}, {end}), got {len(data)} bytes "
+                    "(truncated or replaced since it was opened)"
+                )
+            self.stats.record(len(data), time.perf_counter() - began)
+            sink(i, data)
+
+        await self._retrying(attempt, name, f"reading bytes [{start}, {end})", ends, background=background)
 
     def _final_error(self, e: BaseException, name: str, what: str) -> BaseException:
         """The error to raise for a failure after obstore's own retries (transient ones included)."""
@@ -378,6 +472,12 @@ class StoreClient:
                 "or for s3:// AWS_CA_BUNDLE (docs/object-storage.md, TLS)",
             )
         status = _status(str(e))
+        if status == 404:  # a listing of a missing bucket says so only by its status
+            if changed:
+                return ObjectChangedError(f"{name}: the object was deleted since it was opened: {text}")
+            return FileNotFoundError(errno.ENOENT, f"{name}: no such object or bucket ({text})", name)
+        if status in (401, 403):
+            return PermissionError(errno.EACCES, f"{name}: {what}: access denied by the store ({text})", name)
         if status is not None and 400 <= status < 500 and status not in (408, 429):
             return OSError(errno.EIO, f"{name}: {what}: the store answered HTTP {status} ({text})")
         return _Transient(f"{what}: {text}")

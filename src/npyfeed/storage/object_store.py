@@ -21,6 +21,7 @@ import concurrent.futures
 import functools
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -33,6 +34,7 @@ from npyfeed.storage.cache.cached_object import CachedObject
 from npyfeed.storage.cache.directory import chunk_directory
 from npyfeed.storage.cache.options import split_cache_options
 from npyfeed.storage.client import StoreClient, get_client
+from npyfeed.storage.deadlines import ends_at
 from npyfeed.storage.ranges import plan_requests
 from npyfeed.storage.urls import match_key, parse_url, redact
 from npyfeed.storage.versions import ObjectVersion
@@ -279,16 +281,17 @@ class ObjectFile:
                         held -= oldest[1] - oldest[0]
                     if held + size > self.options.prefetch_bytes:
                         return
-                    self._ahead[piece] = self.client.submit(functools.partial(self._fetch_piece, *piece))
+                    ends = time.monotonic() + self.options.deadline  # read-ahead: its own deadline, not a reader's
+                    self._ahead[piece] = self.client.submit(functools.partial(self._fetch_piece, *piece, ends))
                     held += size
 
-    async def _fetch_piece(self, start: int, end: int) -> np.ndarray:
+    async def _fetch_piece(self, start: int, end: int, ends: float) -> np.ndarray:
         buffer = np.empty(end - start, np.uint8)
 
         def sink(_: int, data: Any) -> None:
             buffer[:] = np.frombuffer(data, np.uint8)
 
-        await self.client.fetch_async(self._url.key, self._version, [(start, end)], sink)
+        await self.client.fetch_async(self._url.key, self._version, [(start, end)], sink, ends, background=True)
         return buffer
 
     def _from_ahead(self, base: int, record_bytes: int, indices: np.ndarray, out2: np.ndarray) -> np.ndarray | None:
@@ -301,13 +304,19 @@ class ObjectFile:
         offsets = base + indices * record_bytes
         todo = np.ones(indices.size, bool)
         hit = False
+        ends = ends_at(self.options.deadline)  # this read's deadline: waiting for a read-ahead counts against it
         for (start, end), future in entries:
             lo = int(np.searchsorted(offsets, start, "left"))
             hi = int(np.searchsorted(offsets, end - record_bytes, "right"))
             if hi <= lo:
                 continue
             try:
-                buffer = future.result()
+                buffer = future.result(timeout=max(0.0, ends - time.monotonic()))
+            except TimeoutError:
+                if future.done():
+                    raise  # the read-ahead's own deadline passed: the server is not answering
+                what = f"waiting for the read-ahead of bytes [{start}, {end})"
+                raise self.client.timeout_error(self._url.key, what) from None
             except Exception:
                 with self._lock:
                     self._ahead.pop((start, end), None)
