@@ -25,6 +25,8 @@ def global_batches(batches: Iterable[Any], sharding: Any) -> Iterator[Any]:
     try:
         import jax
     except ImportError as e:  # pragma: no cover - exercised only without JAX
-        raise ImportError("npyfeed's JAX helper needs JAX: pip install 'npyfeed[jax]'") from e
+        raise ImportError(
+            "npyfeed's JAX helper needs JAX: the npyfeed[jax] extra (pip install '.[jax]' in a checkout of npyfeed)"
+        ) from e
     for batch in batches:
         yield jax.tree.map(lambda leaf: jax.make_array_from_process_local_data(sharding, leaf), batch)

@@ -31,7 +31,10 @@ def require_tensorflow() -> Any:
     try:
         import tensorflow as tf
     except ImportError as e:  # pragma: no cover - exercised only without TensorFlow
-        raise ImportError("npyfeed's tf.data adapter needs TensorFlow: pip install 'npyfeed[tf]'") from e
+        raise ImportError(
+            "npyfeed's tf.data adapter needs TensorFlow: the npyfeed[tf] extra "
+            "(pip install '.[tf]' in a checkout of npyfeed)"
+        ) from e
     return tf
 
 

@@ -47,7 +47,10 @@ def _torch() -> Any:
     try:
         import torch
     except ImportError as e:  # pragma: no cover - exercised only without PyTorch
-        raise ImportError("npyfeed's PyTorch adapter needs PyTorch: pip install 'npyfeed[torch]'") from e
+        raise ImportError(
+            "npyfeed's PyTorch adapter needs PyTorch: the npyfeed[torch] extra "
+            "(pip install '.[torch]' in a checkout of npyfeed)"
+        ) from e
     return torch
 
 

@@ -103,7 +103,10 @@ def import_obstore() -> Any:
     try:
         import obstore
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("reading s3://, gs:// or https:// URLs needs obstore: pip install 'npyfeed[remote]'") from e
+        raise ImportError(
+            "reading s3://, gs:// or https:// URLs needs obstore: the npyfeed[remote] extra "
+            "(pip install '.[remote]' in a checkout of npyfeed)"
+        ) from e
     return obstore
 
 
