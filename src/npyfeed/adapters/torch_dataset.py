@@ -10,6 +10,12 @@ The batches are already batched, so the DataLoader must not batch again: pass ``
   (a ``.npy`` array pickles as its path), nothing is copied up front, but every batch then crosses a process
   boundary through shared memory: use workers only when the transform is heavy Python work.
 
+Start methods (``DataLoader(multiprocessing_context=...)``): local files work with ``"fork"`` (Linux's default),
+``"spawn"`` and ``"forkserver"``. For object stores (``s3://``, ``gs://``, ``https://``, cached or not) use
+``"spawn"`` or ``"forkserver"``: the object-store client does not survive fork, so a forked worker refuses with a
+:class:`~npyfeed.errors.ConfigError` naming them instead of hanging. A spawned worker pays for its start-up
+(importing torch, reopening the files) once per epoch unless ``persistent_workers=True``.
+
 Every ``iter()`` over the DataLoader is the next epoch, starting at ``start_epoch`` (default ``loader.epoch``), with
 or without workers, persistent or not: the epoch counters live in shared memory, one per worker, so fresh worker
 processes continue the count. ``set_epoch(e)`` makes the next iteration epoch ``e`` (``DistributedSampler`` style).
@@ -24,9 +30,9 @@ JAX users need none of this: ``for batch in loader`` yields NumPy batches (``jax
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Iterator, Mapping
 from functools import cache
+from multiprocessing.sharedctypes import RawArray
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -85,7 +91,9 @@ def _dataset_class() -> type:
             self._prefetch = prefetch
             # Slot 0: iterations in the main process; slot w + 1: iterations of worker w. Shared memory, so a
             # worker started for a later epoch (non-persistent workers) sees how many its predecessors ran.
-            self._epochs = multiprocessing.Array("q", [start_epoch] * (_MAX_WORKERS + 1))
+            # A RawArray (no lock): each slot has one writer (set_epoch writes between epochs), and a lock's SemLock
+            # made in the default (fork) context cannot be sent to spawn or forkserver workers; the shared heap can.
+            self._epochs = RawArray("q", [start_epoch] * (_MAX_WORKERS + 1))
             self._progress: tuple[int, int] | None = None  # (epoch, batches delivered) in the main process
 
         def __len__(self) -> int:
@@ -100,14 +108,12 @@ def _dataset_class() -> type:
             """Make the next iteration (in the main process and in every worker) read ``epoch``."""
             if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
                 raise ConfigError(f"epoch must be a non-negative int, got {epoch!r}")
-            with self._epochs.get_lock():
-                self._epochs[:] = [int(epoch)] * len(self._epochs)
+            self._epochs[:] = [int(epoch)] * len(self._epochs)
             self._progress = None
 
         def _claim(self, slot: int) -> int:
-            with self._epochs.get_lock():
-                epoch = int(self._epochs[slot])
-                self._epochs[slot] = epoch + 1
+            epoch = int(self._epochs[slot])
+            self._epochs[slot] = epoch + 1
             return epoch
 
         def __iter__(self) -> Iterator[Any]:
