@@ -60,7 +60,8 @@ def glob_columns_and_shuffled_epochs(put: Put) -> None:
     cols = npyfeed.open(source)
     assert len(cols) == 3000 and len(cols["x"].paths) == 3
     for shuffle in ("global", "block"):
-        loader = npyfeed.Loader(source, 128, shuffle=shuffle, seed=3, block_rows=50, window_blocks=4)
+        geometry = {"block_rows": 50, "window_blocks": 4} if shuffle == "block" else {}
+        loader = npyfeed.Loader(source, 128, shuffle=shuffle, seed=3, **geometry)
         for _ in range(2):
             batches = list(loader)
             ids = np.concatenate([b["y"] for b in batches])

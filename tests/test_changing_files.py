@@ -32,7 +32,8 @@ CHILD = textwrap.dedent(
     path, mode, shuffle, when, change = sys.argv[1:6]
     shuffle = {"none": False, "global": True, "block": "block"}[shuffle]
     original = np.load(path)
-    loader = npyfeed.Loader(path, batch_size=64, shuffle=shuffle, seed=1, block_rows=512, prefetch=2)
+    geometry = {"block_rows": 512} if shuffle == "block" else {}
+    loader = npyfeed.Loader(path, batch_size=64, shuffle=shuffle, seed=1, prefetch=2, **geometry)
 
     def change_file():
         if change == "truncate":

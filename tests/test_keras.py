@@ -70,7 +70,7 @@ def test_a_build_probe_does_not_consume_an_epoch(files: dict[str, str]) -> None:
 def test_out_of_order_access_warns_once_and_stays_exact(files: dict[str, str]) -> None:
     loader = npyfeed.Loader((files["big"], files["ids"]), batch_size=10, shuffle=True, seed=2)
     dataset = to_keras(loader, start_epoch=1)
-    with pytest.warns(UserWarning, match="shuffle=False"):
+    with pytest.warns(npyfeed.BatchOrderWarning, match="shuffle=False"):
         assert keras_epoch(dataset, order=[3, 0, 5, 1, 4, 2]) == loader_epoch(loader, 1)
     assert keras_epoch(dataset, order=[5, 4, 3, 2, 1, 0]) == loader_epoch(loader, 2)  # no second warning
 

@@ -69,8 +69,7 @@ def test_native_batches_are_the_numpy_paths(
         shuffle=shuffle,
         seed=seed,
         drop_remainder=drop,
-        block_rows=13,
-        window_blocks=4,
+        **({"block_rows": 13, "window_blocks": 4} if shuffle == "block" else {}),
     )
     ds = loader.to_tf_dataset(native=True, epochs=2, start_epoch=3)
     assert ds.element_spec == loader.to_tf_dataset().element_spec
@@ -90,9 +89,10 @@ def test_native_dtypes_and_byte_orders(data: dict[str, Any], dtype: str) -> None
 @pytest.mark.parametrize("shuffle", [False, "block"])
 def test_native_shards_match_the_loaders_layout(data: dict[str, Any], count: int, shuffle: Any) -> None:
     rows = []
+    geometry = {"block_rows": 10} if shuffle == "block" else {}
     for index in range(count):
         loader = npyfeed.Loader(
-            (data["parts"], data["ids"]), batch_size=16, shuffle=shuffle, seed=1, shard=(index, count), block_rows=10
+            (data["parts"], data["ids"]), batch_size=16, shuffle=shuffle, seed=1, shard=(index, count), **geometry
         )
         assert_identical(loader, loader.to_tf_dataset(native=True, start_epoch=1), [1])
         rows += [int(i) for _, ids in loader.to_tf_dataset(native=True, start_epoch=1) for i in ids.numpy()]
@@ -130,7 +130,8 @@ def test_native_refusals(data: dict[str, Any], tmp_path: Path) -> None:
 def test_native_resized_file_is_an_error_not_a_short_batch(tmp_path: Path, shuffle: Any, change: str) -> None:
     path = tmp_path / "x.npy"
     np.save(path, np.arange(100, dtype=np.int64))
-    loader = npyfeed.Loader(str(path), batch_size=30, shuffle=shuffle, block_rows=8, window_blocks=2)
+    geometry = {"block_rows": 8, "window_blocks": 2} if shuffle == "block" else {}
+    loader = npyfeed.Loader(str(path), batch_size=30, shuffle=shuffle, **geometry)
     ds = loader.to_tf_dataset(native=True)
     if change == "shrunk":
         os.truncate(path, path.stat().st_size - 8 * 15)
@@ -162,8 +163,7 @@ def test_native_small_reads_across_files(
             shuffle=shuffle,
             seed=5,
             shard=(index, count),
-            block_rows=6,
-            window_blocks=3,
+            **({"block_rows": 6, "window_blocks": 3} if shuffle == "block" else {}),
         )
         assert_identical(loader, loader.to_tf_dataset(native=True, epochs=2), [0, 1])
 

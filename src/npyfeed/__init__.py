@@ -17,6 +17,7 @@ import importlib
 from typing import Any
 
 from npyfeed.errors import (
+    BatchOrderWarning,
     CacheWarning,
     ColumnMismatchError,
     ConfigError,
@@ -40,6 +41,7 @@ from npyfeed.write.writer import NpyWriter
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchOrderWarning",
     "CacheWarning",
     "ColumnMismatchError",
     "Columns",

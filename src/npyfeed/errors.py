@@ -10,7 +10,8 @@
     │   └── ObjectChangedError(NpyFormatError)  the same for a remote object (its size, ETag or date changed)
     └── WorkerError(RuntimeError)        a read or transform raised StopIteration (which would end an epoch)
 
-    NpyfeedWarning(Warning)              something works, but not as well as it could
+    NpyfeedWarning(Warning)              something works, but not as well as it could: EVERY warning npyfeed gives
+    ├── BatchOrderWarning(UserWarning)   batches asked for out of order (Keras ``fit(shuffle=True)``): read-ahead lost
     ├── CacheWarning(RuntimeWarning)     the local chunk cache is bypassed for some rows, or thrashes
     ├── RemoteShuffleWarning(UserWarning)  a global shuffle over an object store: the request rate it implies
     └── UnversionedObjectWarning(UserWarning)  a server gives no ETag or Last-Modified: changes go unnoticed
@@ -18,13 +19,20 @@
 Every message names the file (when there is one), the field, the value found and what was expected; URLs show
 without their credentials. A batch that fails during an epoch raises the original error, its type kept (an
 ``OSError``, ``TimeoutError``, ``PermissionError``, ``ZeroDivisionError`` from a transform...), with a note (PEP 678)
-naming the batch, its epoch and the files, and ``epoch`` and ``batch`` attributes. Warnings
-are silenced with the standard filters, e.g. ``warnings.filterwarnings("ignore", category=RemoteShuffleWarning)``.
+naming the batch, its epoch and the files, and ``epoch`` and ``batch`` attributes. Warnings are silenced with the
+standard filters: ``warnings.filterwarnings("ignore", category=NpyfeedWarning)`` for all of them, or one category.
+Each also derives from the built-in category it would otherwise be (``UserWarning`` or ``RuntimeWarning``), so
+filters by built-in category keep working.
+
+Not exported here: ``InterpreterExiting(NpyfeedError, RuntimeError)`` of the tf adapter, raised only inside
+``tf.numpy_function`` calls that arrive after the interpreter began to exit. TensorFlow turns any exception there
+into its own error type and nothing consumes those batches, so no user can catch it: it stays with the adapter.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "BatchOrderWarning",
     "CacheWarning",
     "ColumnMismatchError",
     "ConfigError",
@@ -77,6 +85,11 @@ class WorkerError(NpyfeedError, RuntimeError):
 
 class NpyfeedWarning(Warning):
     """Base class of npyfeed's warnings: the work goes on, but a setting costs more than it should."""
+
+
+class BatchOrderWarning(NpyfeedWarning, UserWarning):
+    """Batches were asked for out of order (Keras' ``model.fit(shuffle=True)``, its default): the loader's batch
+    order and read-ahead are lost. Given once per dataset; pass ``shuffle=False``, the loader already shuffles."""
 
 
 class CacheWarning(NpyfeedWarning, RuntimeWarning):

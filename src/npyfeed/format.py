@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from npyfeed.errors import ConfigError, NpyFormatError
+from npyfeed import arguments as args
+from npyfeed.errors import NpyFormatError
 
 __all__ = ["MAGIC", "MAX_HEADER_SIZE", "NpyHeader", "header_size", "load_header", "parse_header", "read_header"]
 
@@ -122,10 +123,9 @@ def parse_header(prefix: bytes, size: int, name: str, *, max_header_size: int = 
     :func:`read_header` does for a local file.
     """
     max_header_size = _check_cap(max_header_size)
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0:
-        raise ConfigError(f"{name}: size must be a non-negative int (the object's bytes), got {size!r}")
+    size = args.integer(f"{name}: size (the object's bytes)", size)
     try:
-        return _parse(name, bytes(prefix), int(size), max_header_size)
+        return _parse(name, bytes(prefix), size, max_header_size)
     except _ShortPrefix as e:
         raise ValueError(f"{name}: the header needs the first {e.needed} bytes, got {len(prefix)}") from None
 
@@ -151,9 +151,7 @@ class _ShortPrefix(Exception):
 
 
 def _check_cap(max_header_size: object) -> int:
-    if isinstance(max_header_size, bool) or not isinstance(max_header_size, (int, np.integer)) or max_header_size < 0:
-        raise ConfigError(f"max_header_size must be a non-negative int (bytes), got {max_header_size!r}")
-    return int(max_header_size)
+    return args.integer("max_header_size", max_header_size)
 
 
 def _take(name: str, prefix: bytes, file_bytes: int, offset: int, size: int, what: str) -> bytes:

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from npyfeed import arguments as args
 from npyfeed.errors import ConfigError
 
 __all__ = ["Launch", "resolve"]
@@ -79,7 +80,7 @@ def _tf_config() -> tuple[int, int] | None:
     if kind not in ("chief", "worker"):
         raise ConfigError(f"TF_CONFIG task type {kind!r} does not read input; shard='auto' needs a chief or worker")
     size = chiefs if kind == "chief" else workers
-    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < size:
+    if not args.is_int(index) or not 0 <= index < size:
         raise ConfigError(
             f"TF_CONFIG task index {index!r} of type {kind!r} must be an integer in [0, {size}) (the cluster lists "
             f"{size} {kind}{'s' if size != 1 else ''}); shard='auto' cannot tell which worker this is"
@@ -145,7 +146,7 @@ def resolve() -> Launch:
                 f"shard='auto': {name} says worker {index} of {count}, but RANK/WORLD_SIZE say {launcher[0]} of "
                 f"{launcher[1]}; pass shard=(index, count) explicitly"
             )
-        if isinstance(index, bool) or not isinstance(index, int) or not isinstance(count, int) or count < 1:
+        if not args.is_int(index) or not args.is_int(count) or count < 1:
             raise ConfigError(f"shard='auto': {name} gave worker {index!r} of {count!r}, not two integers")
         if not 0 <= index < count:
             raise ConfigError(f"shard='auto': {name} gave worker {index} of {count}, outside [0, {count})")

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from npyfeed import arguments as args
 from npyfeed.errors import ConfigError
 
 __all__ = ["Layout", "Shard"]
@@ -35,14 +36,10 @@ class Shard:
     source: str = field(default="explicit", compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("index", "count"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"Shard.{name} must be an int, got {value!r}")
-        if self.count < 1:
-            raise ConfigError(f"Shard.count must be >= 1, got {self.count}")
-        if not 0 <= self.index < self.count:
-            raise ConfigError(f"Shard.index must be in [0, {self.count}), got {self.index}")
+        # Frozen: the checked values (NumPy ints become ints) are set through object.__setattr__.
+        count = args.positive_int("Shard.count", self.count)
+        object.__setattr__(self, "count", count)
+        object.__setattr__(self, "index", args.integer("Shard.index", self.index, maximum=count - 1))
 
     @classmethod
     def of(cls, shard: Any) -> Shard:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import keras
 
+from npyfeed import arguments as args
 from npyfeed.errors import ConfigError
 from npyfeed.loader.state import loader_state
 
@@ -36,11 +37,9 @@ class LoaderCheckpoint(keras.callbacks.Callback):
 
     def __init__(self, loader: Loader, directory: str | os.PathLike[str], *, save_freq: int = 100) -> None:
         super().__init__()
-        if isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1:
-            raise ConfigError(f"save_freq must be a positive int (batches), got {save_freq!r}")
         self.loader = loader
         self.directory = Path(directory)
-        self.save_freq = save_freq
+        self.save_freq = args.positive_int("save_freq", save_freq)
         self._epoch = 0
 
     # -- recording -------------------------------------------------------------------------------------------

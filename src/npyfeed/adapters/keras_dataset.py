@@ -22,10 +22,9 @@ import warnings
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from npyfeed import arguments as args
 from npyfeed.adapters.epoch_reader import EpochReader, native_byte_order
-from npyfeed.errors import ConfigError
+from npyfeed.errors import BatchOrderWarning
 
 if TYPE_CHECKING:
     from npyfeed.loader.loader import Loader
@@ -75,7 +74,7 @@ def _dataset_class() -> type:
                 self._in_epoch = False
 
         def __getitem__(self, index: int) -> Any:
-            if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(self):
+            if not args.is_int(index) or not 0 <= index < len(self):
                 raise IndexError(f"batch {index!r} is out of range for {len(self)} batches per epoch")
             index = int(index)
             with self._lock:
@@ -90,7 +89,7 @@ def _dataset_class() -> type:
                             "npyfeed: Keras asked for batches out of order (model.fit(shuffle=True) is Keras' "
                             "default); the loader's batch order and read-ahead are lost. Pass shuffle=False: "
                             "the loader already shuffles.",
-                            UserWarning,
+                            BatchOrderWarning,
                             stacklevel=2,
                         )
                     indices = range(index, self.loader.num_batches(self.epoch))
@@ -135,9 +134,6 @@ def to_keras(loader: Loader, *, start_epoch: int | None = None, prefetch: int | 
 
     >>> model.fit(loader.to_keras(), epochs=3, shuffle=False)  # doctest: +SKIP
     """
-    start = loader.epoch if start_epoch is None else start_epoch
-    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
-        raise ConfigError(f"start_epoch must be a non-negative int, got {start_epoch!r}")
-    if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1):
-        raise ConfigError(f"prefetch must be a positive int or None, got {prefetch!r}")
-    return _dataset_class()(loader, int(start), prefetch)
+    start = args.integer("start_epoch", loader.epoch if start_epoch is None else start_epoch)
+    prefetch = args.optional_positive_int("prefetch", prefetch)
+    return _dataset_class()(loader, start, prefetch)

@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from npyfeed import arguments as args
 from npyfeed.adapters.tf_calls import GATE
 from npyfeed.adapters.tf_spec import (
     check_signature,
@@ -343,18 +344,17 @@ def to_tf_dataset(
     """
     tf = _tf()
     GATE.install()
-    start = loader.epoch if start_epoch is None else start_epoch
-    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
-        raise ConfigError(f"start_epoch must be a non-negative int, got {start_epoch!r}")
-    start = int(start)
-    for name, value in (("num_parallel_calls", num_parallel_calls), ("threads", threads), ("prefetch", prefetch)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ConfigError(f"{name} must be a positive int or None, got {value!r}")
-    if not isinstance(native, bool):
-        raise ConfigError(f"native must be True or False, got {native!r}")
-    if native:
+    start = args.integer("start_epoch", loader.epoch if start_epoch is None else start_epoch)
+    num_parallel_calls = args.optional_positive_int("num_parallel_calls", num_parallel_calls)
+    threads = args.optional_positive_int("threads", threads)
+    prefetch = args.optional_positive_int("prefetch", prefetch)
+    epochs = args.optional_positive_int("epochs", epochs)
+    if args.flag("native", native):
         if output_signature is not None:
             raise ConfigError("native=True derives the element spec from the .npy headers; drop output_signature=")
+        for name, value in (("threads", threads), ("prefetch", prefetch)):
+            if value is not None:
+                raise args.inapplicable(name, value, "it tunes the numpy_function pipeline; native=True has none")
         from npyfeed.adapters.tf_native import native_dataset
 
         spec = header_spec(loader)
@@ -364,7 +364,7 @@ def to_tf_dataset(
         )
         return native_ds if split is None else native_ds.map(split, name="npyfeed_targets")
     if epochs != 1:
-        raise ConfigError(f"epochs= applies to native=True (got {epochs!r}); repeat the dataset with .repeat()")
+        raise args.inapplicable("epochs", epochs, "it applies to native=True; repeat the dataset with .repeat()")
     spec = check_signature(output_signature) if output_signature is not None else element_spec(loader, epoch=start)
     split = _fit_split(spec, targets, sample_weights)
     flat_specs = tf.nest.flatten(spec)

@@ -89,8 +89,6 @@ def native_dataset(
             f"native=True starts at an epoch boundary, but epoch {start_epoch} was resumed mid-way by set_state(); "
             "use native=False to finish it"
         )
-    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
-        raise ConfigError(f"epochs must be a positive int or None, got {epochs!r}")
     source = loader.source
     # tf.nest.flatten order of the source's structure (dict keys sorted), matching ``spec``.
     flat_keys = sorted(range(len(source.keys)), key=lambda j: source.keys[j]) if source.kind == "dict" else None

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from npyfeed import arguments as args
 from npyfeed.adapters.epoch_reader import EpochReader, native_byte_order, rebuild
 from npyfeed.errors import ConfigError
 from npyfeed.loader.state import loader_state
@@ -106,9 +107,8 @@ def _dataset_class() -> type:
 
         def set_epoch(self, epoch: int) -> None:
             """Make the next iteration (in the main process and in every worker) read ``epoch``."""
-            if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-                raise ConfigError(f"epoch must be a non-negative int, got {epoch!r}")
-            self._epochs[:] = [int(epoch)] * len(self._epochs)
+            epoch = args.integer("epoch", epoch)
+            self._epochs[:] = [epoch] * len(self._epochs)
             self._progress = None
 
         def _claim(self, slot: int) -> int:
@@ -187,9 +187,6 @@ def to_torch(
     >>> for epoch in range(3):  # doctest: +SKIP
     ...     for x, y in data: ...
     """
-    start = loader.epoch if start_epoch is None else start_epoch
-    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
-        raise ConfigError(f"start_epoch must be a non-negative int, got {start_epoch!r}")
-    if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1):
-        raise ConfigError(f"prefetch must be a positive int or None, got {prefetch!r}")
-    return _dataset_class()(loader, int(start), bool(as_tensors), prefetch)
+    start = args.integer("start_epoch", loader.epoch if start_epoch is None else start_epoch)
+    prefetch = args.optional_positive_int("prefetch", prefetch)
+    return _dataset_class()(loader, start, args.flag("as_tensors", as_tensors), prefetch)

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from npyfeed.errors import NpyfeedError
+from npyfeed import arguments as args_rule
+from npyfeed.errors import ConfigError, NpyfeedError
 from npyfeed.format import MAX_HEADER_SIZE, NpyHeader, read_header
 from npyfeed.sources.base import row_nbytes
 from npyfeed.storage.urls import is_url, redact
@@ -55,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help=f"accept headers up to this size (default {MAX_HEADER_SIZE}, as NumPy; raise only for trusted files)",
     )
+    inspect.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        type=_storage_option,
+        metavar="KEY=VALUE",
+        help="object-store setting for URLs (repeatable), as for bench",
+    )
     inspect.set_defaults(run=_inspect)
 
     bench = commands.add_parser(
@@ -82,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
         type=_storage_option,
         metavar="KEY=VALUE",
         help="object-store setting for URLs (repeatable): endpoint, region, skip_signature, max_concurrency, "
-        "request_bytes=8M, ... (default: the standard environment, e.g. AWS_ENDPOINT_URL)",
+        "request_bytes=8MiB, ... (default: the standard environment, e.g. AWS_ENDPOINT_URL). Sizes: 8MB is "
+        "8,000,000 bytes, 8MiB 8,388,608",
     )
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
     bench.set_defaults(run=_bench)
@@ -108,10 +118,11 @@ def _parser() -> argparse.ArgumentParser:
         type=_size,
         default=None,
         metavar="SIZE",
-        help="write DEST_000.npy... of at most SIZE (64M) in DEST's directory, which must be new or empty",
+        help="write DEST_000.npy... of at most SIZE (e.g. 64MB = 64,000,000 bytes, 64MiB = 2**26) in DEST's "
+        "directory, which must be new or empty",
     )
     convert.add_argument(
-        "--memory", type=_size, default=64 << 20, metavar="SIZE", help="rows held in memory at once (default 64M)"
+        "--memory", type=_size, default=64 << 20, metavar="SIZE", help="rows held in memory at once (default 64MiB)"
     )
     convert.add_argument("--no-progress", action="store_true", help="no progress bar")
     convert.add_argument("--max-header-size", type=int, default=MAX_HEADER_SIZE, metavar="BYTES")
@@ -121,29 +132,25 @@ def _parser() -> argparse.ArgumentParser:
 
 def _storage_option(text: str) -> tuple[str, Any]:
     """``"max_concurrency=64"`` -> ``("max_concurrency", 64)``: whole numbers become ints, sizes for ``*_bytes``
-    keys may have a unit (``request_bytes=8M``), anything else stays a string (obstore parses its own keys)."""
+    keys may have a unit (``request_bytes=8MiB``), anything else stays a string (obstore parses its own keys)."""
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     if key.endswith("_bytes"):
-        return key, 0 if value.strip() == "0" else _size(value)
+        try:
+            return key, args_rule.size(key, value.strip(), minimum=0)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
     return key, int(value) if value.strip().lstrip("-").isdigit() else value
 
 
 def _size(text: str) -> int:
-    """``"64M"`` -> 67108864 (K, M, G, T are powers of 1024; a plain number is bytes)."""
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    number, unit = text.strip().upper().removesuffix("IB").removesuffix("B"), ""
-    if number and number[-1] in units:
-        number, unit = number[:-1], number[-1]
+    """A size in the grammar of :func:`npyfeed.arguments.size`: ``"64MB"`` is 64,000,000, ``"64MiB"`` 67,108,864."""
     try:
-        value = int(float(number) * units[unit])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 2G, 1048576)") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return value
+        return args_rule.size("size", text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 # -- inspect ------------------------------------------------------------------------------------------------------
@@ -152,7 +159,7 @@ def _inspect(args: argparse.Namespace) -> int:
     reports: list[dict[str, Any]] = []
     for path in args.files:
         try:
-            header = _read_header(path, args.max_header_size)
+            header = _read_header(path, args.max_header_size, dict(args.storage_option))
         except NpyfeedError as e:  # its message starts with the path
             partial = None if is_url(path) else describe_partial(path)
             error = str(e) if partial is None else f"{path}: {partial}"
@@ -176,14 +183,14 @@ def _inspect(args: argparse.Namespace) -> int:
     return status
 
 
-def _read_header(name: str, max_header_size: int) -> NpyHeader:
+def _read_header(name: str, max_header_size: int, storage_options: dict[str, Any]) -> NpyHeader:
     """The header of a local file, or of an object at a URL (one small ranged GET)."""
     if not is_url(name):
         return read_header(name, max_header_size=max_header_size)
     from npyfeed.format import load_header
     from npyfeed.storage import open_storage
 
-    storage = open_storage(name)
+    storage = open_storage(name, storage_options=storage_options or None)
     try:
         return load_header(storage, max_header_size=max_header_size)
     finally:

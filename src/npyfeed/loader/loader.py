@@ -103,14 +103,10 @@ class Loader:
         self.source = Columns.of(source, storage_options=storage_options)
         self.batch_size = args.positive_int("batch_size", batch_size)
         self.shuffle: ShuffleMode = args.shuffle_mode(shuffle)
-        if seed is not None and not args._is_int(seed):
-            raise ConfigError(f"seed must be an int or None, got {seed!r} ({type(seed).__name__})")
-        self.seed = int(seed) if seed is not None else secrets.randbits(63)
+        given_seed = args.seed("seed", seed)
+        self.seed = given_seed if given_seed is not None else secrets.randbits(63)
         self.drop_remainder = args.flag("drop_remainder", drop_remainder)
-        if transform is not None and not callable(transform):
-            raise ConfigError(f"transform must be callable, got {transform!r}")
-        self.transform = transform
-        shard = args.shard_arg(shard)
+        self.transform = args.function("transform", transform)
         self.shard = Shard(*resolve_launch()) if isinstance(shard, str) and shard == "auto" else Shard.of(shard)
         self.num_threads = args.optional_positive_int("num_threads", num_threads) or min(16, max(2, cpu_count()))
         self.io_threads = max(
@@ -123,6 +119,10 @@ class Loader:
             args.optional_positive_int("block_rows", block_rows),
             args.optional_positive_int("window_blocks", window_blocks),
         )
+        for name, value in zip(("block_rows", "window_blocks"), given, strict=True):
+            if value is not None and self.shuffle != "block":
+                why = f"it sets the block shuffle's geometry, and shuffle is {self.shuffle!r} (pass shuffle='block')"
+                raise args.inapplicable(name, value, why)
         self._geometry_given = given
         default = default_geometry(self.source) if None in given else (0, 0)
         block, window = (g or d for g, d in zip(given, default, strict=True))
@@ -304,7 +304,7 @@ class Loader:
                 self.order = order
                 raise
         if state["seed"] != self.seed:
-            self.seed = state["seed"]
+            self.seed = int(state["seed"])
             self.order = self._make_order(*self._block_geometry())
         resumed = Layout(
             len(self.source), self.batch_size, self.shard.count, self.shard.index, self.drop_remainder, position
@@ -319,7 +319,7 @@ class Loader:
         """The block geometry of a saved block-shuffle state, when it differs from this loader's only in values
         this loader chose by default (not ``block_rows=``/``window_blocks=`` given explicitly)."""
         saved = state.get("order") if isinstance(state, dict) and self.shuffle == "block" else None
-        if not (isinstance(saved, list) and len(saved) == 2 and all(args._is_int(v) and v > 0 for v in saved)):
+        if not (isinstance(saved, list) and len(saved) == 2 and all(args.is_int(v) and v > 0 for v in saved)):
             return None
         wanted = tuple(g or v for g, v in zip(self._geometry_given, saved, strict=True))
         if wanted != tuple(saved) or wanted == self._block_geometry():

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from npyfeed import arguments as args
 from npyfeed.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -106,13 +107,9 @@ def restore_state(loader: Loader, state: dict[str, Any]) -> tuple[int, int]:
             f"saved state has block geometry (block_rows, window_blocks)={state.get('order')!r} but this loader has "
             f"{_order_geometry(loader)!r}: the order would differ"
         )
-    epoch, position, seed = state.get("epoch"), state.get("position"), state.get("seed")
-    if not (
-        isinstance(epoch, int)
-        and epoch >= 0
-        and isinstance(position, int)
-        and 0 <= position <= len(loader.source)
-        and isinstance(seed, int)
-    ):
-        raise ConfigError(f"saved state has an invalid position: epoch={epoch!r}, position={position!r}, seed={seed!r}")
-    return epoch, position
+    # The one argument rule (bools are not ints, NumPy ints are, everything bounded); "saved state's epoch" names it.
+    epoch = args.integer("saved state's epoch", state.get("epoch"))
+    args.integer("saved state's position", state.get("position"), maximum=len(loader.source))
+    if args.seed("saved state's seed", state.get("seed")) is None:
+        raise ConfigError("saved state's seed must be an int, got None")
+    return epoch, int(state["position"])

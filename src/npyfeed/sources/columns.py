@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeAlias
 
 import numpy as np
 
+from npyfeed import arguments as args
 from npyfeed.errors import ColumnMismatchError, ConfigError
 from npyfeed.format import MAX_HEADER_SIZE
 from npyfeed.sources.array import NpyArray
@@ -34,6 +35,40 @@ StorageOptions: TypeAlias = Mapping[str, Any] | None
 """Object-store configuration (endpoint, credentials, request tuning): see docs/object-storage.md."""
 
 _GLOB_CHARS = frozenset("*?[")
+
+
+def opens_urls(source: Any) -> bool:
+    """Whether opening ``source`` reads any object store (a URL other than ``file://`` in it, at any depth)."""
+    if isinstance(source, Mapping):
+        return any(opens_urls(v) for v in source.values())
+    if isinstance(source, (tuple, list)):
+        return any(opens_urls(v) for v in source)
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        return isinstance(path, str) and is_url(path) and not path.startswith("file://")
+    return False
+
+
+def check_storage_options(source: Any, storage_options: StorageOptions) -> StorageOptions:
+    """``storage_options`` if they can apply to ``source``: a mapping, and a source that opens some URL.
+
+    Given with local files or an already opened source they would be ignored, so they are refused. The message
+    shows their keys only (values may be credentials).
+    """
+    if storage_options is None:
+        return None
+    if not isinstance(storage_options, Mapping):
+        raise ConfigError(f"storage_options must be a dict or None, got {type(storage_options).__name__}")
+    if storage_options and not opens_urls(source):
+        local = isinstance(source, (str, os.PathLike, tuple, list, Mapping))
+        what = "local files only" if local else "an already opened source"
+        raise args.inapplicable(
+            "storage_options",
+            None,
+            f"they configure object stores, and the source opens no URL ({what}); open URLs with them",
+            shown=f"{{keys {sorted(map(str, storage_options))}}}",
+        )
+    return storage_options
 
 
 def _open_array(spec: ArraySpec, max_header_size: int, storage_options: StorageOptions = None) -> RowSource:
@@ -106,6 +141,7 @@ def open(
     Indexing with an int, slice, int array or bool mask returns what ``np.load(path, mmap_mode="r")[key]``
     returns, as an in-memory array. Headers are validated at open (see :mod:`npyfeed.format`).
     """
+    check_storage_options(source, storage_options)
     if isinstance(source, Columns):
         return source
     if isinstance(source, (tuple, Mapping)):
@@ -134,6 +170,7 @@ class Columns:
         max_header_size: int = MAX_HEADER_SIZE,
         storage_options: StorageOptions = None,
     ) -> None:
+        check_storage_options(source, storage_options)
         if isinstance(source, Mapping):
             if not source:
                 raise ConfigError("a dict source needs at least one column")
@@ -165,6 +202,7 @@ class Columns:
         cls, source: Source, *, max_header_size: int = MAX_HEADER_SIZE, storage_options: StorageOptions = None
     ) -> Columns:
         """``source`` as Columns (returned unchanged if it already is)."""
+        check_storage_options(source, storage_options)
         if isinstance(source, Columns):
             return source
         return cls(source, max_header_size=max_header_size, storage_options=storage_options)
@@ -234,19 +272,17 @@ class Columns:
         files, so the same rows land in each part every time.
         """
         n = len(self)
-        if isinstance(first, bool) or not isinstance(first, (int, float, np.integer, np.floating)):
-            raise ConfigError(f"split point must be a fraction or a row count, got {first!r}")
         if isinstance(first, (float, np.floating)):
-            if not 0.0 < first < 1.0:
-                raise ConfigError(f"split fraction must be between 0 and 1, got {first}")
-            cut = round(n * float(first))
+            cut = round(n * args.number("split fraction", first, maximum=1.0, exclusive=True))
         else:
-            cut = int(first)
-            if not 0 <= cut <= n:
-                raise ConfigError(f"split row count must be between 0 and {n}, got {cut}")
+            try:
+                cut = args.integer("split row count", first, maximum=n)
+            except ConfigError as e:
+                raise ConfigError(f"{e} (split takes a fraction in (0, 1) or a row count)") from None
         return self.slice(0, cut), self.slice(cut, n)
 
 
-def split(source: Source, first: float | int) -> tuple[Columns, Columns]:
-    """Split any source into two row ranges without copying (see :meth:`Columns.split`)."""
-    return Columns.of(source).split(first)
+def split(source: Source, first: float | int, *, storage_options: StorageOptions = None) -> tuple[Columns, Columns]:
+    """Split any source into two row ranges without copying (see :meth:`Columns.split`); ``storage_options`` as
+    for :func:`open`."""
+    return Columns.of(source, storage_options=storage_options).split(first)

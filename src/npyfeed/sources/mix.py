@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
+from npyfeed import arguments as args
 from npyfeed.errors import ColumnMismatchError, ConfigError
-from npyfeed.sources.columns import Columns, Source
+from npyfeed.sources.columns import Columns, Source, check_storage_options, opens_urls
 from npyfeed.sources.concat import ConcatArray
 
 __all__ = ["Mix", "apportion", "mix"]
@@ -37,6 +39,7 @@ def mix(
     weights: Sequence[float] | Mapping[str, float],
     *,
     epoch_rows: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Mix:
     """Mix ``sources`` (anything :func:`npyfeed.open` accepts, all of the same structure) by ``weights``.
 
@@ -51,6 +54,7 @@ def mix(
         sources: a list, or a dict of named sources.
         weights: positive numbers, a list as long as ``sources`` or a dict with the same keys.
         epoch_rows: positions per epoch (default: the sources' rows added up).
+        storage_options: object-store configuration for the sources that are URLs, as for :func:`npyfeed.open`.
     """
     if isinstance(sources, Mapping):
         names: tuple[str | int, ...] = tuple(sources)
@@ -62,12 +66,13 @@ def mix(
     if not specs:
         raise ConfigError("mix() needs at least one source")
     values = _weights(names, weights)
+    check_storage_options(specs, storage_options)
     opened = []
     for name, spec in zip(names, specs, strict=True):
         if isinstance(spec, Mix):
             raise ConfigError(f"mix source {name!r} is itself a mix; mix the underlying sources with one weight each")
-        opened.append(Columns.of(spec))
-    return Mix(names, tuple(opened), values, epoch_rows)
+        opened.append(Columns.of(spec, storage_options=storage_options if opens_urls(spec) else None))
+    return Mix(names, tuple(opened), values, args.optional_positive_int("epoch_rows", epoch_rows))
 
 
 def _weights(names: tuple[str | int, ...], weights: Sequence[float] | Mapping[str, float]) -> tuple[float, ...]:
@@ -82,11 +87,9 @@ def _weights(names: tuple[str | int, ...], weights: Sequence[float] | Mapping[st
         values = list(weights)
     else:
         raise ConfigError(f"mix weights must be a list or dict of positive numbers, got {type(weights).__name__}")
-    for name, w in zip(names, values, strict=True):
-        ok = isinstance(w, (int, float, np.integer, np.floating)) and not isinstance(w, (bool, np.bool_))
-        if not ok or not math.isfinite(float(w)) or float(w) <= 0:
-            raise ConfigError(f"mix weight of source {name!r} must be a positive number, got {w!r}")
-    return tuple(float(w) for w in values)
+    return tuple(
+        args.number(f"mix weight of source {name!r}", w, exclusive=True) for name, w in zip(names, values, strict=True)
+    )
 
 
 def apportion(total: int, weights: Sequence[float]) -> tuple[int, ...]:
@@ -127,10 +130,7 @@ class Mix(Columns):
         )
         self.names, self.sources, self.weights = names, sources, weights
         self.sizes = tuple(len(s) for s in sources)
-        total = sum(self.sizes) if epoch_rows is None else epoch_rows
-        if isinstance(total, bool) or not isinstance(total, (int, np.integer)) or total < 1:
-            raise ConfigError(f"epoch_rows must be a positive int, got {epoch_rows!r}")
-        self.epoch_rows = int(total)
+        self.epoch_rows = sum(self.sizes) if epoch_rows is None else args.positive_int("epoch_rows", epoch_rows)
         self.counts = apportion(self.epoch_rows, weights)
         for name, count, w in zip(names, self.counts, weights, strict=True):
             if count == 0:

@@ -40,6 +40,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from npyfeed import arguments as args
 from npyfeed.errors import ConfigError, NpyFormatError
 from npyfeed.format import MAX_HEADER_SIZE, NpyHeader, header_size, parse_header
 from npyfeed.sources import NpyArray, RowSource
@@ -81,8 +82,8 @@ def convert(
     *,
     dtype: Any = None,
     casting: Casting = "same_kind",
-    shard_bytes: int | None = None,
-    memory_bytes: int = _MEMORY_BYTES,
+    shard_bytes: int | str | None = None,
+    memory_bytes: int | str = _MEMORY_BYTES,
     progress: bool = False,
     max_header_size: int = MAX_HEADER_SIZE,
 ) -> ConvertResult:
@@ -95,10 +96,14 @@ def convert(
         casting: NumPy's casting rule for ``dtype`` (``"unsafe"`` to allow e.g. float -> int).
         shard_bytes: the most bytes per output shard, header included (default: one file).
         memory_bytes: the size of one block of rows in memory (at least one row).
+
+    Sizes are ints or strings such as ``"64MB"`` (``"64MiB"`` in units of 2**20): see docs/configuration.md.
         progress: show a progress bar (tqdm) on stderr.
     """
-    if isinstance(memory_bytes, bool) or not isinstance(memory_bytes, int) or memory_bytes < 1:
-        raise ConfigError(f"memory_bytes must be a positive int, got {memory_bytes!r}")
+    memory_bytes = args.size("memory_bytes", memory_bytes)
+    shard_bytes = None if shard_bytes is None else args.size("shard_bytes", shard_bytes)
+    progress = args.flag("progress", progress)
+    max_header_size = args.integer("max_header_size", max_header_size)
     started = time.perf_counter()
     spec = split_npz_spec(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else None
     if spec is not None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+import typing
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from npyfeed import arguments as args
 from npyfeed.errors import ConfigError, NpyFormatError
 from npyfeed.write.casting import CASTINGS, Casting, cast
 from npyfeed.write.publish import Publish, shard_paths, with_path
@@ -176,7 +178,8 @@ class NpyWriter:
             empty): a glob over it sees every shard or none.
         dtype: the dtype of the file (any fixed-size NumPy dtype: structured, big-endian, ...).
         row_shape: the shape of one row (``()`` for a 1-d array).
-        shard_bytes: the most bytes one shard file may hold, header included (``None``: one file).
+        shard_bytes: the most bytes one shard file may hold, header included (``None``: one file): an int or a
+            size such as ``"64MB"`` (see :func:`npyfeed.arguments.size`).
         casting: which casts :meth:`write` accepts from the rows it is given (NumPy's casting rules, see
             :mod:`npyfeed.write.casting`). Unless ``"unsafe"``, a narrowing cast to an integer type checks that every
             value fits (int64 300 is refused for int8, never wrapped); the default ``"same_kind"`` rounds
@@ -195,7 +198,7 @@ class NpyWriter:
         dtype: Any,
         row_shape: Iterable[int] | int = (),
         *,
-        shard_bytes: int | None = None,
+        shard_bytes: int | str | None = None,
         casting: Casting = "same_kind",
     ) -> None:
         self.path = os.fspath(path)
@@ -208,22 +211,18 @@ class NpyWriter:
             raise ConfigError(f"{self.path}: dtype {self.dtype} holds Python objects; .npy needs fixed-size data")
         if self.dtype.subdtype is not None:
             raise ConfigError(f"{self.path}: sub-array dtype {self.dtype}: put its shape in row_shape instead")
-        shape = (row_shape,) if isinstance(row_shape, (int, np.integer)) else tuple(row_shape)
-        if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise ConfigError(f"{self.path}: row_shape must be non-negative ints, got {row_shape!r}")
-        self.row_shape: tuple[int, ...] = tuple(int(d) for d in shape)
-        if casting not in CASTINGS:
-            raise ConfigError(f"{self.path}: casting must be one of {', '.join(CASTINGS)}; got {casting!r}")
-        self.casting: Casting = casting
+        shape = (row_shape,) if args.is_int(row_shape) else tuple(row_shape)  # type: ignore[arg-type]
+        self.row_shape: tuple[int, ...] = tuple(
+            args.integer(f"{self.path}: row_shape[{i}]", d) for i, d in enumerate(shape)
+        )
+        self.casting = typing.cast(Casting, args.choice(f"{self.path}: casting", casting, CASTINGS))
         self.row_bytes = self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
         self.header_bytes = len(npy_header(self.dtype, (0, *self.row_shape)))
         """Bytes of every header this writer writes (fixed in advance, see the module docstring)."""
-        self.shard_bytes = shard_bytes
+        self.shard_bytes = None if shard_bytes is None else args.size(f"{self.path}: shard_bytes", shard_bytes)
         self._rows_per_part: int | None = None
-        if shard_bytes is not None:
-            if isinstance(shard_bytes, bool) or not isinstance(shard_bytes, (int, np.integer)) or shard_bytes < 1:
-                raise ConfigError(f"{self.path}: shard_bytes must be a positive int, got {shard_bytes!r}")
-            room = int(shard_bytes) - self.header_bytes
+        if self.shard_bytes is not None:
+            room = self.shard_bytes - self.header_bytes
             if room < max(1, self.row_bytes):
                 raise ConfigError(
                     f"{self.path}: shard_bytes={shard_bytes} cannot hold the {self.header_bytes}-byte header "
