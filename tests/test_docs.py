@@ -42,10 +42,11 @@ SYBIL = Sybil(parsers=[PythonCodeBlockParser(), SkipParser()])
 
 
 @pytest.fixture
-def s3_bucket() -> Iterator[None]:
-    """moto on 127.0.0.1, the environment pointing at it, and the objects docs/object-storage.md reads."""
-    with MotoS3() as server, environment(server.env):
-        client = server.client()
+def s3_bucket(moto_server: MotoS3) -> Iterator[None]:
+    """The session's moto server (see conftest.py), the environment pointing at it, and the objects
+    docs/object-storage.md reads (its bucket is named "bucket": no other module uses that name)."""
+    with environment(moto_server.env):
+        client = moto_server.client()
         client.create_bucket(Bucket="bucket")
         rows = np.arange(3000)
         parts = {"train/x_0.npy": rows[:2000, None] * np.ones(8), "train/x_1.npy": rows[2000:, None] * np.ones(8)}
