@@ -76,3 +76,32 @@ def test_documented_modules_resolve_after_import_npyfeed_alone() -> None:
 def test_an_unknown_attribute_is_still_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no attribute 'kerass'"):
         npyfeed.kerass  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("method", "adapter"),
+    [
+        ("to_tf_dataset", "npyfeed.adapters.tf_data"),
+        ("to_keras", "npyfeed.adapters.keras_dataset"),
+        ("to_torch", "npyfeed.adapters.torch_dataset"),
+    ],
+)
+def test_adapter_methods_show_their_parameters(method: str, adapter: str) -> None:
+    """help() and IDEs see every option of Loader.to_*: the adapter's own keywords, typed and documented, no
+    **kwargs (the adapter module is read as source: importing it would import its framework)."""
+    import ast
+    import importlib.util
+    import inspect
+
+    spec = importlib.util.find_spec(adapter)
+    assert spec is not None and spec.origin is not None
+    with open(spec.origin, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    function = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == method)
+    wanted = [a.arg for a in function.args.kwonlyargs]
+    signature = inspect.signature(getattr(npyfeed.Loader, method))
+    params = list(signature.parameters.values())[1:]  # after self
+    assert [p.name for p in params] == wanted
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY and p.annotation is not inspect.Parameter.empty for p in params)
+    doc = inspect.getdoc(getattr(npyfeed.Loader, method)) or ""
+    assert [name for name in wanted if f"{name}:" not in doc] == []

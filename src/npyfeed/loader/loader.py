@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import secrets
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -333,20 +333,74 @@ class Loader:
         return 1, 1
 
     # -- framework adapters (each imports its framework lazily) -----------------------------------------------
-    def to_tf_dataset(self, **kwargs: Any) -> tf.data.Dataset:
-        """A ``tf.data.Dataset`` of this loader's batches; see :func:`npyfeed.adapters.tf_data.to_tf_dataset`."""
+    def to_tf_dataset(
+        self,
+        *,
+        output_signature: Any = None,
+        start_epoch: int | None = None,
+        num_parallel_calls: int | None = None,
+        threads: int | None = None,
+        prefetch: int | None = None,
+        native: bool = False,
+        epochs: int | None = 1,
+        targets: str | Sequence[str] | None = None,
+        sample_weights: str | None = None,
+    ) -> tf.data.Dataset:
+        """A ``tf.data.Dataset`` of this loader's batches: one epoch per iterator, ``len(loader)`` elements.
+
+        Args:
+            output_signature: a nest of ``tf.TensorSpec`` for the batches, instead of deriving it from the headers.
+            start_epoch: the epoch of the first iterator (default :attr:`epoch`); later iterators count up from it.
+            num_parallel_calls: reads at once (default ``tf.data.AUTOTUNE``).
+            threads: a private tf.data thread pool of this size for the reads (default: tf.data's shared pool).
+            prefetch: batches read ahead of the consumer (default ``tf.data.AUTOTUNE``).
+            native: build the pipeline from TensorFlow ops only, no Python in the graph (tf.data service, TPUs).
+            epochs: with ``native=True``, how many consecutive epochs the dataset holds (``None``: endless).
+            targets: for dict batches, the key (or keys) of the targets: elements become ``(inputs, targets)``.
+            sample_weights: with ``targets``, the key of per-row weights: ``(inputs, targets, sample_weights)``.
+
+        Details: :func:`npyfeed.adapters.tf_data.to_tf_dataset`.
+        """
         from npyfeed.adapters.tf_data import to_tf_dataset  # the one upward edge: lazy, delegation only (DESIGN.md)
 
-        return to_tf_dataset(self, **kwargs)
+        return to_tf_dataset(
+            self,
+            output_signature=output_signature,
+            start_epoch=start_epoch,
+            num_parallel_calls=num_parallel_calls,
+            threads=threads,
+            prefetch=prefetch,
+            native=native,
+            epochs=epochs,
+            targets=targets,
+            sample_weights=sample_weights,
+        )
 
-    def to_keras(self, **kwargs: Any) -> Any:
-        """A ``keras.utils.PyDataset`` (Keras 3, any backend); see :func:`npyfeed.adapters.keras_dataset.to_keras`."""
+    def to_keras(self, *, start_epoch: int | None = None, prefetch: int | None = None) -> Any:
+        """A ``keras.utils.PyDataset`` of this loader's batches, for ``model.fit`` on any Keras 3 backend.
+
+        Args:
+            start_epoch: the epoch read first (default :attr:`epoch`); each complete pass moves to the next.
+            prefetch: batches read ahead (default: the loader's own read-ahead).
+
+        Pass ``shuffle=False`` to ``fit``: the loader shuffles. Details:
+        :func:`npyfeed.adapters.keras_dataset.to_keras`.
+        """
         from npyfeed.adapters.keras_dataset import to_keras  # the one upward edge: lazy, delegation only (DESIGN.md)
 
-        return to_keras(self, **kwargs)
+        return to_keras(self, start_epoch=start_epoch, prefetch=prefetch)
 
-    def to_torch(self, **kwargs: Any) -> Any:
-        """A torch ``IterableDataset`` for ``DataLoader(batch_size=None)``; see ``npyfeed.adapters.torch_dataset``."""
+    def to_torch(self, *, start_epoch: int | None = None, as_tensors: bool = True, prefetch: int | None = None) -> Any:
+        """A torch ``IterableDataset`` of this loader's batches, for ``DataLoader(dataset, batch_size=None)``.
+
+        Args:
+            start_epoch: the epoch of the first iteration (default :attr:`epoch`); each iteration is the next.
+            as_tensors: turn NumPy leaves into tensors (zero-copy); ``False`` yields the NumPy batches.
+            prefetch: batches read ahead in the main process (default: the loader's own read-ahead).
+
+        DataLoader workers: any start method for local files; ``multiprocessing_context="spawn"`` (or
+        ``"forkserver"``) for object stores. Details: :func:`npyfeed.adapters.torch_dataset.to_torch`.
+        """
         from npyfeed.adapters.torch_dataset import to_torch  # the one upward edge: lazy, delegation only (DESIGN.md)
 
-        return to_torch(self, **kwargs)
+        return to_torch(self, start_epoch=start_epoch, as_tensors=as_tensors, prefetch=prefetch)

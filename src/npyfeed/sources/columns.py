@@ -269,7 +269,8 @@ class Columns:
         """Cut rows in two without copying: ``first`` is a fraction in (0, 1) or a row count.
 
         ``train, val = cols.split(0.9)`` gives the first 90% of rows and the rest. The cut is by position in the
-        files, so the same rows land in each part every time.
+        files, so the same rows land in each part every time. It is not a random draw (there is no ``shuffle=``):
+        rows stored sorted by class or time need shuffling when the files are written.
         """
         n = len(self)
         if isinstance(first, (float, np.floating)):
