@@ -42,6 +42,7 @@ from urllib.parse import unquote
 from npyfeed.errors import ConfigError, ObjectChangedError
 from npyfeed.storage.deadlines import ends_at
 from npyfeed.storage.request_stats import RequestStats
+from npyfeed.storage.store_options import GCS_KEYS, S3_KEYS, check_store_options, suggest
 from npyfeed.storage.urls import ObjectUrl, redact
 from npyfeed.storage.versions import ObjectVersion
 
@@ -183,6 +184,10 @@ class StoreClient:
 
         options = dict(storage_options or {})
         own = {k: options.pop(k) for k in _OWN_KEYS if k in options}
+        shown = redact(url.store_url)
+        check_store_options(
+            url.scheme, shown, options, own.get("client_options") or {}, own.get("retry_config"), _OWN_KEYS
+        )
         client_options = dict(own.pop("client_options", None) or {})
         retry_config = own.pop("retry_config", None)
         self.options = ClientOptions(**own)
@@ -221,8 +226,14 @@ class StoreClient:
         try:
             make_store: Any = from_url  # its overloads are per store kind; options are checked by obstore itself
             self.store = make_store(url.store_url, client_options=client_options, retry_config=retry_config, **options)
-        except Exception as e:
-            raise ConfigError(f"{redact(url.store_url)}: cannot configure the store: {_first_line(e)}") from _shown(e)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # obstore's PanicException is a BaseException
+            hint = ""
+            if isinstance(e, obstore.exceptions.UnknownConfigurationKeyError):
+                known = {"s3": S3_KEYS, "gs": GCS_KEYS}.get(url.scheme, frozenset())
+                hint = "".join(suggest(str(k), known | set(_OWN_KEYS)) for k in options if k not in known)
+            raise ConfigError(f"{shown}: cannot configure the store: {_first_line(e)}{hint}") from _shown(e)
         self._semaphore: _Slots | None = None
 
     # -- running on the loop ------------------------------------------------------------------------------------
@@ -466,6 +477,18 @@ class StoreClient:
                 "the whole object, or the asked range under a 200 status, as rclone's S3 server does); the "
                 f"object-store client (obstore) reads ranges only from 206 answers ({text})",
             )
+        if _METADATA.search(str(e)):
+            if self.url.scheme == "gs":
+                given = "GOOGLE_APPLICATION_CREDENTIALS (a service account file), storage_options 'service_account'"
+            else:
+                given = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (environment or storage_options)"
+            return PermissionError(
+                errno.EACCES,
+                f"{name}: {what}: no credentials: none were given, so the client asked the cloud's instance "
+                f"metadata endpoint, which did not answer (not on a cloud machine?). Set {given}, or "
+                f"storage_options={{'skip_signature': True}} for a public bucket ({text})",
+                name,
+            )
         certificate = _certificate_problem(e)
         if certificate:
             return ssl.SSLCertVerificationError(
@@ -511,6 +534,12 @@ def _status(message: str) -> int | None:
 # native-tls / OpenSSL one.
 _CERTIFICATE = re.compile(
     r"InvalidCertificate\(\s*(\w*)|certificate verify failed[^\n]*|invalid peer certificate[^\n]*"
+)
+
+
+# Requests a client without credentials makes to the cloud's instance metadata service (AWS IMDS v1/v2, GCE).
+_METADATA = re.compile(
+    r"/latest/api/token|/latest/meta-data|computeMetadata|169\.254\.169\.254|metadata\.google\.internal"
 )
 
 

@@ -1,0 +1,190 @@
+"""Which ``storage_options`` key goes where, checked before obstore sees it (a misplaced key panicked inside it).
+
+``storage_options`` holds npyfeed's own keys (``deadline``, ``request_bytes``...), the store's configuration
+(S3: ``region``, ``endpoint``...; GCS: ``service_account``...; HTTP(S) URLs take none), and two nested mappings:
+``client_options`` (HTTP client: ``allow_http``, ``root_certificate``, ``proxy_url``...) and ``retry_config``
+(``max_retries``, ``backoff``, ``retry_timeout``). A key in the wrong place is a :class:`ConfigError` naming it and
+where it belongs; an unknown one names the closest known spellings.
+
+The names are obstore's (its ``S3Config``, ``GCSConfig``, ``ClientConfig`` and ``RetryConfig``; a test compares them
+with the installed obstore's type stubs).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from npyfeed.errors import ConfigError
+
+__all__ = ["BACKOFF_KEYS", "CLIENT_KEYS", "GCS_KEYS", "RETRY_KEYS", "S3_KEYS", "check_store_options", "suggest"]
+
+S3_KEYS = frozenset(
+    {
+        "access_key_id",
+        "aws_endpoint_url_s3",
+        "bucket",
+        "checksum_algorithm",
+        "conditional_put",
+        "container_credentials_relative_uri",
+        "container_credentials_full_uri",
+        "container_authorization_token_file",
+        "copy_if_not_exists",
+        "default_region",
+        "disable_tagging",
+        "disable_bulk_delete",
+        "endpoint",
+        "imdsv1_fallback",
+        "metadata_endpoint",
+        "region",
+        "request_payer",
+        "role_arn",
+        "role_session_name",
+        "s3_express",
+        "secret_access_key",
+        "server_side_encryption",
+        "session_token",
+        "skip_signature",
+        "sse_bucket_key_enabled",
+        "sse_customer_key_base64",
+        "sse_kms_key_id",
+        "sts_endpoint",
+        "unsigned_payload",
+        "virtual_hosted_style_request",
+        "web_identity_token_file",
+    }
+)
+GCS_KEYS = frozenset(
+    {
+        "service_account",
+        "service_account_key",
+        "base_url",
+        "bearer_token",
+        "bucket",
+        "application_credentials",
+        "skip_signature",
+    }
+)
+CLIENT_KEYS = frozenset(
+    {
+        "allow_http",
+        "allow_invalid_certificates",
+        "connect_timeout",
+        "default_content_type",
+        "default_headers",
+        "http1_only",
+        "http2_keep_alive_interval",
+        "http2_keep_alive_timeout",
+        "http2_keep_alive_while_idle",
+        "http2_only",
+        "pool_idle_timeout",
+        "pool_max_idle_per_host",
+        "proxy_url",
+        "proxy_ca_certificate",
+        "proxy_excludes",
+        "root_certificate",
+        "randomize_addresses",
+        "read_timeout",
+        "timeout",
+        "user_agent",
+    }
+)
+RETRY_KEYS = frozenset({"max_retries", "backoff", "retry_timeout"})
+BACKOFF_KEYS = frozenset({"init_backoff", "max_backoff", "base"})
+_STORES = {"s3": ("S3", S3_KEYS, "aws_"), "gs": ("GCS", GCS_KEYS, "google_")}
+_ARTICLE = {"S3": "an S3", "GCS": "a GCS", "HTTP": "an HTTP"}
+
+
+def suggest(key: str, known: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the closest spellings of ``key`` among ``known``, or ``""``."""
+    close = difflib.get_close_matches(key.lower(), sorted(known), n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def _normal(key: str, prefix: str) -> str:
+    lower = key.lower()
+    return lower[len(prefix) :] if prefix and lower.startswith(prefix) else lower
+
+
+def check_store_options(
+    scheme: str,
+    where: str,
+    store: Mapping[str, Any],
+    client: Any,
+    retry: Any,
+    own: Iterable[str],
+) -> None:
+    """Raise :class:`ConfigError` for a key of ``storage_options`` (``store``: what is left after npyfeed's own keys
+    ``own``), ``client_options`` or ``retry_config`` that is not where it belongs for a ``scheme`` store."""
+    own = frozenset(own)
+    kind, store_keys, prefix = _STORES.get(scheme, ("HTTP", frozenset(), ""))
+    for key, value in store.items():
+        name = _normal(str(key), prefix)
+        if name == "retries":
+            raise ConfigError(
+                f"{where}: storage_options['retries'] is no longer an option: transient failures are retried until "
+                "storage_options['deadline'] (seconds) passes"
+            )
+        if name in CLIENT_KEYS:
+            raise ConfigError(
+                f"{where}: storage_options[{key!r}] is an HTTP client option: pass it as "
+                f"storage_options={{'client_options': {{{name!r}: {value!r}}}}}"
+            )
+        if name in RETRY_KEYS or name in BACKOFF_KEYS:
+            place = "{'retry_config': {...}}" if name in RETRY_KEYS else "{'retry_config': {'backoff': {...}}}"
+            raise ConfigError(
+                f"{where}: storage_options[{key!r}] is a retry setting: pass it in storage_options={place}"
+            )
+        if scheme not in _STORES:
+            raise ConfigError(
+                f"{where}: storage_options[{key!r}]: http(s):// URLs take no store options, only npyfeed's own "
+                f"({', '.join(sorted(own - {'client_options', 'retry_config'}))}), 'client_options' and "
+                f"'retry_config'{suggest(name, own | CLIENT_KEYS)}"
+            )
+        for other, (other_kind, other_keys, other_prefix) in _STORES.items():
+            if other != scheme and _normal(str(key), other_prefix) in other_keys and name not in store_keys:
+                raise ConfigError(
+                    f"{where}: storage_options[{key!r}] is {_ARTICLE[other_kind]} option, not one of {kind} "
+                    f"({scheme}:// URLs){suggest(name, store_keys)}"
+                )
+    if not isinstance(client, Mapping):
+        raise ConfigError(f"{where}: storage_options['client_options'] must be a dict, got {client!r}")
+    for key in client:
+        name = str(key).lower()
+        if name in CLIENT_KEYS:
+            continue
+        if name in own:
+            raise ConfigError(
+                f"{where}: storage_options['client_options'][{key!r}] is npyfeed's own option: pass it as "
+                f"storage_options={{{name!r}: ...}}"
+            )
+        if _normal(name, prefix) in store_keys:
+            raise ConfigError(
+                f"{where}: storage_options['client_options'][{key!r}] is {_ARTICLE[kind]} store option, not an HTTP "
+                f"client one: pass it as storage_options={{{key!r}: ...}}"
+            )
+        raise ConfigError(
+            f"{where}: storage_options['client_options'][{key!r}] is not an HTTP client option"
+            f"{suggest(name, CLIENT_KEYS)}; known: {', '.join(sorted(CLIENT_KEYS))}"
+        )
+    if retry is None:
+        return
+    if not isinstance(retry, Mapping):
+        raise ConfigError(f"{where}: storage_options['retry_config'] must be a dict, got {retry!r}")
+    for key in retry:
+        if key not in RETRY_KEYS:
+            raise ConfigError(
+                f"{where}: storage_options['retry_config'][{key!r}] is not a retry setting"
+                f"{suggest(str(key), RETRY_KEYS | BACKOFF_KEYS)}; known: {', '.join(sorted(RETRY_KEYS))}"
+            )
+    backoff = retry.get("backoff")
+    if backoff is not None:
+        if not isinstance(backoff, Mapping):
+            raise ConfigError(f"{where}: storage_options['retry_config']['backoff'] must be a dict, got {backoff!r}")
+        for key in backoff:
+            if key not in BACKOFF_KEYS:
+                raise ConfigError(
+                    f"{where}: storage_options['retry_config']['backoff'][{key!r}] is not a backoff setting"
+                    f"{suggest(str(key), BACKOFF_KEYS)}; known: {', '.join(sorted(BACKOFF_KEYS))}"
+                )
