@@ -59,9 +59,8 @@ def waits(iterator: Iterator[np.ndarray]) -> tuple[list[float], list[np.ndarray]
 def test_a_hung_server_ends_each_wait_within_the_deadline(data: tuple[np.ndarray, FaultProxy], shuffle: str) -> None:
     _, proxy = data
     url = f"{proxy.url}/x.npy"
-    loader = npyfeed.Loader(
-        url, 500, shuffle=shuffle, seed=1, block_rows=1000, window_blocks=2, prefetch=1, storage_options=SMALL
-    )
+    blocks = {"block_rows": 1000, "window_blocks": 2} if shuffle == "block" else {}
+    loader = npyfeed.Loader(url, 500, shuffle=shuffle, seed=1, prefetch=1, storage_options=SMALL, **blocks)
     iterator = iter(loader)
     next(iterator)
     proxy.stall_rate = 1.0  # from now on every request is read and never answered
