@@ -153,7 +153,9 @@ def test_npy_array_refuses_what_is_neither_a_path_nor_a_storage(tmp_path: Path) 
     for bad in (3, b"x.npy", ["x.npy"], np.arange(3)):
         with pytest.raises(TypeError, match=r"a path or a npyfeed\.storage\.Storage"):
             npyfeed.NpyArray(bad)  # type: ignore[arg-type]
-    with pytest.raises(npyfeed.ConfigError, match="size must be a non-negative int"):
+    with pytest.raises(
+        npyfeed.ConfigError, match=r"size \(the object.s bytes\) must be a non-negative int, got -1 \(int\)"
+    ):
         parse_header(b"\x93NUMPY", -1, "a")
 
 

@@ -209,7 +209,7 @@ class Loader:
     def batch_rows(self, epoch: int, index: int) -> np.ndarray:
         """The sorted row indices of batch ``index`` of ``epoch``."""
         layout = self.layout(epoch)
-        if isinstance(index, bool) or not 0 <= index < len(layout):
+        if not args.is_int(index) or not 0 <= index < len(layout):
             raise IndexError(f"batch {index} is out of range for {len(layout)} batches in epoch {epoch}")
         rows = self.order.rows(epoch, *layout.positions(index))
         rows.sort()
