@@ -17,16 +17,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from npyfeed.adapters.frameworks import require_jax
+
 __all__ = ["global_batches"]
 
 
 def global_batches(batches: Iterable[Any], sharding: Any) -> Iterator[Any]:
     """Each (nest of) NumPy batch in ``batches`` as global ``jax.Array`` leaves sharded by ``sharding``."""
-    try:
-        import jax
-    except ImportError as e:  # pragma: no cover - exercised only without JAX
-        raise ImportError(
-            "npyfeed's JAX helper needs JAX: the npyfeed[jax] extra (pip install '.[jax]' in a checkout of npyfeed)"
-        ) from e
+    jax = require_jax()
     for batch in batches:
         yield jax.tree.map(lambda leaf: jax.make_array_from_process_local_data(sharding, leaf), batch)

@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from npyfeed import arguments as args
+from npyfeed.adapters.frameworks import require_tensorflow as _tf
 from npyfeed.adapters.tf_calls import GATE
 from npyfeed.adapters.tf_spec import (
     check_signature,
@@ -73,7 +74,6 @@ from npyfeed.adapters.tf_spec import (
     header_spec,
     leaf_paths,
 )
-from npyfeed.adapters.tf_spec import require_tensorflow as _tf
 from npyfeed.errors import ConfigError, NpyfeedError, WorkerError
 
 if TYPE_CHECKING:

@@ -36,9 +36,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from npyfeed.adapters.frameworks import require_tensorflow as _tf
 from npyfeed.adapters.tf_ops.order import group_plan, rows_op
 from npyfeed.adapters.tf_ops.reads import column_reader
-from npyfeed.adapters.tf_spec import require_tensorflow as _tf
 from npyfeed.errors import ConfigError
 from npyfeed.order.orders import BlockShuffle, ChunkCache, Sequential
 from npyfeed.system import available_memory

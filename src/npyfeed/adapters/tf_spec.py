@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from npyfeed.adapters.frameworks import require_tensorflow
 from npyfeed.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -21,21 +22,8 @@ __all__ = [
     "leaf_paths",
     "normalize",
     "probed_spec",
-    "require_tensorflow",
     "tf_dtype",
 ]
-
-
-def require_tensorflow() -> Any:
-    """The ``tensorflow`` module, imported on first use; an ImportError saying how to install it."""
-    try:
-        import tensorflow as tf
-    except ImportError as e:  # pragma: no cover - exercised only without TensorFlow
-        raise ImportError(
-            "npyfeed's tf.data adapter needs TensorFlow: the npyfeed[tf] extra "
-            "(pip install '.[tf]' in a checkout of npyfeed)"
-        ) from e
-    return tf
 
 
 def tf_dtype(dtype: np.dtype[Any], where: str) -> Any:

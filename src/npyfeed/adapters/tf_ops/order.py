@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from npyfeed.adapters.tf_spec import require_tensorflow as _tf
+from npyfeed.adapters.frameworks import require_tensorflow as _tf
 from npyfeed.order.orders import BlockShuffle, ChunkCache, Sequential, mix64
 
 if TYPE_CHECKING:

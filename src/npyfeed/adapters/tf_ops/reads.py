@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from npyfeed.adapters.tf_spec import require_tensorflow as _tf
+from npyfeed.adapters.frameworks import require_tensorflow as _tf
 from npyfeed.errors import ConfigError
 from npyfeed.sources import ConcatArray, NpyArray
 
