@@ -20,7 +20,10 @@ N = 1003  # prime-ish: batches never divide evenly
 
 
 @pytest.fixture
-def files(tmp_path: Path) -> dict[str, Any]:
+def arrays(tmp_path: Path) -> dict[str, Any]:
+    """x (uint8 images), y (row ids), w (big-endian weights): the arrays, their ``paths`` and the ``dir``.
+
+    Not conftest's ``files`` (paths only): these tests compare batches with the arrays themselves."""
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, size=(N, 4, 3), dtype=np.uint8)
     y = np.arange(N, dtype=np.int64)  # row ids
@@ -40,9 +43,9 @@ def ids_of(loader: Loader, column: int | str = 1) -> list[np.ndarray]:
 @pytest.mark.parametrize("batch_size", [1, 64, 250, N, 5000])
 @pytest.mark.parametrize("drop_remainder", [False, True])
 def test_every_row_once_per_epoch_with_exact_content(
-    files: dict[str, Any], shuffle: bool | str, batch_size: int, drop_remainder: bool
+    arrays: dict[str, Any], shuffle: bool | str, batch_size: int, drop_remainder: bool
 ) -> None:
-    p = files["paths"]
+    p = arrays["paths"]
     geometry = {"block_rows": 16} if shuffle == "block" else {}
     loader = Loader((p["x"], p["y"]), batch_size, shuffle=shuffle, seed=1, drop_remainder=drop_remainder, **geometry)
     expected_batches = N // batch_size if drop_remainder else -(-N // batch_size)
@@ -54,7 +57,7 @@ def test_every_row_once_per_epoch_with_exact_content(
             assert len(x) == len(y) <= batch_size
             if drop_remainder:
                 assert len(x) == batch_size
-            np.testing.assert_array_equal(x, files["x"][y])  # inputs aligned with labels
+            np.testing.assert_array_equal(x, arrays["x"][y])  # inputs aligned with labels
             seen.append(y)
         ids = np.concatenate(seen) if seen else np.empty(0, np.int64)
         assert len(seen) == expected_batches
@@ -65,25 +68,25 @@ def test_every_row_once_per_epoch_with_exact_content(
             assert ids.size == expected_batches * batch_size
 
 
-def test_sequential_epoch_is_the_file_in_order(files: dict[str, Any]) -> None:
-    loader = Loader(files["paths"]["x"], 100)
-    np.testing.assert_array_equal(np.concatenate(list(loader)), files["x"])
+def test_sequential_epoch_is_the_file_in_order(arrays: dict[str, Any]) -> None:
+    loader = Loader(arrays["paths"]["x"], 100)
+    np.testing.assert_array_equal(np.concatenate(list(loader)), arrays["x"])
 
 
-def test_batches_are_shaped_like_the_source(files: dict[str, Any]) -> None:
-    p = files["paths"]
+def test_batches_are_shaped_like_the_source(arrays: dict[str, Any]) -> None:
+    p = arrays["paths"]
     single = next(iter(Loader(p["w"], 10)))
     assert isinstance(single, np.ndarray) and single.dtype == np.dtype(">f4")
-    np.testing.assert_array_equal(single, files["w"][:10])
+    np.testing.assert_array_equal(single, arrays["w"][:10])
     triple = next(iter(Loader((p["x"], p["y"], p["w"]), 10)))
     assert isinstance(triple, tuple) and len(triple) == 3
     named = next(iter(Loader({"image": p["x"], "label": p["y"]}, 10)))
     assert isinstance(named, dict) and list(named) == ["image", "label"]
-    np.testing.assert_array_equal(named["image"], files["x"][:10])
+    np.testing.assert_array_equal(named["image"], arrays["x"][:10])
 
 
-def test_shuffled_epochs_differ_and_repeat_per_seed(files: dict[str, Any]) -> None:
-    p = files["paths"]
+def test_shuffled_epochs_differ_and_repeat_per_seed(arrays: dict[str, Any]) -> None:
+    p = arrays["paths"]
     a = Loader((p["x"], p["y"]), 100, shuffle=True, seed=7)
     b = Loader((p["x"], p["y"]), 100, shuffle=True, seed=7)
     epochs_a = [np.concatenate(ids_of(a)) for _ in range(3)]
@@ -96,23 +99,23 @@ def test_shuffled_epochs_differ_and_repeat_per_seed(files: dict[str, Any]) -> No
     assert not np.array_equal(other, epochs_a[0])
 
 
-def test_batch_membership_is_shuffled_and_rows_within_a_batch_in_file_order(files: dict[str, Any]) -> None:
-    p = files["paths"]
+def test_batch_membership_is_shuffled_and_rows_within_a_batch_in_file_order(arrays: dict[str, Any]) -> None:
+    p = arrays["paths"]
     batches = ids_of(Loader((p["x"], p["y"]), 100, shuffle=True, seed=0))
     first = batches[0]
     assert np.all(np.diff(first) > 0)  # read in one sorted pass
     assert first.max() - first.min() > 500  # drawn from across the file
 
 
-def test_no_seed_draws_one_and_records_it(files: dict[str, Any]) -> None:
-    a = Loader(files["paths"]["y"], 50, shuffle=True)
-    b = Loader(files["paths"]["y"], 50, shuffle=True, seed=a.seed)
+def test_no_seed_draws_one_and_records_it(arrays: dict[str, Any]) -> None:
+    a = Loader(arrays["paths"]["y"], 50, shuffle=True)
+    b = Loader(arrays["paths"]["y"], 50, shuffle=True, seed=a.seed)
     np.testing.assert_array_equal(np.concatenate(list(a)), np.concatenate(list(b)))
     assert a.get_state()["seed"] == a.seed
 
 
-def test_transform_runs_on_every_batch(files: dict[str, Any]) -> None:
-    p = files["paths"]
+def test_transform_runs_on_every_batch(arrays: dict[str, Any]) -> None:
+    p = arrays["paths"]
 
     def scale(batch: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         x, y = batch
@@ -122,18 +125,18 @@ def test_transform_runs_on_every_batch(files: dict[str, Any]) -> None:
     count = 0
     for x, y in loader:
         assert x.dtype == np.float32
-        np.testing.assert_allclose(x, files["x"][y] / 255.0, rtol=1e-6)
+        np.testing.assert_allclose(x, arrays["x"][y] / 255.0, rtol=1e-6)
         count += len(y)
     assert count == N
 
 
-def test_errors_on_read_threads_reach_the_consumer(files: dict[str, Any]) -> None:
+def test_errors_on_read_threads_reach_the_consumer(arrays: dict[str, Any]) -> None:
     def explode(batch: np.ndarray) -> np.ndarray:
         if batch.min() > 500:
             raise ZeroDivisionError("boom")
         return batch
 
-    loader = Loader(files["paths"]["y"], 100, transform=explode)
+    loader = Loader(arrays["paths"]["y"], 100, transform=explode)
     with pytest.raises(ZeroDivisionError, match="boom") as info:
         list(loader)
     assert re.fullmatch(
@@ -144,9 +147,9 @@ def test_errors_on_read_threads_reach_the_consumer(files: dict[str, Any]) -> Non
 @pytest.mark.parametrize("shuffle", [False, True])
 @pytest.mark.parametrize("count", [1, 2, 3, 7])
 def test_shards_are_disjoint_equal_and_cover_all_but_a_remainder(
-    files: dict[str, Any], shuffle: bool, count: int
+    arrays: dict[str, Any], shuffle: bool, count: int
 ) -> None:
-    p = files["paths"]
+    p = arrays["paths"]
     shards = [Loader((p["x"], p["y"]), 64, shuffle=shuffle, seed=3, shard=(i, count)) for i in range(count)]
     assert len({len(s) for s in shards}) == 1  # equal batches: no worker waits on another
     ids = [np.concatenate(ids_of(s)) for s in shards]
@@ -158,37 +161,37 @@ def test_shards_are_disjoint_equal_and_cover_all_but_a_remainder(
     assert shards[0].shard == Shard(0, count)
 
 
-def test_many_files_as_one_array(files: dict[str, Any]) -> None:
-    d = files["dir"]
-    parts = np.array_split(files["x"], [100, 101, 600])  # includes a one-row shard
+def test_many_files_as_one_array(arrays: dict[str, Any]) -> None:
+    d = arrays["dir"]
+    parts = np.array_split(arrays["x"], [100, 101, 600])  # includes a one-row shard
     for i, part in enumerate(parts):
         np.save(d / f"shard_{i:03d}.npy", part)
     for source in (str(d / "shard_*.npy"), [str(d / f"shard_{i:03d}.npy") for i in range(len(parts))]):
         array = npyfeed.open(source)
         assert len(array) == N
-        np.testing.assert_array_equal(array[[1000, 5, 100, 101, 5]], files["x"][[1000, 5, 100, 101, 5]])
-        loader = Loader((source, files["paths"]["y"]), 64, shuffle=True, seed=0)
+        np.testing.assert_array_equal(array[[1000, 5, 100, 101, 5]], arrays["x"][[1000, 5, 100, 101, 5]])
+        loader = Loader((source, arrays["paths"]["y"]), 64, shuffle=True, seed=0)
         for x, y in loader:
-            np.testing.assert_array_equal(x, files["x"][y])
+            np.testing.assert_array_equal(x, arrays["x"][y])
 
 
-def test_shards_of_different_rows_are_refused(files: dict[str, Any]) -> None:
-    d = files["dir"]
+def test_shards_of_different_rows_are_refused(arrays: dict[str, Any]) -> None:
+    d = arrays["dir"]
     np.save(d / "a.npy", np.zeros((3, 2)))
     np.save(d / "b.npy", np.zeros((3, 4)))
     with pytest.raises(ColumnMismatchError, match=r"b\.npy.*\(4,\).*a\.npy.*\(2,\)"):
         npyfeed.open([str(d / "a.npy"), str(d / "b.npy")])
 
 
-def test_columns_of_different_lengths_name_both_files(files: dict[str, Any]) -> None:
-    d = files["dir"]
+def test_columns_of_different_lengths_name_both_files(arrays: dict[str, Any]) -> None:
+    d = arrays["dir"]
     np.save(d / "short.npy", np.zeros(N - 1))
     with pytest.raises(ColumnMismatchError, match=rf"x\.npy.*{N} rows.*short\.npy.*{N - 1}"):
-        npyfeed.open({"x": files["paths"]["x"], "y": str(d / "short.npy")})
+        npyfeed.open({"x": arrays["paths"]["x"], "y": str(d / "short.npy")})
 
 
-def test_split_without_copies(files: dict[str, Any]) -> None:
-    p = files["paths"]
+def test_split_without_copies(arrays: dict[str, Any]) -> None:
+    p = arrays["paths"]
     train, val = npyfeed.split((p["x"], p["y"]), 0.8)
     assert len(train) == round(N * 0.8) and len(train) + len(val) == N
     train_ids = np.concatenate(ids_of(Loader(train, 64, shuffle=True, seed=0)))
@@ -196,23 +199,23 @@ def test_split_without_copies(files: dict[str, Any]) -> None:
     assert set(train_ids.tolist()) == set(range(len(train)))
     np.testing.assert_array_equal(val_ids, np.arange(len(train), N))
     for x, y in Loader(val, 50, shuffle=True, seed=1):
-        np.testing.assert_array_equal(x, files["x"][y])
+        np.testing.assert_array_equal(x, arrays["x"][y])
     first, rest = npyfeed.split(p["y"], 10)
     assert len(first) == 10 and first[3] == 3 and rest[0] == 10
     with pytest.raises(ConfigError, match=r"split fraction must be a finite number in \(0, 1\), got 1.5"):
         npyfeed.split(p["y"], 1.5)
 
 
-def test_batches_kept_by_the_user_are_never_overwritten(files: dict[str, Any]) -> None:
-    p = files["paths"]
+def test_batches_kept_by_the_user_are_never_overwritten(arrays: dict[str, Any]) -> None:
+    p = arrays["paths"]
     loader = Loader((p["x"], p["y"]), 16, shuffle=True, seed=0, num_threads=2)
     kept = [batch for _ in range(3) for batch in loader]  # hold everything while buffers would be recycled
     for x, y in kept:
-        np.testing.assert_array_equal(x, files["x"][y])
+        np.testing.assert_array_equal(x, arrays["x"][y])
 
 
-def test_buffers_are_recycled_when_batches_are_dropped(files: dict[str, Any]) -> None:
-    loader = Loader(files["paths"]["x"], 16, num_threads=1, prefetch=2)
+def test_buffers_are_recycled_when_batches_are_dropped(arrays: dict[str, Any]) -> None:
+    loader = Loader(arrays["paths"]["x"], 16, num_threads=1, prefetch=2)
     for _ in range(3):
         for batch in loader:
             del batch
@@ -234,16 +237,16 @@ def test_buffers_are_recycled_when_batches_are_dropped(files: dict[str, Any]) ->
         ({"batch_size": 8, "transform": 3}, "transform must be callable"),
     ],
 )
-def test_bad_arguments_are_refused_clearly(files: dict[str, Any], kwargs: dict[str, Any], message: str) -> None:
+def test_bad_arguments_are_refused_clearly(arrays: dict[str, Any], kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        Loader(files["paths"]["y"], **kwargs)
+        Loader(arrays["paths"]["y"], **kwargs)
 
 
-def test_closing_stops_threads_and_iteration_restarts(files: dict[str, Any]) -> None:
-    with Loader(files["paths"]["y"], 100) as loader:
+def test_closing_stops_threads_and_iteration_restarts(arrays: dict[str, Any]) -> None:
+    with Loader(arrays["paths"]["y"], 100) as loader:
         first = np.concatenate(list(loader))
-    np.testing.assert_array_equal(first, files["y"])
-    np.testing.assert_array_equal(np.concatenate(list(loader)), files["y"])  # a new pool on demand
+    np.testing.assert_array_equal(first, arrays["y"])
+    np.testing.assert_array_equal(np.concatenate(list(loader)), arrays["y"])  # a new pool on demand
     loader.close()
 
 
@@ -291,28 +294,28 @@ def assert_resumes(make: Callable[[], Loader], *, epochs: int = 3) -> None:
         {"shuffle": True, "seed": 5, "shard": (1, 3), "drop_remainder": True},
     ],
 )
-def test_save_and_resume(files: dict[str, Any], kwargs: dict[str, Any]) -> None:
-    p = files["paths"]
+def test_save_and_resume(arrays: dict[str, Any], kwargs: dict[str, Any]) -> None:
+    p = arrays["paths"]
     assert_resumes(lambda: Loader((p["x"], p["y"]), 200, **kwargs))
 
 
-def test_resume_adopts_the_saved_seed(files: dict[str, Any]) -> None:
-    a = Loader(files["paths"]["y"], 100, shuffle=True)
+def test_resume_adopts_the_saved_seed(arrays: dict[str, Any]) -> None:
+    a = Loader(arrays["paths"]["y"], 100, shuffle=True)
     next(iter(a))
-    b = Loader(files["paths"]["y"], 100, shuffle=True)
+    b = Loader(arrays["paths"]["y"], 100, shuffle=True)
     b.set_state(a.get_state())
     assert b.seed == a.seed
     np.testing.assert_array_equal(next(iter(b)), a.read_batch(0, 1))
 
 
-def test_state_from_another_configuration_is_refused(files: dict[str, Any]) -> None:
-    state = Loader(files["paths"]["y"], 100).get_state()
+def test_state_from_another_configuration_is_refused(arrays: dict[str, Any]) -> None:
+    state = Loader(arrays["paths"]["y"], 100).get_state()
     with pytest.raises(ConfigError, match="batch_size=100 but this loader has batch_size=50"):
-        Loader(files["paths"]["y"], 50).set_state(state)
+        Loader(arrays["paths"]["y"], 50).set_state(state)
     with pytest.raises(ConfigError, match="not an npyfeed Loader state"):
-        Loader(files["paths"]["y"], 100).set_state({"epoch": 1})
+        Loader(arrays["paths"]["y"], 100).set_state({"epoch": 1})
     with pytest.raises(ConfigError, match=r"saved state.s position must be an int in \[0, 1003\], got 1004"):
-        Loader(files["paths"]["y"], 100).set_state({**state, "position": N + 1})
+        Loader(arrays["paths"]["y"], 100).set_state({**state, "position": N + 1})
 
 
 @pytest.mark.parametrize("shuffle", [False, True, "block"])
