@@ -167,7 +167,24 @@ def _take(name: str, prefix: bytes, file_bytes: int, offset: int, size: int, wha
     return data
 
 
+def split_npz_spec(spec: str) -> tuple[str, str] | None:
+    """``("data.npz", "images")`` for ``"data.npz:images"``; ``None`` when ``spec`` names no ``.npz`` member."""
+    archive, sep, member = spec.rpartition(":")
+    if not sep or not member or not archive.lower().endswith(".npz"):
+        return None
+    return archive, member
+
+
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first local file header, or an empty zip's end record
+
+
 def _check_magic(name: str, magic: bytes) -> tuple[int, int]:
+    if magic[:4] in _ZIP_MAGICS:
+        raise NpyFormatError(
+            f"{name}: invalid .npy magic string: found a zip archive (an .npz?): name one of its arrays as "
+            f"{name}:MEMBER, e.g. "
+            f"`npyfeed inspect {name}:MEMBER`; to read it with a Loader, `npyfeed convert {name}:MEMBER MEMBER.npy`"
+        )
     if magic[:6] != MAGIC:
         raise _fail(name, "magic string", magic[:6], repr(MAGIC))
     version = (magic[6], magic[7])

@@ -10,18 +10,21 @@ other files are still inspected; a Fortran-order or non-native file gets advice 
 from __future__ import annotations
 
 import argparse
+import errno
+import glob
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from npyfeed import arguments as args_rule
 from npyfeed.errors import ConfigError, NpyfeedError
-from npyfeed.format import MAX_HEADER_SIZE, NpyHeader, read_header
+from npyfeed.format import MAX_HEADER_SIZE, NpyHeader, read_header, split_npz_spec
 from npyfeed.sources.base import row_nbytes
-from npyfeed.storage.urls import is_url, redact
+from npyfeed.storage.urls import has_glob, is_url, parse_url, redact
 from npyfeed.write.writer import describe_partial
 
 __all__ = ["main"]
@@ -30,8 +33,23 @@ __all__ = ["main"]
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     args = _parser().parse_args(argv)
-    status: int = args.run(args)
+    try:
+        status: int = args.run(args)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `npyfeed inspect ... | head`: the reader left; stop quietly, as cat does
+        _silence_stdout()
+        return 1
     return status
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of the closed pipe raises nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout replaced by something without a file descriptor
+        pass
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,9 +63,15 @@ def _parser() -> argparse.ArgumentParser:
         "inspect",
         help="validate .npy files and show their layout",
         description="Validate the header of each .npy file and show its layout, without reading the data. "
-        "Exit status 1 if any file is invalid or missing.",
+        "FILE may be a glob, a URL (s3://, gs://, https://; globs over bucket prefixes) or a member of an .npz "
+        "archive (data.npz:images). Exit status 1 if any file is invalid or missing.",
     )
-    inspect.add_argument("files", nargs="+", metavar="FILE", help=".npy files to inspect")
+    inspect.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help=".npy files, globs (quoted: 'x_*.npy'), URLs (s3://b/x_*.npy) or .npz members (data.npz:images)",
+    )
     inspect.add_argument("--json", action="store_true", help="print one JSON list with an object per file")
     inspect.add_argument(
         "--max-header-size",
@@ -102,7 +126,8 @@ def _parser() -> argparse.ArgumentParser:
         help="rewrite .npy data in the layout that reads fastest (C order, .npy, shards, dtype)",
         description="Convert SOURCE to DEST in bounded memory, written atomically: a Fortran-order file to C order, "
         "a member of an .npz archive (data.npz:images, stored or deflated) to .npy, many shards (a glob or "
-        "several SOURCEs) to one file, or anything to shards (--shard-size), optionally casting (--dtype).",
+        "several SOURCEs; URLs too, with --storage-option) to one file, or anything to shards (--shard-size), "
+        "optionally casting (--dtype).",
     )
     convert.add_argument("paths", nargs="+", metavar="SOURCE... DEST", help="source(s), then the output path")
     convert.add_argument("--dtype", default=None, help="cast to this dtype, e.g. float32 or '<f4'")
@@ -126,6 +151,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("--no-progress", action="store_true", help="no progress bar")
     convert.add_argument("--max-header-size", type=int, default=MAX_HEADER_SIZE, metavar="BYTES")
+    convert.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        type=_storage_option,
+        metavar="KEY=VALUE",
+        help="object-store setting for URL sources (repeatable), as for bench",
+    )
     convert.set_defaults(run=_convert)
     return parser
 
@@ -157,9 +190,10 @@ def _size(text: str) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     status = 0
     reports: list[dict[str, Any]] = []
-    for path in args.files:
+    options = dict(args.storage_option)
+    for path in _expand(args.files, options):
         try:
-            header = _read_header(path, args.max_header_size, dict(args.storage_option))
+            header = _read_header(path, args.max_header_size, options)
         except NpyfeedError as e:  # its message starts with the path
             partial = None if is_url(path) else describe_partial(path)
             error = str(e) if partial is None else f"{path}: {partial}"
@@ -183,9 +217,34 @@ def _inspect(args: argparse.Namespace) -> int:
     return status
 
 
+def _expand(names: Sequence[str], storage_options: dict[str, Any]) -> Iterator[str]:
+    """Each name, a glob replaced by what it matches (sorted), as ``npyfeed.open`` expands it; a glob that
+    matches nothing is passed on, to be reported as missing."""
+    for name in names:
+        if is_url(name) and not name.startswith("file://"):
+            if not has_glob(parse_url(name).key):
+                yield name
+                continue
+            from npyfeed.storage.object_store import glob_objects
+
+            try:
+                matches = [url for url, _ in glob_objects(name, storage_options or None)]
+            except (OSError, ValueError):  # reported by _read_header, which meets the same error
+                matches = []
+        else:
+            matches = sorted(glob.glob(name)) if has_glob(name) and not os.path.exists(name) else []
+        yield from matches or [name]
+
+
 def _read_header(name: str, max_header_size: int, storage_options: dict[str, Any]) -> NpyHeader:
-    """The header of a local file, or of an object at a URL (one small ranged GET)."""
+    """The header of a local file, of an ``.npz`` member, or of an object at a URL (one small ranged GET)."""
+    if split_npz_spec(name) is not None and not os.path.exists(name):
+        from npyfeed.write.convert import npz_member_header
+
+        return npz_member_header(name, max_header_size=max_header_size)
     if not is_url(name):
+        if has_glob(name) and not os.path.exists(name):
+            raise FileNotFoundError(errno.ENOENT, "no file matches the pattern", name)
         return read_header(name, max_header_size=max_header_size)
     from npyfeed.format import load_header
     from npyfeed.storage import open_storage
@@ -371,12 +430,13 @@ def _convert(args: argparse.Namespace) -> int:
             memory_bytes=args.memory,
             progress=not args.no_progress and sys.stderr.isatty(),
             max_header_size=args.max_header_size,
+            storage_options=dict(args.storage_option) or None,
         )
     except NpyfeedError as e:
-        print(f"npyfeed convert: {e}", file=sys.stderr)
+        print(redact(f"npyfeed convert: {e}"), file=sys.stderr)
         return 1
     except OSError as e:
-        print(f"npyfeed convert: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        print(redact(f"npyfeed convert: {e.filename or ''}: {e.strerror or e}"), file=sys.stderr)
         return 1
     files = result.outputs[0] if len(result.outputs) == 1 else f"{len(result.outputs)} shards {result.outputs[0]}..."
     rate = result.bytes_read / max(result.seconds, 1e-9) / 1e6

@@ -16,7 +16,7 @@ import numpy as np
 
 from npyfeed import arguments as args
 from npyfeed.errors import ColumnMismatchError, ConfigError
-from npyfeed.format import MAX_HEADER_SIZE
+from npyfeed.format import MAX_HEADER_SIZE, split_npz_spec
 from npyfeed.sources.array import NpyArray
 from npyfeed.sources.base import AccessPattern, RowSource, index_rows, row_nbytes
 from npyfeed.sources.concat import ConcatArray, RowSlice
@@ -76,6 +76,13 @@ def _open_array(spec: ArraySpec, max_header_size: int, storage_options: StorageO
         return spec
     if isinstance(spec, (str, os.PathLike)):
         path = os.fspath(spec)
+        member = split_npz_spec(path)
+        if member is not None and not os.path.exists(path):
+            raise ConfigError(
+                f"{redact(path)}: a member of an .npz archive cannot be read in place (members may be compressed and "
+                f"their data is not aligned); convert it once: `npyfeed convert {redact(path)} {member[1]}.npy`, "
+                f"then open {member[1]}.npy"
+            )
         if is_url(path) and not path.startswith("file://"):
             if has_glob(parse_url(path).key):
                 return _open_parts(_glob_urls(path, storage_options), max_header_size, storage_options)

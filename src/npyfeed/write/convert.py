@@ -33,7 +33,7 @@ import secrets
 import sys
 import time
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -42,12 +42,12 @@ import numpy as np
 
 from npyfeed import arguments as args
 from npyfeed.errors import ConfigError, NpyFormatError
-from npyfeed.format import MAX_HEADER_SIZE, NpyHeader, header_size, parse_header
+from npyfeed.format import MAX_HEADER_SIZE, NpyHeader, header_size, parse_header, split_npz_spec
 from npyfeed.sources import NpyArray, RowSource
 from npyfeed.write.casting import Casting, check_castable
 from npyfeed.write.writer import NpyWriter
 
-__all__ = ["ConvertResult", "convert", "split_npz_spec"]
+__all__ = ["ConvertResult", "convert", "npz_member_header", "split_npz_spec"]
 
 _MEMORY_BYTES = 64 << 20  # one block of rows: large sequential reads and writes, small next to any RAM
 _COPY_BYTES = 8 << 20  # unpacking a Fortran .npz member to a temporary file, this much at a time
@@ -68,14 +68,6 @@ class ConvertResult:
     seconds: float
 
 
-def split_npz_spec(spec: str) -> tuple[str, str] | None:
-    """``("data.npz", "images")`` for ``"data.npz:images"``; ``None`` when ``spec`` names no ``.npz`` member."""
-    archive, sep, member = spec.rpartition(":")
-    if not sep or not member or not archive.lower().endswith(".npz"):
-        return None
-    return archive, member
-
-
 def convert(
     source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     dest: str | os.PathLike[str],
@@ -86,6 +78,7 @@ def convert(
     memory_bytes: int | str = _MEMORY_BYTES,
     progress: bool = False,
     max_header_size: int = MAX_HEADER_SIZE,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ConvertResult:
     """Write ``source`` to ``dest`` as a C-order ``.npy`` (or shards of ``dest``), in bounded memory.
 
@@ -97,8 +90,11 @@ def convert(
         shard_bytes: the most bytes per output shard, header included (default: one file).
         memory_bytes: the size of one block of rows in memory (at least one row).
 
-    Sizes are ints or strings such as ``"64MB"`` (``"64MiB"`` in units of 2**20): see docs/configuration.md.
         progress: show a progress bar (tqdm) on stderr.
+        max_header_size: accept source headers up to this size (raise only for trusted files).
+        storage_options: object-store settings for URL sources, as for :func:`npyfeed.open`.
+
+    Sizes are ints or strings such as ``"64MB"`` (``"64MiB"`` in units of 2**20): see docs/configuration.md.
     """
     memory_bytes = args.size("memory_bytes", memory_bytes)
     shard_bytes = None if shard_bytes is None else args.size("shard_bytes", shard_bytes)
@@ -111,7 +107,11 @@ def convert(
         return _convert_npz(spec, dest, dtype, casting, shard_bytes, memory_bytes, progress, max_header_size, started)
     from npyfeed.sources.columns import open as open_source
 
-    array = open_source(source if isinstance(source, (str, os.PathLike)) else [os.fspath(s) for s in source])
+    array = open_source(
+        source if isinstance(source, (str, os.PathLike)) else [os.fspath(s) for s in source],
+        max_header_size=max_header_size,
+        storage_options=storage_options,
+    )
     if not isinstance(array, RowSource):
         raise ConfigError(f"convert reads one array (a path, glob or list of shards), not columns: {source!r}")
     _refuse_overwriting_inputs(array.paths, dest)
@@ -281,19 +281,8 @@ def _convert_npz(
     started: float,
 ) -> ConvertResult:
     archive, member = spec
-    try:
-        zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile as e:
-        raise NpyFormatError(f"{archive}: not a valid .npz (zip) archive: {e}") from e
-    with zf:
-        names = zf.namelist()
-        entry = member if member in names else f"{member}.npy"
-        if entry not in names:
-            arrays = sorted(n.removesuffix(".npy") for n in names)
-            raise ConfigError(f"{archive}: no member {member!r}; the archive holds {arrays}")
-        info = zf.getinfo(entry)
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise NpyFormatError(f"{archive}:{entry}: compression method {info.compress_type} is not stored/deflated")
+    with _open_zip(archive) as zf:
+        info = _member_info(zf, archive, member)
         name = f"{archive}:{member}"
         with zf.open(info) as stream:
             header, prefix = _member_header(stream, info.file_size, name, max_header_size)
@@ -317,6 +306,37 @@ def _convert_npz(
         name, outputs, header.shape[0], str(out_dtype), "npz", header.data_bytes, written,
         time.perf_counter() - started,
     )  # fmt: skip
+
+
+def npz_member_header(spec: str, *, max_header_size: int = MAX_HEADER_SIZE) -> NpyHeader:
+    """The ``.npy`` header of the member ``"archive.npz:member"`` (stored or deflated), reading only the header."""
+    parts = split_npz_spec(spec)
+    if parts is None:
+        raise ConfigError(f"{spec}: expected ARCHIVE.npz:MEMBER")
+    archive, member = parts
+    with _open_zip(archive) as zf:
+        info = _member_info(zf, archive, member)
+        with zf.open(info) as stream:
+            return _member_header(stream, info.file_size, spec, max_header_size)[0]
+
+
+def _open_zip(archive: str) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(archive)
+    except zipfile.BadZipFile as e:
+        raise NpyFormatError(f"{archive}: not a valid .npz (zip) archive: {e}") from e
+
+
+def _member_info(zf: zipfile.ZipFile, archive: str, member: str) -> zipfile.ZipInfo:
+    names = zf.namelist()
+    entry = member if member in names else f"{member}.npy"
+    if entry not in names:
+        arrays = sorted(n.removesuffix(".npy") for n in names)
+        raise ConfigError(f"{archive}: no member {member!r}; the archive holds {arrays}")
+    info = zf.getinfo(entry)
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise NpyFormatError(f"{archive}:{entry}: compression method {info.compress_type} is not stored/deflated")
+    return info
 
 
 def _member_header(stream: IO[bytes], size: int, name: str, max_header_size: int) -> tuple[NpyHeader, bytes]:
