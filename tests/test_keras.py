@@ -41,7 +41,8 @@ def test_epochs_follow_the_loader(files: dict[str, str]) -> None:
     assert len(dataset) == dataset.num_batches == len(loader) == 6
     assert [keras_epoch(dataset) for _ in range(3)] == [loader_epoch(loader, e) for e in range(3)]
     assert dataset.epoch == 3
-    assert loader.epoch == 0  # the Loader's own count is untouched
+    assert loader.epoch == 3  # one cursor: the dataset moves the loader's
+    assert loader.get_state()["epoch"] == 3
 
 
 def test_batches_are_native_and_exact(files: dict[str, str]) -> None:

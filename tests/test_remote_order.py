@@ -15,6 +15,7 @@ pytest.importorskip("moto")
 
 import npyfeed
 from npyfeed.errors import ConfigError
+from npyfeed.order.orders import block_geometry
 from servers import MotoS3
 
 BUCKET = "npyfeed-order"
@@ -40,17 +41,17 @@ def test_default_block_geometry_is_sized_for_the_store(same_files: tuple[str, st
     path, url, _ = same_files
     row = COLS * 4
     local = npyfeed.Loader(path, 512, shuffle="block", seed=0)
-    assert local._block_geometry() == ((1 << 20) // row, 16)  # unchanged: 1 MiB blocks, 16 per window
+    assert block_geometry(local.order) == ((1 << 20) // row, 16)  # unchanged: 1 MiB blocks, 16 per window
     remote = npyfeed.Loader(url, 512, shuffle="block", seed=0)
-    block, window = remote._block_geometry()
+    block, window = block_geometry(remote.order)
     assert block == (8 << 20) // row and window == 4
     assert 3 * block * window * row <= 96 << 20  # three windows fit the default read-ahead pool
     bigger = npyfeed.Loader(url, 512, shuffle="block", seed=0, storage_options={"prefetch_bytes": 1 << 30})
-    assert bigger._block_geometry() == (block, 16)
+    assert block_geometry(bigger.order) == (block, 16)
     tiny = npyfeed.Loader(url, 512, shuffle="block", seed=0, storage_options={"prefetch_bytes": 6 << 20})
-    assert tiny._block_geometry() == ((1 << 20) // row, 2)  # smaller blocks: three windows of two still fit
+    assert block_geometry(tiny.order) == ((1 << 20) // row, 2)  # smaller blocks: three windows of two still fit
     given = npyfeed.Loader(url, 512, shuffle="block", seed=0, block_rows=100)
-    assert given._block_geometry() == (100, 4)  # what the user gives is kept
+    assert block_geometry(given.order) == (100, 4)  # what the user gives is kept
 
 
 @pytest.mark.parametrize("direction", ["local->remote", "remote->local"])
@@ -66,9 +67,9 @@ def test_block_shuffle_state_resumes_across_local_and_remote(
     state = first.get_state()
     expected = list(it)
     second = npyfeed.Loader(loader, 512, shuffle="block", seed=3)
-    assert second._block_geometry() != first._block_geometry()  # the defaults differ, and so would the orders
+    assert block_geometry(second.order) != block_geometry(first.order)  # the defaults differ, and so would the orders
     second.set_state(state)
-    assert second._block_geometry() == first._block_geometry()  # the saved geometry was adopted
+    assert block_geometry(second.order) == block_geometry(first.order)  # the saved geometry was adopted
     got = list(second)
     assert len(got) == len(expected) > 0
     for a, b in zip(got, expected, strict=True):
@@ -81,17 +82,17 @@ def test_block_shuffle_state_resumes_across_local_and_remote(
     explicit = npyfeed.Loader(loader, 512, shuffle="block", seed=3, block_rows=999)
     with pytest.raises(ConfigError, match=re.escape("block geometry")):
         explicit.set_state(state)
-    assert explicit._block_geometry()[0] == 999
+    assert block_geometry(explicit.order)[0] == 999
 
 
 def test_a_failed_set_state_keeps_the_default_geometry(same_files: tuple[str, str, np.ndarray], tmp_path: Path) -> None:
     path, url, _ = same_files
     state = npyfeed.Loader(path, 512, shuffle="block", seed=3).get_state()
     remote = npyfeed.Loader(url, 512, shuffle="block", seed=3)
-    before = remote._block_geometry()
+    before = block_geometry(remote.order)
     with pytest.raises(ConfigError, match="other data"):
         remote.set_state({**state, "fingerprint": "0" * 16})
-    assert remote._block_geometry() == before
+    assert block_geometry(remote.order) == before
 
 
 # -- the warning for a global shuffle over an object store ----------------------------------------------------------
@@ -165,7 +166,7 @@ def test_a_default_block_shuffle_fetches_each_byte_once(tmp_path: Path) -> None:
     with RangeServer(tmp_path) as server:
         options = {"prefetch_bytes": 6 << 20, "request_bytes": 256 << 10}
         loader = npyfeed.Loader(f"{server.url}/x.npy", 128, shuffle="block", seed=3, storage_options=options)
-        assert loader._block_geometry() == (1024, 2)
+        assert block_geometry(loader.order) == (1024, 2)
         ids = np.concatenate([np.ascontiguousarray(b[:, :8]).view("<i8").ravel() for b in loader])
         stats = loader.source.arrays[0].storage.client.stats  # type: ignore[attr-defined]
     assert np.array_equal(np.sort(ids), np.arange(rows)) and not np.array_equal(ids, np.arange(rows))

@@ -138,7 +138,7 @@ def test_same_count_resume_continues_the_same_batches(ids: str) -> None:
         next(it)
     b = Loader(ids, 10, shuffle=True, seed=3, shard=(1, 3))
     b.set_state(a.get_state())
-    assert b.num_batches(0) == len(a) - 7
+    assert b.num_batches(b.next_pass[1]) == len(a) - 7
     for got, expected in zip(b, it, strict=True):
         np.testing.assert_array_equal(got, expected)
 

@@ -85,7 +85,7 @@ class Layout:
         return (self.num_rows - self.start) // self.batch_size // self.count
 
     @property
-    def _tail(self) -> tuple[int, int]:
+    def tail(self) -> tuple[int, int]:
         """(first position, rows) of the tail shared out as one smaller batch per worker (0 rows: none)."""
         first = self.start + self.rounds * self.count * self.batch_size
         rows = self.num_rows - first
@@ -95,14 +95,14 @@ class Layout:
 
     def __len__(self) -> int:
         """Batches of this worker (the same for every worker)."""
-        return self.rounds + (1 if self._tail[1] else 0)
+        return self.rounds + (1 if self.tail[1] else 0)
 
     def positions(self, k: int) -> tuple[int, int]:
         """``[lo, hi)``: the positions of this worker's batch ``k``."""
         if k < self.rounds:
             lo = self.start + (k * self.count + self.index) * self.batch_size
             return lo, lo + self.batch_size
-        first, rows = self._tail
+        first, rows = self.tail
         size, extra = divmod(rows, self.count)
         lo = first + self.index * size + min(self.index, extra)
         return lo, lo + size + (1 if self.index < extra else 0)
@@ -110,7 +110,7 @@ class Layout:
     @property
     def num_positions(self) -> int:
         """Positions this worker reads in the epoch."""
-        size, extra = divmod(self._tail[1], self.count)
+        size, extra = divmod(self.tail[1], self.count)
         return self.rounds * self.batch_size + size + (1 if self.index < extra else 0)
 
     def consumed(self, k: int) -> int | None:

@@ -1,7 +1,8 @@
 """Plumbing shared by the Keras and PyTorch adapters: read one epoch ahead, make byte order native.
 
-The Loader's own ``iter()`` claims ``loader.epoch``; the adapters keep their own epoch count, so they read with
-:meth:`Loader.iter_batches` (stateless), which shares the Loader's thread pool, chunked reads and buffers.
+The adapters read with :meth:`Loader.iter_batches` (pure), which shares the Loader's thread pool, chunked reads and
+buffers, and record what their consumer received on the Loader's one cursor (:meth:`Loader.begin`,
+:meth:`Loader.deliver`).
 """
 
 from __future__ import annotations
@@ -36,24 +37,19 @@ def rebuild(sequence: tuple[Any, ...] | list[Any], items: list[Any]) -> Any:
 
 
 class EpochReader:
-    """Batches ``indices`` of ``epoch`` in order, read ahead by the loader (``prefetch`` overrides its depth)."""
+    """Batches ``indices`` of ``epoch`` (of its rest from ``offset``) in order, read ahead by the loader
+    (``prefetch`` overrides its depth). It reads; the loader's cursor records what the consumer received."""
 
-    def __init__(self, loader: Loader, epoch: int, indices: range, prefetch: int | None = None) -> None:
-        self.epoch = epoch
-        self.next_index = indices.start if len(indices) else None
-        self._batches: Iterator[tuple[int, Any]] = loader.iter_batches(epoch, indices, prefetch=prefetch)
-        self._step = indices.step
+    def __init__(self, loader: Loader, epoch: int, indices: range, *, offset: int = 0, prefetch: int | None = None):
+        self.epoch, self.offset = epoch, offset
+        self._batches: Iterator[tuple[int, Any]] = loader.iter_batches(epoch, indices, offset=offset, prefetch=prefetch)
 
-    def __iter__(self) -> Iterator[Any]:
-        for index, batch in self._batches:
-            self.next_index = index + self._step
-            yield batch
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        return self._batches
 
-    def take(self) -> Any:
-        """The next batch (``StopIteration`` at the end)."""
-        index, batch = next(self._batches)
-        self.next_index = index + self._step
-        return batch
+    def take(self) -> tuple[int, Any]:
+        """The next ``(index, batch)`` (``StopIteration`` at the end)."""
+        return next(self._batches)
 
     def close(self) -> None:
         """Cancel what was read ahead."""

@@ -22,7 +22,6 @@ import keras
 
 from npyfeed import arguments as args
 from npyfeed.errors import ConfigError
-from npyfeed.loader.state import loader_state
 
 if TYPE_CHECKING:
     from npyfeed.loader.loader import Loader
@@ -41,6 +40,7 @@ class LoaderCheckpoint(keras.callbacks.Callback):
         self.directory = Path(directory)
         self.save_freq = args.positive_int("save_freq", save_freq)
         self._epoch = 0
+        self._resumed = loader.next_pass  # (epoch, offset): the pass over that epoch reads its rest from offset
 
     # -- recording -------------------------------------------------------------------------------------------
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
@@ -51,7 +51,10 @@ class LoaderCheckpoint(keras.callbacks.Callback):
             self.save(self._epoch, batch + 1)
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-        self.save(epoch, self.loader.num_batches(epoch))
+        self.save(epoch, self.loader.num_batches(self._offset(epoch)))
+
+    def _offset(self, epoch: int) -> int:
+        return self._resumed[1] if epoch == self._resumed[0] else 0
 
     def save(self, epoch: int, batches: int) -> None:
         """Save the weights and the position after ``batches`` trained batches of ``epoch``, crash-safely.
@@ -63,7 +66,7 @@ class LoaderCheckpoint(keras.callbacks.Callback):
         weights = f"model-{epoch}-{batches}.weights.h5"
         self.model.save_weights(str(self.directory / weights), overwrite=True)
         index = {"weights": weights, "keras": {"epoch": epoch, "batch": batches}}
-        index["loader"] = loader_state(self.loader, (epoch, batches))
+        index["loader"] = self.loader.state_after(epoch, batches, offset=self._offset(epoch))
         tmp = self.directory / f"{_INDEX}.tmp"
         with open(tmp, "w") as f:
             json.dump(index, f)
@@ -94,9 +97,10 @@ class LoaderCheckpoint(keras.callbacks.Callback):
         ``fit`` of its remaining steps, then the remaining epochs. Returns the ``History`` objects."""
         callbacks = [self, *(callbacks or [])]
         kwargs.setdefault("shuffle", False)
-        epoch = self.restore(model)
+        self.restore(model)
+        epoch, offset = self._resumed = self.loader.next_pass
         histories = []
-        remaining = self.loader.num_batches(epoch)
+        remaining = self.loader.num_batches(offset)
         if epoch < epochs and remaining < len(self.loader):
             data = self.loader.to_keras(start_epoch=epoch)
             histories.append(

@@ -40,18 +40,25 @@ def _dataset_class() -> type:
         raise ImportError("npyfeed's Keras adapter needs Keras 3: pip install 'keras>=3'") from e
 
     class LoaderPyDataset(keras.utils.PyDataset):
-        """``len(loader)`` batches per epoch; epoch ``e`` batch ``i`` is ``loader.read_batch(e, i)``."""
+        """``len(loader)`` batches per epoch; epoch ``e`` batch ``i`` is ``loader.read_batch(e, i)``; the
+        loader's cursor records each batch handed to Keras."""
 
         def __init__(self, loader: Loader, start_epoch: int, prefetch: int | None) -> None:
             # workers=1: Keras calls __getitem__ from its own loop; we read ahead ourselves (see module doc).
             super().__init__(workers=1, use_multiprocessing=False)
             self.loader = loader
-            self.epoch = start_epoch  # the epoch being read: it moves on once all its batches were delivered
-            self._seen: set[int] = set()  # batches of self.epoch delivered within Keras epochs
+            # The pass being read (epoch, offset): it moves on once all its batches were delivered. A pass over
+            # the epoch a saved state resumes reads the rest of it, from the saved position.
+            pending_epoch, pending_offset = loader.next_pass
+            self.epoch = start_epoch
+            self._offset = pending_offset if start_epoch == pending_epoch else 0
+            self._seen: set[int] = set()  # batches of this pass delivered within Keras epochs
             self._in_epoch = False  # between on_epoch_begin and on_epoch_end
             self._prefetch = prefetch
             self._lock = threading.Lock()
             self._stream: EpochReader | None = None
+            self._stream_next = 0
+            self._cursor: Any = None  # the loader's cursor for this pass (Loader.begin), once Keras takes a batch
             self._warned = False
 
         def __len__(self) -> int:
@@ -59,6 +66,8 @@ def _dataset_class() -> type:
 
         @property
         def num_batches(self) -> int:
+            """Keras' steps per epoch: ``len(loader)`` (the rest of a resumed epoch is a ``fit`` of
+            ``steps_per_epoch=loader.num_batches(offset)``, as :class:`npyfeed.keras.LoaderCheckpoint` runs it)."""
             return len(self.loader)
 
         # An epoch ends when all its batches were delivered, not at on_epoch_end: on the JAX and PyTorch backends
@@ -78,34 +87,47 @@ def _dataset_class() -> type:
                 raise IndexError(f"batch {index!r} is out of range for {len(self)} batches per epoch")
             index = int(index)
             with self._lock:
-                if not self._in_epoch:  # Keras probing batches for a signature, or a user indexing: no effect
-                    return native_byte_order(self.loader.read_batch(self.epoch, index))
-                stream = self._stream
-                if stream is None or stream.epoch != self.epoch or stream.next_index != index:
-                    self._drop_stream()
-                    if index not in (0, len(self._seen)) and not self._warned:
-                        self._warned = True
-                        warnings.warn(
-                            "npyfeed: Keras asked for batches out of order (model.fit(shuffle=True) is Keras' "
-                            "default); the loader's batch order and read-ahead are lost. Pass shuffle=False: "
-                            "the loader already shuffles.",
-                            BatchOrderWarning,
-                            stacklevel=2,
-                        )
-                    indices = range(index, self.loader.num_batches(self.epoch))
-                    stream = self._stream = EpochReader(self.loader, self.epoch, indices, self._prefetch)
-                try:
-                    batch = stream.take()
-                except BaseException:
-                    # The failed batch is asked for again on the next call, from a fresh stream.
-                    self._drop_stream()
-                    raise
+                count = self.loader.num_batches(self._offset)
+                if not self._in_epoch or index >= count:
+                    # Keras probing batches for a signature, or a user indexing: no effect on the position.
+                    # (Past the rest of a resumed epoch: the next epoch's batch, read but not counted.)
+                    epoch, offset = (self.epoch, self._offset) if index < count else (self.epoch + 1, 0)
+                    return native_byte_order(self.loader.read_batch(epoch, index, offset=offset))
+                batch = self._take(index, count)
+                if not self._seen:
+                    self._cursor = self.loader.begin(self.epoch)
                 self._seen.add(index)
-                if len(self._seen) == self.loader.num_batches(self.epoch):
-                    self.epoch += 1
+                self.loader.deliver(self._cursor, len(self._seen))
+                if len(self._seen) == count:
+                    self.epoch, self._offset = self.epoch + 1, 0
                     self._seen.clear()
                     self._drop_stream()
                 return native_byte_order(batch)
+
+        def _take(self, index: int, count: int) -> Any:
+            """Batch ``index`` of the pass, from the read-ahead stream (restarted there when Keras skips about)."""
+            if self._stream is None or self._stream_next != index:
+                self._drop_stream()
+                if index not in (0, len(self._seen)) and not self._warned:
+                    self._warned = True
+                    warnings.warn(
+                        "npyfeed: Keras asked for batches out of order (model.fit(shuffle=True) is Keras' "
+                        "default); the loader's batch order and read-ahead are lost. Pass shuffle=False: "
+                        "the loader already shuffles.",
+                        BatchOrderWarning,
+                        stacklevel=3,
+                    )
+                indices = range(index, count)
+                prefetch = self._prefetch
+                self._stream = EpochReader(self.loader, self.epoch, indices, offset=self._offset, prefetch=prefetch)
+            try:
+                _, batch = self._stream.take()
+            except BaseException:
+                # The failed batch is asked for again on the next call, from a fresh stream.
+                self._drop_stream()
+                raise
+            self._stream_next = index + 1  # where the read-ahead stream is, not what the consumer holds
+            return batch
 
         def _drop_stream(self) -> None:
             if self._stream is not None:

@@ -70,7 +70,6 @@ from npyfeed.adapters.tf_calls import GATE
 from npyfeed.adapters.tf_spec import (
     check_signature,
     element_spec,
-    full_batches,
     header_spec,
     leaf_paths,
 )
@@ -83,6 +82,8 @@ if TYPE_CHECKING:
 
 __all__ = ["element_spec", "to_tf_dataset"]
 
+_CHECKPOINT = "tf.train.Checkpoint(iterator=iterator) with the iterator over the dataset"
+
 
 class _Reader:
     """The ``numpy_function`` bodies: arrays in ``tf.nest.flatten(spec)`` order, checked against ``spec``.
@@ -92,11 +93,14 @@ class _Reader:
     batches described by the headers (``trusted``) skip the checks: only a byte swap can be needed.
     """
 
-    def __init__(self, loader: Loader, spec: Any, starts: np.ndarray, *, trusted: bool) -> None:
+    def __init__(
+        self, loader: Loader, spec: Any, starts: np.ndarray, *, trusted: bool, resumed: tuple[int, int, np.ndarray]
+    ) -> None:
         tf = _tf()
         self.loader = loader
         self.spec = spec
         self.starts = starts
+        self.resumed = resumed  # (epoch, offset, starts) of the pass that reads the rest of a resumed epoch
         self.trusted = trusted
         self.paths = leaf_paths(spec)
         self.specs = tf.nest.flatten(spec)
@@ -148,6 +152,11 @@ class _Reader:
             out.append(array)
         return out
 
+    def _pass(self, epoch: int) -> tuple[int, np.ndarray]:
+        """``(offset, chunk starts)`` of the pass over ``epoch``: the rest of the resumed epoch, or all of one."""
+        resumed_epoch, offset, starts = self.resumed
+        return (offset, starts) if epoch == resumed_epoch and offset else (0, self.starts)
+
     def batch(self, epoch: np.int64, index: np.int64) -> list[np.ndarray]:
         """Batch ``index`` of ``epoch`` (through the exit gate, see :mod:`npyfeed.adapters.tf_calls`)."""
         e, i = int(epoch), int(index)
@@ -156,7 +165,8 @@ class _Reader:
     def chunk(self, epoch: np.int64, chunk: np.int64) -> list[np.ndarray]:
         """Batches ``starts[chunk]`` to ``starts[chunk + 1] - 1`` of ``epoch``, stacked: ``[k, batch, ...]``."""
         e, c = int(epoch), int(chunk)
-        return GATE.call(self._guarded, self._chunk, e, int(self.starts[c]), int(self.starts[c + 1]))
+        starts = self._pass(e)[1]
+        return GATE.call(self._guarded, self._chunk, e, int(starts[c]), int(starts[c + 1]))
 
     def _guarded(self, read: Callable[[int, int, int], list[np.ndarray]], e: int, start: int, stop: int) -> Any:
         """``read(e, start, stop)``, with any failure re-raised naming the batch, the epoch and the files.
@@ -182,10 +192,11 @@ class _Reader:
 
     def _batch(self, e: int, i: int, _stop: int) -> list[np.ndarray]:
         where = f"batch {i} of epoch {e}"
-        return self._checked(self._leaves(self.loader.read_batch(e, i), where), where, ())
+        batch = self.loader.read_batch(e, i, offset=self._pass(e)[0])
+        return self._checked(self._leaves(batch, where), where, ())
 
     def _chunk(self, e: int, start: int, stop: int) -> list[np.ndarray]:
-        batches = self.loader.read_batches(e, start, stop)
+        batches = self.loader.read_batches(e, start, stop, offset=self._pass(e)[0])
         where = f"batch {start} of epoch {e}" if stop - start == 1 else f"batches {start}-{stop - 1} of epoch {e}"
         self._leaves(batches[0], where)  # untransformed batches all have the source's structure
         stacked = [_stacked(list(views)) for views in zip(*map(self.flatten, batches), strict=True)]
@@ -289,14 +300,17 @@ def _fit_split(
     return split
 
 
-def _chunk_starts(loader: Loader) -> np.ndarray:
-    """First batch of each chunk read in one call, and ``len(loader)`` after the last.
+def _chunk_starts(loader: Loader, offset: int = 0) -> np.ndarray:
+    """First batch of each chunk read in one call, and the pass's batch count after the last (a pass over an
+    epoch from position ``offset``: all of it, or the rest of a resumed one).
 
     Chunks hold ``loader.batches_per_read`` full batches, except the first, a single batch (see ``to_tf_dataset``),
     and a last, partial batch, alone in its own chunk (a chunk is ``[k, batch_size, ...]``).
     """
-    num_batches = len(loader)
-    full = num_batches if full_batches(loader) else max(0, num_batches - 1)
+    layout = loader.layout(offset)
+    num_batches = len(layout)
+    every_full = num_batches > 0 and (loader.drop_remainder or layout.num_positions % loader.batch_size == 0)
+    full = num_batches if every_full else max(0, num_batches - 1)
     starts = [0] if full else []
     starts += range(1, full, loader.batches_per_read)
     if full < num_batches:
@@ -344,7 +358,9 @@ def to_tf_dataset(
     """
     tf = _tf()
     GATE.install()
-    start = args.integer("start_epoch", loader.epoch if start_epoch is None else start_epoch)
+    pending_epoch, pending_offset = loader.next_pass
+    start = args.integer("start_epoch", pending_epoch if start_epoch is None else start_epoch)
+    offset = pending_offset if start == pending_epoch else 0  # the first epoch is the rest of a resumed one
     num_parallel_calls = args.optional_positive_int("num_parallel_calls", num_parallel_calls)
     threads = args.optional_positive_int("threads", threads)
     prefetch = args.optional_positive_int("prefetch", prefetch)
@@ -360,21 +376,35 @@ def to_tf_dataset(
         spec = header_spec(loader)
         split = _fit_split(spec, targets, sample_weights)
         native_ds = native_dataset(
-            loader, start_epoch=start, epochs=epochs, num_parallel_calls=num_parallel_calls, spec=spec
+            loader,
+            start_epoch=start,
+            offset=offset,
+            epochs=epochs,
+            num_parallel_calls=num_parallel_calls,
+            spec=spec,
         )
+        loader.track_elsewhere(_CHECKPOINT)
         return native_ds if split is None else native_ds.map(split, name="npyfeed_targets")
     if epochs != 1:
         raise args.inapplicable("epochs", epochs, "it applies to native=True; repeat the dataset with .repeat()")
-    spec = check_signature(output_signature) if output_signature is not None else element_spec(loader, epoch=start)
+    if output_signature is not None:
+        spec = check_signature(output_signature)
+    else:
+        spec = element_spec(loader, epoch=start, offset=offset)
     split = _fit_split(spec, targets, sample_weights)
     flat_specs = tf.nest.flatten(spec)
     num_batches = len(loader)
     # Untransformed batches are read several at a time (about 4 MiB, see Loader.batches_per_read): one
     # numpy_function call and one gather per chunk instead of per batch, split into batches by unbatch().
     chunked = loader.transform is None and loader.batches_per_read > 1
-    starts = _chunk_starts(loader) if chunked else np.arange(num_batches + 1, dtype=np.int64)
-    num_reads = len(starts) - 1
-    reader = _Reader(loader, spec, starts, trusted=output_signature is None and loader.transform is None)
+
+    def chunk_starts(offset: int) -> np.ndarray:
+        return _chunk_starts(loader, offset) if chunked else np.arange(loader.num_batches(offset) + 1, dtype=np.int64)
+
+    starts, resumed_starts = chunk_starts(0), chunk_starts(offset)
+    num_reads, resumed_reads = len(starts) - 1, len(resumed_starts) - 1
+    trusted = output_signature is None and loader.transform is None
+    reader = _Reader(loader, spec, starts, trusted=trusted, resumed=(start, offset, resumed_starts))
 
     # The dataset's next epoch. An iterator claims it when its first batch is asked for, so an iterator that is
     # made and dropped unused (Keras makes one after the last epoch) consumes nothing.
@@ -395,7 +425,9 @@ def to_tf_dataset(
 
     @tf.autograph.experimental.do_not_convert
     def real(epoch: Any, index: Any) -> Any:
-        return index < num_reads
+        if not offset:
+            return index < num_reads
+        return index < tf.where(tf.equal(epoch, start), tf.constant(resumed_reads, tf.int64), num_reads)
 
     function, leading = (_Call(reader, "chunk"), [None]) if chunked else (_Call(reader, "batch"), [])
 
@@ -424,7 +456,9 @@ def to_tf_dataset(
         dataset = dataset.unbatch()
     if split is not None:
         dataset = dataset.map(split, name="npyfeed_targets")
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_batches)).prefetch(prefetch or tf.data.AUTOTUNE)
+    if not offset:  # every iterator is a whole epoch (a resumed epoch's rest is shorter: cardinality unknown)
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_batches))
+    dataset = dataset.prefetch(prefetch or tf.data.AUTOTUNE)
     options = tf.data.Options()
     # Checkpoints record positions, not buffered batches; reads are pure functions of (epoch, index), so what
     # was read ahead is simply read again after a restore.
@@ -434,6 +468,7 @@ def to_tf_dataset(
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     if threads is not None:
         options.threading.private_threadpool_size = threads
+    loader.track_elsewhere(_CHECKPOINT)
     dataset = dataset.with_options(options)
     # The reader (and through it the Loader, its files and buffers) lives as long as this dataset object, or any
     # dataset or iterator built from it (they hold their inputs): see _Call.

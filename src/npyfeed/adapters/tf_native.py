@@ -40,7 +40,7 @@ from npyfeed.adapters.frameworks import require_tensorflow as _tf
 from npyfeed.adapters.tf_ops.order import group_plan, rows_op
 from npyfeed.adapters.tf_ops.reads import column_reader
 from npyfeed.errors import ConfigError
-from npyfeed.order.orders import BlockShuffle, ChunkCache, Sequential
+from npyfeed.order.orders import BlockShuffle, Sequential, unwrap
 from npyfeed.system import available_memory
 
 if TYPE_CHECKING:
@@ -60,14 +60,14 @@ def _group_batches(loader: Loader, order: BlockShuffle, cycle: int) -> int:
     """Consecutive batches a block-shuffled epoch reads in one pass: whole windows of blocks, as many as fit in
     ``_PASS_BYTES``, at least one. Less when memory is short: ``cycle`` passes are read while one is cut into
     batches, each held twice at its peak (its blocks, then the tensor they are laid out in)."""
-    layout = loader.layout(-1)
+    layout = loader.layout()
     window = max(1, order.window_rows // (layout.batch_size * layout.count))
     budget = min(_PASS_BYTES, available_memory() // (8 * (cycle + 1)))
     return window * max(1, budget // max(1, order.window_rows * loader.source.row_bytes))
 
 
 def native_dataset(
-    loader: Loader, *, start_epoch: int, epochs: int | None, num_parallel_calls: int | None, spec: Any
+    loader: Loader, *, start_epoch: int, offset: int, epochs: int | None, num_parallel_calls: int | None, spec: Any
 ) -> tf.data.Dataset:
     """The native pipeline (see the module docstring); ``spec`` is the element spec from the headers."""
     tf = _tf()
@@ -76,7 +76,7 @@ def native_dataset(
             "native=True cannot run a Python transform (the graph must not call back into Python); apply "
             "TensorFlow-op preprocessing with .map() on the dataset, or use native=False"
         )
-    order = loader.order.order if isinstance(loader.order, ChunkCache) else loader.order
+    order = unwrap(loader.order)
     if not isinstance(order, (Sequential, BlockShuffle)):
         alternative = "shuffle='block'" if loader.shuffle == "global" else "native=False"
         raise ConfigError(
@@ -84,7 +84,7 @@ def native_dataset(
             f"({type(order).__name__}): a native global shuffle would read the files one row at a time. Use "
             f"{alternative}, or native=False for an exact global shuffle"
         )
-    if loader.num_batches(start_epoch) != len(loader):
+    if offset:
         raise ConfigError(
             f"native=True starts at an epoch boundary, but epoch {start_epoch} was resumed mid-way by set_state(); "
             "use native=False to finish it"
@@ -135,7 +135,7 @@ def _sequential(loader: Loader, readers: list[Any], batches: int, epochs: int | 
     (``shard``: it reads ``n`` times its rows), then reads its share of the tail by the group path.
     """
     tf = _tf()
-    layout = loader.layout(-1)
+    layout = loader.layout()
     count, index, bs, rounds = layout.count, layout.index, layout.batch_size, layout.rounds
     num_rows = len(loader.source)
     scanned = batches if count == 1 else rounds  # batches read by scans; a worker of several reads its tail apart

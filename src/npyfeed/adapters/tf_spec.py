@@ -65,15 +65,17 @@ def leaf_paths(structure: Any, prefix: str = "") -> list[str]:
     return [prefix.rstrip("/") or "(the batch)"]
 
 
-def full_batches(loader: Loader) -> bool:
-    """Whether every batch of every epoch has exactly ``batch_size`` rows (the batch dimension can be static)."""
-    return len(loader) > 0 and (loader.drop_remainder or loader.num_rows % loader.batch_size == 0)
+def full_batches(loader: Loader, offset: int = 0) -> bool:
+    """Whether every batch of every epoch, and of the rest of one from position ``offset``, has exactly
+    ``batch_size`` rows (the batch dimension can be static)."""
+    rows = {loader.layout().num_positions, loader.layout(offset).num_positions}
+    return len(loader) > 0 and (loader.drop_remainder or all(r % loader.batch_size == 0 for r in rows))
 
 
-def header_spec(loader: Loader) -> Any:
+def header_spec(loader: Loader, offset: int = 0) -> Any:
     """The element spec of untransformed batches, from the ``.npy`` headers alone (nothing is read)."""
     tf = require_tensorflow()
-    batch_dim = loader.batch_size if full_batches(loader) else None
+    batch_dim = loader.batch_size if full_batches(loader, offset) else None
     specs = []
     for key, array in zip(loader.source.keys, loader.source.arrays, strict=True):
         where = f"{', '.join(array.paths[:2])} (column {key!r})" if loader.source.kind != "array" else array.paths[0]
@@ -81,7 +83,7 @@ def header_spec(loader: Loader) -> Any:
     return loader.source.pack(specs)
 
 
-def probed_spec(loader: Loader, epoch: int) -> Any:
+def probed_spec(loader: Loader, epoch: int, offset: int = 0) -> Any:
     """The element spec of transformed batches, from batch 0 of ``epoch`` read and transformed once."""
     tf = require_tensorflow()
     if len(loader) == 0:
@@ -90,7 +92,7 @@ def probed_spec(loader: Loader, epoch: int) -> Any:
         )
     batch = normalize(loader.read_batch(epoch, 0))
     rows = min(loader.batch_size, loader.num_rows)
-    batch_dim = loader.batch_size if full_batches(loader) else None
+    batch_dim = loader.batch_size if full_batches(loader, offset) else None
 
     specs = []
     for path, leaf in zip(leaf_paths(batch), tf.nest.flatten(batch), strict=True):
@@ -102,11 +104,12 @@ def probed_spec(loader: Loader, epoch: int) -> Any:
     return tf.nest.pack_sequence_as(batch, specs)
 
 
-def element_spec(loader: Loader, *, epoch: int | None = None) -> Any:
-    """The ``element_spec`` :func:`to_tf_dataset` gives ``loader`` (headers, or one probed batch with a transform)."""
+def element_spec(loader: Loader, *, epoch: int | None = None, offset: int = 0) -> Any:
+    """The ``element_spec`` :func:`to_tf_dataset` gives ``loader`` (headers, or one probed batch with a transform)
+    for epochs read whole and the rest of one from position ``offset``."""
     if loader.transform is None:
-        return header_spec(loader)
-    return probed_spec(loader, loader.epoch if epoch is None else epoch)
+        return header_spec(loader, offset)
+    return probed_spec(loader, loader.epoch if epoch is None else epoch, offset)
 
 
 def check_signature(signature: Any) -> Any:

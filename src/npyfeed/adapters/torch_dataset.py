@@ -17,8 +17,10 @@ Start methods (``DataLoader(multiprocessing_context=...)``): local files work wi
 (importing torch, reopening the files) once per epoch unless ``persistent_workers=True``.
 
 Every ``iter()`` over the DataLoader is the next epoch, starting at ``start_epoch`` (default ``loader.epoch``), with
-or without workers, persistent or not: the epoch counters live in shared memory, one per worker, so fresh worker
-processes continue the count. ``set_epoch(e)`` makes the next iteration epoch ``e`` (``DistributedSampler`` style).
+or without workers, persistent or not. In the main process the Loader's cursor counts (iterating the dataset moves
+``loader.epoch`` and ``loader.get_state()`` as iterating the loader does); workers keep epoch counters in shared
+memory, one per worker, so fresh worker processes continue the count. ``set_epoch(e)`` makes the next iteration
+epoch ``e`` (``DistributedSampler`` style).
 
 ``state_dict()`` / ``load_state_dict()`` (the protocol of torchdata's ``StatefulDataLoader``, with
 ``num_workers=0``) save and restore the position after the last batch delivered, as :meth:`Loader.get_state`
@@ -40,7 +42,6 @@ import numpy as np
 from npyfeed import arguments as args
 from npyfeed.adapters.epoch_reader import EpochReader, native_byte_order, rebuild
 from npyfeed.errors import ConfigError
-from npyfeed.loader.state import loader_state
 
 if TYPE_CHECKING:
     from npyfeed.loader.loader import Loader
@@ -86,16 +87,17 @@ def _dataset_class() -> type:
     class LoaderIterableDataset(torch.utils.data.IterableDataset):  # type: ignore[name-defined]
         """One epoch of ``loader`` per iteration, split by batch across DataLoader workers."""
 
-        def __init__(self, loader: Loader, start_epoch: int, as_tensors: bool, prefetch: int | None) -> None:
+        def __init__(self, loader: Loader, as_tensors: bool, prefetch: int | None) -> None:
             self.loader = loader
             self.as_tensors = as_tensors
             self._prefetch = prefetch
-            # Slot 0: iterations in the main process; slot w + 1: iterations of worker w. Shared memory, so a
-            # worker started for a later epoch (non-persistent workers) sees how many its predecessors ran.
+            # The main process reads the passes the loader's cursor begins. Workers cannot reach it: slot w + 1
+            # counts worker w's iterations in shared memory (a worker started for a later epoch, non-persistent
+            # workers, sees how many its predecessors ran), from the pass that was next when the dataset was made.
             # A RawArray (no lock): each slot has one writer (set_epoch writes between epochs), and a lock's SemLock
             # made in the default (fork) context cannot be sent to spawn or forkserver workers; the shared heap can.
-            self._epochs = RawArray("q", [start_epoch] * (_MAX_WORKERS + 1))
-            self._progress: tuple[int, int] | None = None  # (epoch, batches delivered) in the main process
+            self._first = loader.next_pass
+            self._epochs = RawArray("q", [self._first[0]] * (_MAX_WORKERS + 1))
 
         def __len__(self) -> int:
             return len(self.loader)
@@ -103,13 +105,17 @@ def _dataset_class() -> type:
         @property
         def epoch(self) -> int:
             """The epoch the next iteration in the main process reads."""
-            return int(self._epochs[0])
+            return self.loader.epoch
 
         def set_epoch(self, epoch: int) -> None:
             """Make the next iteration (in the main process and in every worker) read ``epoch``."""
-            epoch = args.integer("epoch", epoch)
-            self._epochs[:] = [epoch] * len(self._epochs)
-            self._progress = None
+            self.loader.set_epoch(args.integer("epoch", epoch))
+            self._restart()
+
+        def _restart(self) -> None:
+            """Workers continue from the loader's next pass."""
+            self._first = self.loader.next_pass
+            self._epochs[:] = [self._first[0]] * len(self._epochs)
 
         def _claim(self, slot: int) -> int:
             epoch = int(self._epochs[slot])
@@ -119,46 +125,47 @@ def _dataset_class() -> type:
         def __iter__(self) -> Iterator[Any]:
             info = torch.utils.data.get_worker_info()
             if info is None:
-                epoch = self._claim(0)
-                indices = range(self.loader.num_batches(epoch))
-                self._progress = (epoch, 0)
-            else:
-                if info.num_workers > _MAX_WORKERS:
-                    raise ConfigError(f"at most {_MAX_WORKERS} DataLoader workers, got {info.num_workers}")
-                epoch = self._claim(info.id + 1)
-                indices = range(info.id, self.loader.num_batches(epoch), info.num_workers)
-            return self._batches(epoch, indices, threaded=info is None)
+                return self._delivered(self.loader.begin())
+            if info.num_workers > _MAX_WORKERS:
+                raise ConfigError(f"at most {_MAX_WORKERS} DataLoader workers, got {info.num_workers}")
+            epoch = self._claim(info.id + 1)
+            offset = self._first[1] if epoch == self._first[0] else 0
+            indices = range(info.id, self.loader.num_batches(offset), info.num_workers)
+            return self._worker_batches(epoch, offset, indices)
 
-        def _batches(self, epoch: int, indices: range, threaded: bool) -> Iterator[Any]:
-            if threaded:
-                reader = EpochReader(self.loader, epoch, indices, self._prefetch)
-                try:
-                    for done, batch in enumerate(reader, 1):
-                        self._progress = (epoch, done)  # what the consumer holds once this yield returns
-                        yield _as_tensors(batch) if self.as_tensors else batch
-                finally:
-                    reader.close()
-            else:  # a worker process: one read at a time, the DataLoader runs the workers in parallel
-                for index in indices:
-                    batch = self.loader.read_batch(epoch, index)
+        def _delivered(self, cursor: Any) -> Iterator[Any]:
+            """The pass ``cursor`` begins, read ahead on threads; the loader's cursor moves as each batch is yielded."""
+            indices = range(self.loader.num_batches(cursor.offset))
+            reader = EpochReader(self.loader, cursor.epoch, indices, offset=cursor.offset, prefetch=self._prefetch)
+            try:
+                for index, batch in reader:
+                    self.loader.deliver(cursor, index + 1)
                     yield _as_tensors(batch) if self.as_tensors else batch
+            finally:
+                reader.close()
+
+        def _worker_batches(self, epoch: int, offset: int, indices: range) -> Iterator[Any]:
+            """A worker process: one read at a time, the DataLoader runs the workers in parallel."""
+            for index in indices:
+                batch = self.loader.read_batch(epoch, index, offset=offset)
+                yield _as_tensors(batch) if self.as_tensors else batch
 
         # -- the torchdata StatefulDataLoader protocol (num_workers=0) ------------------------------------------
         def state_dict(self) -> dict[str, Any]:
-            """The loader state after the last batch this dataset delivered (see :meth:`Loader.get_state`)."""
+            """The loader state after the last batch delivered in the main process (see :meth:`Loader.get_state`)."""
             if torch.utils.data.get_worker_info() is not None:
                 raise ConfigError("state_dict() needs DataLoader(num_workers=0): batches are read ahead on threads")
-            return loader_state(self.loader, self._progress or (self.epoch, 0))
+            return self.loader.get_state()
 
         def load_state_dict(self, state: dict[str, Any]) -> None:
             """Continue after the batch ``state`` was taken at, on this or another shard count."""
             self.loader.set_state(state)
-            self.set_epoch(self.loader.epoch)
+            self._restart()
 
         def __reduce__(self) -> tuple[Any, ...]:
             # The class is made on first use (torch is imported lazily), so pickle by a module-level function;
             # the shared epoch counters travel as such (DataLoader hands the dataset to workers it spawns).
-            return _restore, (self.loader, self._epochs, self.as_tensors, self._prefetch)
+            return _restore, (self.loader, self._epochs, self._first, self.as_tensors, self._prefetch)
 
         def __repr__(self) -> str:
             return f"LoaderIterableDataset({self.loader!r}, next epoch {self.epoch})"
@@ -166,9 +173,9 @@ def _dataset_class() -> type:
     return LoaderIterableDataset
 
 
-def _restore(loader: Loader, epochs: Any, as_tensors: bool, prefetch: int | None) -> Any:
-    dataset = _dataset_class()(loader, 0, as_tensors, prefetch)
-    dataset._epochs = epochs
+def _restore(loader: Loader, epochs: Any, first: tuple[int, int], as_tensors: bool, prefetch: int | None) -> Any:
+    dataset = _dataset_class()(loader, as_tensors, prefetch)
+    dataset._epochs, dataset._first = epochs, first
     return dataset
 
 
@@ -189,4 +196,7 @@ def to_torch(
     """
     start = args.integer("start_epoch", loader.epoch if start_epoch is None else start_epoch)
     prefetch = args.optional_positive_int("prefetch", prefetch)
-    return _dataset_class()(loader, start, args.flag("as_tensors", as_tensors), prefetch)
+    as_tensors = args.flag("as_tensors", as_tensors)
+    if start != loader.epoch:
+        loader.set_epoch(start)
+    return _dataset_class()(loader, as_tensors, prefetch)

@@ -23,12 +23,13 @@ from npyfeed import arguments as args
 from npyfeed.arguments import ShuffleMode
 from npyfeed.errors import ConfigError, RemoteShuffleWarning
 from npyfeed.launcher import resolve as resolve_launch
+from npyfeed.loader.cursor import Cursor, Tracker
 from npyfeed.loader.geometry import default_geometry, global_shuffle_warning
 from npyfeed.loader.prefetch import PrefetchStats
 from npyfeed.loader.read_path import ReadPath
-from npyfeed.loader.state import loader_state, restore_state
+from npyfeed.loader.state import LoaderState, fingerprint
 from npyfeed.order.mix_order import mix_order
-from npyfeed.order.orders import BlockShuffle, ChunkCache, GlobalShuffle, Order, Sequential
+from npyfeed.order.orders import BlockShuffle, ChunkCache, GlobalShuffle, Order, Sequential, block_geometry
 from npyfeed.shard import Layout, Shard
 from npyfeed.sources.columns import Columns, Source
 from npyfeed.sources.mix import Mix
@@ -37,7 +38,7 @@ from npyfeed.system import cpu_count
 if TYPE_CHECKING:
     import tensorflow as tf
 
-__all__ = ["Loader", "ShuffleMode"]
+__all__ = ["Cursor", "Loader", "ShuffleMode"]
 
 Batch = Any
 """One batch: an ndarray, a tuple or a dict of ndarrays, shaped like the source (or what ``transform`` returns)."""
@@ -137,10 +138,7 @@ class Loader:
                 f"{len(self.source)} rows in batches of {self.batch_size}: use at most {batches} shards (or smaller "
                 "batches)"
             )
-        self._resumed = self._layout  # the layout of epoch `_resumed_epoch`, the rest of an epoch after set_state
-        self._resumed_epoch = -1
-        self._next_epoch, self._next_batch = epoch, 0
-        self._position = (epoch, 0)
+        self._tracker = Tracker(epoch)  # the consumer's position: the one cursor every adapter moves
         self.read_path = ReadPath(
             self,
             self.source,
@@ -186,18 +184,54 @@ class Loader:
         """Batches per epoch (the same on every shard)."""
         return len(self._layout)
 
-    def layout(self, epoch: int) -> Layout:
-        """Which positions of ``epoch`` this shard reads: all of it, or the rest of an epoch after a resume."""
-        return self._resumed if epoch == self._resumed_epoch else self._layout
+    def layout(self, offset: int = 0) -> Layout:
+        """Which positions of an epoch this shard reads: all of it, or the rest from global position ``offset``
+        (the position a saved state resumes at)."""
+        if offset == 0:
+            return self._layout
+        shard = self.shard
+        return Layout(len(self.source), self.batch_size, shard.count, shard.index, self.drop_remainder, offset)
 
-    def num_batches(self, epoch: int) -> int:
-        """Batches of ``epoch``: ``len(loader)``, or fewer in an epoch resumed mid-way by :meth:`set_state`."""
-        return len(self.layout(epoch))
+    def num_batches(self, offset: int = 0) -> int:
+        """Batches of a pass over an epoch from global position ``offset``: ``len(loader)`` from 0, fewer from a
+        position a saved state resumes at."""
+        return len(self.layout(offset))
 
     @property
     def epoch(self) -> int:
         """The epoch the next ``iter()`` starts."""
-        return self._next_epoch
+        return self._tracker.next_pass[0]
+
+    @property
+    def next_pass(self) -> tuple[int, int]:
+        """``(epoch, offset)`` the next ``iter()`` reads: the rest of a resumed epoch from ``offset``, or a whole
+        epoch (offset 0)."""
+        return self._tracker.next_pass
+
+    @property
+    def cursor(self) -> Cursor:
+        """What the consumer received: ``delivered`` batches of the pass over ``epoch`` from ``offset``
+        (a ``ConfigError`` while a tf.data pipeline keeps the position instead, see :meth:`get_state`)."""
+        return self._tracker.position()
+
+    def begin(self, epoch: int | None = None) -> Cursor:
+        """Begin the next pass (or one over ``epoch``), as ``iter()`` does; adapters that count their own epochs
+        call it, then :meth:`deliver` as their consumer receives batches."""
+        return self._tracker.begin(epoch)
+
+    def deliver(self, cursor: Cursor, delivered: int) -> None:
+        """The consumer now holds ``delivered`` batches of the pass ``cursor`` (from :meth:`begin`) names: what it
+        received, not what was read ahead."""
+        self._tracker.deliver(Cursor(cursor.epoch, cursor.offset, delivered))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next ``iter()`` read the whole of ``epoch``."""
+        self._tracker.reset(args.integer("epoch", epoch))
+
+    def track_elsewhere(self, checkpoint: str) -> None:
+        """A consumer whose position the Loader cannot see (tf.data) takes over: :meth:`get_state` then raises a
+        ``ConfigError`` naming ``checkpoint`` until the Loader is iterated again."""
+        self._tracker.elsewhere(checkpoint)
 
     def __repr__(self) -> str:
         return (
@@ -205,28 +239,30 @@ class Loader:
             f"batches={len(self)})"
         )
 
-    # -- reading batches: a pure function of (seed, epoch, index) ---------------------------------------------
-    def batch_rows(self, epoch: int, index: int) -> np.ndarray:
-        """The sorted row indices of batch ``index`` of ``epoch``."""
-        layout = self.layout(epoch)
+    # -- reading batches: a pure function of (seed, epoch, offset, index) ------------------------------------
+    def batch_rows(self, epoch: int, index: int, *, offset: int = 0) -> np.ndarray:
+        """The sorted row indices of batch ``index`` of ``epoch`` (of its rest from global position ``offset``)."""
+        layout = self.layout(offset)
         if not args.is_int(index) or not 0 <= index < len(layout):
-            raise IndexError(f"batch {index} is out of range for {len(layout)} batches in epoch {epoch}")
+            where = f"epoch {epoch}" + (f" from position {offset}" if offset else "")
+            raise IndexError(f"batch {index} is out of range for {len(layout)} batches in {where}")
         rows = self.order.rows(epoch, *layout.positions(index))
         rows.sort()
         return rows
 
-    def read_batch(self, epoch: int, index: int) -> Batch:
-        """Batch ``index`` of ``epoch``, transformed. Stateless and thread-safe: what every adapter calls."""
-        return self.read_batches(epoch, index, index + 1)[0]
+    def read_batch(self, epoch: int, index: int, *, offset: int = 0) -> Batch:
+        """Batch ``index`` of ``epoch`` (of its rest from global position ``offset``), transformed. Pure and
+        thread-safe: what every adapter calls; the same arguments give the same rows whatever the loader's cursor."""
+        return self.read_batches(epoch, index, index + 1, offset=offset)[0]
 
-    def read_batches(self, epoch: int, start: int, stop: int) -> list[Batch]:
-        """Batches ``start..stop-1`` of ``epoch``, read in one pass into one buffer per column, transformed.
+    def read_batches(self, epoch: int, start: int, stop: int, *, offset: int = 0) -> list[Batch]:
+        """Batches ``start..stop-1`` of ``epoch`` (from ``offset``), read in one pass into one buffer per column.
 
         Each batch's rows are sorted (file order) and the batches laid end to end, so a sequential epoch is one
         contiguous copy and a shuffled one a single gather: NumPy's per-call cost is paid once per chunk. A
         failure raises an error naming the batch that failed, its epoch, the files and the original cause.
         """
-        chunk = self.read_path.read_chunk(epoch, start, stop)
+        chunk = self.read_path.read_chunk(epoch, start, stop, offset=offset)
         if chunk.error is not None:
             raise chunk.error
         return chunk.batches
@@ -234,26 +270,24 @@ class Loader:
     # -- epochs -----------------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Batch]:
         """The next epoch (or the rest of the one a :meth:`set_state` pointed at)."""
-        epoch, start = self._next_epoch, self._next_batch
-        self._next_epoch, self._next_batch = epoch + 1, 0
-        self._position = (epoch, start)
-        return self._epoch_batches(epoch, start)
+        return self._epoch_batches(self._tracker.begin())
 
-    def _epoch_batches(self, epoch: int, start: int) -> Iterator[Batch]:
-        count = self.num_batches(epoch)
-        for index, batch in self.iter_batches(epoch, range(start, count)):
-            self._position = (epoch, index + 1) if index + 1 < count else (epoch + 1, 0)
+    def _epoch_batches(self, cursor: Cursor) -> Iterator[Batch]:
+        for index, batch in self.iter_batches(cursor.epoch, offset=cursor.offset):
+            self._tracker.deliver(Cursor(cursor.epoch, cursor.offset, index + 1))
             yield batch
 
     def iter_batches(
-        self, epoch: int, indices: range | None = None, *, prefetch: int | None = None
+        self, epoch: int, indices: range | None = None, *, offset: int = 0, prefetch: int | None = None
     ) -> Iterator[tuple[int, Batch]]:
-        """``(index, batch)`` for batches ``indices`` (default: all) of ``epoch``, read ahead on the thread pool.
+        """``(index, batch)`` for batches ``indices`` (default: all) of ``epoch`` (of its rest from global position
+        ``offset``), read ahead on the thread pool.
 
-        Stateless: unlike ``iter(loader)`` it neither claims nor moves :attr:`epoch`, so framework adapters that
-        keep their own epoch count (and workers reading every k-th batch) share the read path.
+        Pure: unlike ``iter(loader)`` it neither begins a pass nor moves the cursor, so framework adapters (and
+        workers reading every k-th batch) share the read path and record what their consumer received themselves
+        (:meth:`begin`, :meth:`deliver`).
         """
-        return self.read_path.iter_batches(epoch, indices, prefetch=prefetch)
+        return self.read_path.iter_batches(epoch, indices, offset=offset, prefetch=prefetch)
 
     @property
     def batches_per_read(self) -> int:
@@ -280,9 +314,34 @@ class Loader:
     def get_state(self) -> dict[str, Any]:
         """A small JSON-able dict: where the consumer is (the batches it received, not those read ahead).
 
-        All shards at the same synchronous step give the same position, and any worker count can restore it.
+        All shards at the same synchronous step give the same position, and any worker count can restore it. A
+        loader feeding ``to_tf_dataset()`` cannot see what its consumer received: it raises a ``ConfigError``
+        naming ``tf.train.Checkpoint(iterator=...)``, the checkpoint that can.
         """
-        return loader_state(self)
+        c = self._tracker.position()
+        return self.state_after(c.epoch, c.delivered, offset=c.offset)
+
+    def state_after(self, epoch: int, delivered: int, *, offset: int = 0) -> dict[str, Any]:
+        """The state after a consumer received ``delivered`` batches of ``epoch`` (of its rest from ``offset``):
+        what adapters that count delivered batches themselves (Keras' trained batches) save."""
+        position = self.layout(offset).consumed(delivered)
+        if position is None:
+            epoch, position = epoch + 1, 0
+        return self._describe(epoch, position).to_dict()
+
+    def _describe(self, epoch: int, position: int) -> LoaderState:
+        return LoaderState(
+            epoch=epoch,
+            position=position,
+            seed=self.seed,
+            shuffle=self.shuffle,
+            order=list(block_geometry(self.order)) if self.shuffle == "block" else [],
+            num_rows=len(self.source),
+            batch_size=self.batch_size,
+            drop_remainder=self.drop_remainder,
+            shard=(self.shard.index, self.shard.count),
+            fingerprint=fingerprint(self.source),
+        )
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Make the next ``iter()`` continue exactly after the last batch delivered when ``state`` was taken.
@@ -292,45 +351,33 @@ class Loader:
         geometry this loader chose by default (not given as ``block_rows``/``window_blocks``) becomes the saved
         one, so a state saved reading local files resumes reading the same files from a store, and back.
         """
-        saved = self._adoptable_geometry(state)
-        if saved is None:
-            epoch, position = restore_state(self, state)
-        else:  # a geometry chosen by default follows the state's (saved reading locally, resumed remotely)
-            order = self.order
-            self.order = self._make_order(*saved)
-            try:
-                epoch, position = restore_state(self, state)
-            except BaseException:
-                self.order = order
-                raise
-        if state["seed"] != self.seed:
-            self.seed = int(state["seed"])
-            self.order = self._make_order(*self._block_geometry())
-        resumed = Layout(
-            len(self.source), self.batch_size, self.shard.count, self.shard.index, self.drop_remainder, position
-        )
-        if len(resumed) == 0:
-            epoch, resumed = epoch + 1, self._layout
-        self._resumed, self._resumed_epoch = resumed, epoch
-        self._next_epoch, self._next_batch = epoch, 0
-        self._position = (epoch, 0)
+        saved = LoaderState.from_dict(state)
+        order = self.order
+        adopted = self._adoptable_geometry(saved.order)
+        if adopted is not None:  # a geometry chosen by default follows the state's (saved locally, resumed remotely)
+            self.order = self._make_order(*adopted)
+        try:
+            saved.check(self._describe(0, 0), ", ".join(self.source.paths[:3]))
+        except BaseException:
+            self.order = order
+            raise
+        if saved.seed != self.seed:
+            self.seed = saved.seed
+            self.order = self._make_order(*block_geometry(self.order))
+        epoch, position = saved.epoch, saved.position
+        if self.num_batches(position) == 0:
+            epoch, position = epoch + 1, 0
+        self._tracker.reset(epoch, position)
 
-    def _adoptable_geometry(self, state: Any) -> tuple[int, int] | None:
+    def _adoptable_geometry(self, saved: list[int]) -> tuple[int, int] | None:
         """The block geometry of a saved block-shuffle state, when it differs from this loader's only in values
         this loader chose by default (not ``block_rows=``/``window_blocks=`` given explicitly)."""
-        saved = state.get("order") if isinstance(state, dict) and self.shuffle == "block" else None
-        if not (isinstance(saved, list) and len(saved) == 2 and all(args.is_int(v) and v > 0 for v in saved)):
+        if self.shuffle != "block" or len(saved) != 2:
             return None
         wanted = tuple(g or v for g, v in zip(self._geometry_given, saved, strict=True))
-        if wanted != tuple(saved) or wanted == self._block_geometry():
+        if wanted != tuple(saved) or wanted == block_geometry(self.order):
             return None
         return int(saved[0]), int(saved[1])
-
-    def _block_geometry(self) -> tuple[int, int]:
-        order = self.order.order if isinstance(self.order, ChunkCache) else self.order
-        if isinstance(order, BlockShuffle):
-            return order.block_rows, order.window_blocks
-        return 1, 1
 
     # -- framework adapters (each imports its framework lazily) -----------------------------------------------
     def to_tf_dataset(

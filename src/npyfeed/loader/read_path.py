@@ -28,7 +28,7 @@ from npyfeed.loader.batch_errors import batch_error, check_rows
 from npyfeed.loader.budget import PAGE, Plan, drop_page_tables, plan, read_windows
 from npyfeed.loader.buffers import BufferPool
 from npyfeed.loader.prefetch import PrefetchStats, Stopped, prefetch_ordered, stopping
-from npyfeed.order.orders import BlockShuffle, ChunkCache, Order
+from npyfeed.order.orders import BlockShuffle, Order, unwrap
 from npyfeed.runs import runs
 from npyfeed.shard import Layout, Shard
 from npyfeed.sources.base import row_nbytes
@@ -53,11 +53,11 @@ class Schedule(Protocol):
     order: Order
     shard: Shard
 
-    def batch_rows(self, epoch: int, index: int) -> np.ndarray: ...
+    def batch_rows(self, epoch: int, index: int, *, offset: int = 0) -> np.ndarray: ...
 
-    def layout(self, epoch: int) -> Layout: ...
+    def layout(self, offset: int = 0) -> Layout: ...
 
-    def num_batches(self, epoch: int) -> int: ...
+    def num_batches(self, offset: int = 0) -> int: ...
 
 
 @dataclass
@@ -160,15 +160,20 @@ class ReadPath:
 
     # -- reads ---------------------------------------------------------------------------------------------------
 
-    def read_chunk(self, epoch: int, start: int, stop: int, stop_event: threading.Event | None = None) -> Chunk:
-        """Batches ``start..stop-1`` of ``epoch``; a failure is returned with the good batches before it, never
-        raised. Its requests to object stores share one deadline from when it began (:func:`read_scope`)."""
+    def read_chunk(
+        self, epoch: int, start: int, stop: int, stop_event: threading.Event | None = None, *, offset: int = 0
+    ) -> Chunk:
+        """Batches ``start..stop-1`` of ``epoch`` (of its rest from global position ``offset``); a failure is
+        returned with the good batches before it, never raised. Its requests to object stores share one deadline
+        from when it began (:func:`read_scope`)."""
         with read_scope():
-            return self._read_chunk_in_scope(epoch, start, stop, stop_event)
+            return self._read_chunk_in_scope(epoch, start, stop, stop_event, offset)
 
-    def _read_chunk_in_scope(self, epoch: int, start: int, stop: int, stop_event: threading.Event | None) -> Chunk:
+    def _read_chunk_in_scope(
+        self, epoch: int, start: int, stop: int, stop_event: threading.Event | None, offset: int
+    ) -> Chunk:
         try:
-            columns, per_batch = self._read_rows(epoch, start, stop, stop_event)
+            columns, per_batch = self._read_rows(epoch, start, stop, stop_event, offset)
         except Stopped:
             return Chunk([])
         except Exception as e:
@@ -179,19 +184,19 @@ class ReadPath:
             # Which batch failed? Read them one by one (the rare path), delivering those before it.
             batches: list[Batch] = []
             for index in range(start, stop):
-                one = self.read_chunk(epoch, index, index + 1, stop_event)
+                one = self.read_chunk(epoch, index, index + 1, stop_event, offset=offset)
                 batches += one.batches
                 if one.error is not None or not one.batches:
                     return Chunk(batches, one.error)
             return Chunk(batches)
         batches = []
-        offset = 0
+        first = 0  # of the batch's rows in the chunk's columns
         for index, batch_rows in zip(range(start, stop), per_batch, strict=True):
             if stopping(stop_event):
                 break  # nobody waits for these any more: exit must not wait for a whole chunk of transforms
-            end = offset + batch_rows.size
-            batch = self.source.pack([column[offset:end] for column in columns])
-            offset = end
+            end = first + batch_rows.size
+            batch = self.source.pack([column[first:end] for column in columns])
+            first = end
             if self.transform is not None:
                 try:
                     batch = self.transform(batch)
@@ -202,17 +207,17 @@ class ReadPath:
         return Chunk(batches)
 
     def _read_rows(
-        self, epoch: int, start: int, stop: int, stop_event: threading.Event | None
+        self, epoch: int, start: int, stop: int, stop_event: threading.Event | None, offset: int
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """(one array per column holding the rows of batches ``start..stop-1``, each batch's sorted rows)."""
         if epoch not in self._prepared:
             self._prepare(epoch)
-        per_batch = [self.schedule.batch_rows(epoch, i) for i in range(start, stop)]
+        per_batch = [self.schedule.batch_rows(epoch, i, offset=offset) for i in range(start, stop)]
         rows = per_batch[0] if len(per_batch) == 1 else np.concatenate(per_batch)
         hinting = self._hinting
         hint = None
         if hinting and self.shuffle == "block":
-            self._hint(epoch, start, stop)
+            self._hint(epoch, start, stop, offset)
         elif hinting:
             hint = self._hint_rows
         arrays = self.source.arrays
@@ -287,14 +292,14 @@ class ReadPath:
             if self.io_hints is None:
                 self._hinting = False  # row hints would only scatter the stream with random reads
 
-    def _hint(self, epoch: int, start: int, stop: int) -> None:
+    def _hint(self, epoch: int, start: int, stop: int, offset: int) -> None:
         """Block shuffles: whole blocks, once per window of blocks, and the next window too."""
         order = self.schedule.order
-        inner = order.order if isinstance(order, ChunkCache) else order
+        inner = unwrap(order)
         if self.schedule.shard.count == 1 and isinstance(inner, BlockShuffle):
             # Whole blocks, once per window, and the next window too, so storage streams across window edges.
             window_rows = inner.block_rows * inner.window_blocks
-            layout = self.schedule.layout(epoch)
+            layout = self.schedule.layout(offset)
             first = layout.positions(start)[0] // window_rows
             last = min(layout.positions(stop - 1)[1] // window_rows + 1, (len(self.source) - 1) // window_rows)
             with self._here().lock:
@@ -316,10 +321,15 @@ class ReadPath:
         self.source.will_need(runs(np.sort(rows), gap=max(1, PAGE // widest) - 1))  # rows sharing a page: one range
 
     def iter_batches(
-        self, epoch: int, indices: range | None = None, *, prefetch: int | None = None
+        self, epoch: int, indices: range | None = None, *, offset: int = 0, prefetch: int | None = None
     ) -> Iterator[tuple[int, Batch]]:
-        """``(index, batch)`` for batches ``indices`` (default: all) of ``epoch``, read ahead on the thread pool."""
-        count = self.schedule.num_batches(epoch)
+        """``(index, batch)`` for batches ``indices`` (default: all) of ``epoch`` (of its rest from global position
+        ``offset``), read ahead on the thread pool.
+
+        Pure: unlike ``iter(loader)`` it neither begins a pass nor moves the cursor, so framework adapters (and
+        workers reading every k-th batch) share the read path and record what their consumer received themselves.
+        """
+        count = self.schedule.num_batches(offset)
         indices = range(count) if indices is None else indices
         if indices.step < 0 or (len(indices) and not 0 <= indices[0] <= indices[-1] < count):
             raise IndexError(f"batches {indices} are out of range for {count} batches in epoch {epoch}")
@@ -327,7 +337,7 @@ class ReadPath:
         stop = indices.stop if len(indices) else indices.start
         stop_event = threading.Event()
         jobs = (
-            (i, partial(self.read_chunk, epoch, i, min(i + step, stop) if step > 1 else i + 1, stop_event))
+            (i, partial(self.read_chunk, epoch, i, min(i + step, stop), stop_event, offset=offset))
             for i in indices[::step]
         )
         current = self.plan

@@ -1,4 +1,4 @@
-"""A Loader's checkpoint: a small JSON-able dict that resumes exactly, on any worker count.
+"""A Loader's checkpoint as a value: a small JSON-able dict that resumes exactly, on any worker count.
 
 What all workers consumed is one global position in the epoch's order (see :mod:`npyfeed.shard`), so a state
 is ``(seed, epoch, position)`` plus what must not change between save and restore: the files (a fingerprint of
@@ -6,22 +6,29 @@ their paths, sizes and headers), the batch size, the shuffle and its block geome
 its own by default adopts: local and remote defaults differ), ``drop_remainder``. The
 worker count may change: each new worker calls ``set_state`` with the state of any one old worker (all took it
 at the same synchronous step), and the rest of the epoch is shared out among the new workers.
+
+This module knows rows and files, never a Loader: the Loader describes itself as a :class:`LoaderState` and
+checks a saved one against that description (:meth:`LoaderState.check`).
+
+>>> s = LoaderState(epoch=1, position=40, seed=7, shuffle="global", order=[], num_rows=53, batch_size=10,
+...                 drop_remainder=False, shard=(0, 1), fingerprint="0" * 16)
+>>> LoaderState.from_dict(s.to_dict()) == s
+True
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from npyfeed import arguments as args
 from npyfeed.errors import ConfigError
 
-if TYPE_CHECKING:
-    from npyfeed.loader.loader import Loader
-
-__all__ = ["STATE_VERSION", "fingerprint", "loader_state", "restore_state"]
+__all__ = ["STATE_VERSION", "LoaderState", "fingerprint"]
 
 STATE_VERSION = 2
 
@@ -46,70 +53,79 @@ def _describe(source: Any) -> Any:
     return {"path": path, "size": size, "dtype": source.dtype.str, "shape": list(source.shape), "fortran": fortran}
 
 
-def fingerprint(loader: Loader) -> str:
-    """A short digest of the loader's files (paths, sizes, headers) and columns: different data, different digest."""
-    columns = loader.source
+def fingerprint(columns: Any) -> str:
+    """A short digest of a :class:`~npyfeed.columns.Columns`' files (paths, sizes, headers): different data,
+    different digest."""
     text = json.dumps([[str(k), _describe(a)] for k, a in zip(columns.keys, columns.arrays, strict=True)])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _order_geometry(loader: Loader) -> list[int]:
-    return list(loader._block_geometry()) if loader.shuffle == "block" else []
+@dataclass(frozen=True)
+class LoaderState:
+    """Where the consumer is (``epoch``, global ``position``) and what must match to resume there."""
 
+    epoch: int
+    position: int
+    seed: int
+    shuffle: str
+    order: list[int]  # (block_rows, window_blocks) of a block shuffle, else empty
+    num_rows: int
+    batch_size: int
+    drop_remainder: bool
+    shard: tuple[int, int]  # who saved it; any count may restore it
+    fingerprint: str
 
-def loader_state(loader: Loader, progress: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Where the consumer is, as a global position: after ``progress = (epoch, batches received)`` (default: what
-    ``iter(loader)`` delivered, not what was read ahead)."""
-    epoch, batch = loader._position if progress is None else progress
-    position = loader.layout(epoch).consumed(batch)
-    if position is None:
-        epoch, position = epoch + 1, 0
-    return {
-        "version": STATE_VERSION,
-        "epoch": epoch,
-        "position": position,
-        "seed": loader.seed,
-        "shuffle": loader.shuffle,
-        "order": _order_geometry(loader),
-        "num_rows": len(loader.source),
-        "batch_size": loader.batch_size,
-        "drop_remainder": loader.drop_remainder,
-        "shard": [loader.shard.index, loader.shard.count],  # who saved it; any count may restore it
-        "fingerprint": fingerprint(loader),
-    }
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-able dict :meth:`Loader.get_state` returns."""
+        out = {"version": STATE_VERSION, **dataclasses.asdict(self)}
+        out["order"], out["shard"] = list(self.order), list(self.shard)
+        return out
 
+    @classmethod
+    def from_dict(cls, state: Any) -> LoaderState:
+        """The state a dict holds, its fields' types and ranges checked; a ``ConfigError`` naming what is wrong."""
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            version = state.get("version") if isinstance(state, dict) else None
+            raise ConfigError(
+                f"not an npyfeed Loader state of version {STATE_VERSION} (found version {version!r}): "
+                f"{str(state)[:200]}"
+            )
+        fields = [f.name for f in dataclasses.fields(cls)]
+        missing = [name for name in fields if name not in state]
+        if missing:
+            raise ConfigError(f"saved Loader state lacks {', '.join(missing)}: {str(state)[:200]}")
+        # The one argument rule (bools are not ints, NumPy ints are, all bounded); "saved state's epoch" names it.
+        num_rows = args.integer("saved state's num_rows", state["num_rows"])
+        epoch = args.integer("saved state's epoch", state["epoch"])
+        position = args.integer("saved state's position", state["position"], maximum=num_rows)
+        seed = args.seed("saved state's seed", state["seed"])
+        if seed is None:
+            raise ConfigError("saved state's seed must be an int, got None")
+        order, shard = state["order"], state["shard"]
+        if not (isinstance(order, list) and all(args.is_int(v) and v > 0 for v in order) and len(order) in (0, 2)):
+            raise ConfigError(f"saved state has an invalid block geometry: order={order!r}")
+        if not (isinstance(shard, (list, tuple)) and len(shard) == 2 and all(args.is_int(v) for v in shard)):
+            raise ConfigError(f"saved state has an invalid shard: shard={shard!r}")
+        values = {name: state[name] for name in fields}
+        values.update(epoch=epoch, position=position, seed=seed, num_rows=num_rows)
+        values["order"], values["shard"] = [int(v) for v in order], (int(shard[0]), int(shard[1]))
+        return cls(**values)
 
-def restore_state(loader: Loader, state: dict[str, Any]) -> tuple[int, int]:
-    """Check ``state`` against ``loader``; the ``(epoch, position)`` to continue from."""
-    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-        version = state.get("version") if isinstance(state, dict) else None
-        raise ConfigError(
-            f"not an npyfeed Loader state of version {STATE_VERSION} (found version {version!r}): {str(state)[:200]}"
-        )
-    expected = {
-        "num_rows": len(loader.source),
-        "shuffle": loader.shuffle,
-        "batch_size": loader.batch_size,
-        "drop_remainder": loader.drop_remainder,
-    }
-    for key, value in expected.items():
-        if state.get(key) != value:
-            raise ConfigError(f"saved state has {key}={state.get(key)!r} but this loader has {key}={value!r}")
-    digest = fingerprint(loader)
-    if state.get("fingerprint") != digest:
-        paths = ", ".join(loader.source.paths[:3])
-        raise ConfigError(
-            f"saved state is for other data (files fingerprint {state.get('fingerprint')!r}); this loader reads "
-            f"{paths} (fingerprint {digest!r}): the paths, sizes or headers differ"
-        )
-    if state.get("order") != _order_geometry(loader):
-        raise ConfigError(
-            f"saved state has block geometry (block_rows, window_blocks)={state.get('order')!r} but this loader has "
-            f"{_order_geometry(loader)!r}: the order would differ"
-        )
-    # The one argument rule (bools are not ints, NumPy ints are, everything bounded); "saved state's epoch" names it.
-    epoch = args.integer("saved state's epoch", state.get("epoch"))
-    args.integer("saved state's position", state.get("position"), maximum=len(loader.source))
-    if args.seed("saved state's seed", state.get("seed")) is None:
-        raise ConfigError("saved state's seed must be an int, got None")
-    return epoch, int(state["position"])
+    def check(self, expected: LoaderState, files: str = "") -> None:
+        """Refuse a saved state (``self``) for a loader described by ``expected`` (reading ``files``): other data,
+        another batch size, shuffle, block geometry or ``drop_remainder`` would give another order. The position
+        and seed may differ."""
+        for key in ("num_rows", "shuffle", "batch_size", "drop_remainder"):
+            found, wanted = getattr(self, key), getattr(expected, key)
+            if found != wanted:
+                raise ConfigError(f"saved state has {key}={found!r} but this loader has {key}={wanted!r}")
+        if self.fingerprint != expected.fingerprint:
+            raise ConfigError(
+                f"saved state is for other data (files fingerprint {self.fingerprint!r}); this loader reads "
+                f"{files or 'files'} (fingerprint {expected.fingerprint!r}): the paths, sizes or headers differ"
+            )
+        if self.order != expected.order:
+            raise ConfigError(
+                f"saved state has block geometry (block_rows, window_blocks)={self.order!r} but this loader has "
+                f"{expected.order!r}: the order would differ"
+            )

@@ -20,7 +20,7 @@ import numpy as np
 from npyfeed.errors import ConfigError
 from npyfeed.runs import runs
 
-__all__ = ["BlockShuffle", "ChunkCache", "GlobalShuffle", "Order", "Sequential", "mix64"]
+__all__ = ["BlockShuffle", "ChunkCache", "GlobalShuffle", "Order", "Sequential", "block_geometry", "mix64", "unwrap"]
 
 _M64 = (1 << 64) - 1
 _ROUNDS = 6  # Feistel rounds; 4 make a pseudo-random permutation, 6 leave a margin for a weak round function.
@@ -256,3 +256,14 @@ class ChunkCache:
 
     def hint_ranges(self, epoch: int, start: int, stop: int) -> list[tuple[int, int]]:
         return self.order.hint_ranges(epoch, start, stop)
+
+
+def unwrap(order: Order) -> Order:
+    """The order a :class:`ChunkCache` computes (``order`` itself when it is not cached)."""
+    return order.order if isinstance(order, ChunkCache) else order
+
+
+def block_geometry(order: Order) -> tuple[int, int]:
+    """``(block_rows, window_blocks)`` of a (cached) :class:`BlockShuffle`; ``(1, 1)`` for any other order."""
+    inner = unwrap(order)
+    return (inner.block_rows, inner.window_blocks) if isinstance(inner, BlockShuffle) else (1, 1)

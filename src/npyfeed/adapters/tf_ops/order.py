@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from npyfeed.adapters.frameworks import require_tensorflow as _tf
-from npyfeed.order.orders import BlockShuffle, ChunkCache, Sequential, mix64
+from npyfeed.order.orders import BlockShuffle, Sequential, mix64, unwrap
 
 if TYPE_CHECKING:
     from npyfeed.loader.loader import Loader
@@ -98,19 +98,15 @@ def worker_batches(loader: Loader) -> tuple[int, int, int, int, int, int, int]:
     """This worker's share of an epoch: ``(count, index, batch_size, start, rounds, tail_lo, tail_hi)``, where
     batch ``k < rounds`` starts at row position ``start + (k * count + index) * batch_size`` and the tail batch
     holds positions ``[tail_lo, tail_hi)`` (the rows after the last full round, shared out as the Loader does)."""
-    layout = loader.layout(-1)
-    first_tail, tail_rows = layout._tail
-    count, index = layout.count, layout.index
-    size, extra = divmod(tail_rows, count)
-    tail_lo = first_tail + index * size + min(index, extra)
-    tail_hi = tail_lo + size + (1 if index < extra else 0)
-    return count, index, layout.batch_size, layout.start, layout.rounds, tail_lo, tail_hi
+    layout = loader.layout()
+    tail_lo, tail_hi = layout.positions(layout.rounds)  # the tail batch (empty when there is none)
+    return layout.count, layout.index, layout.batch_size, layout.start, layout.rounds, tail_lo, tail_hi
 
 
 def rows_op(loader: Loader) -> Any:
     """``rows(epoch, index)``: the sorted rows of batch ``index`` of ``epoch`` in TF ops (``loader.batch_rows``)."""
     tf = _tf()
-    order = loader.order.order if isinstance(loader.order, ChunkCache) else loader.order
+    order = unwrap(loader.order)
     count, index, bs, start, rounds, tail_lo, tail_hi = worker_batches(loader)
 
     def rows(epoch: Any, k: Any) -> Any:
