@@ -264,7 +264,7 @@ def test_stop_iteration_from_a_read_is_an_error_not_the_end_of_the_epoch(
     loader = npyfeed.Loader(files["x"], batch_size=10, transform=None if chunked else stop)
     if chunked:
         real = loader.read_batches
-        monkeypatch.setattr(loader, "read_batches", lambda e, a, b: [stop(x) for x in real(e, a, b)])
+        monkeypatch.setattr(loader, "read_batches", lambda e, a, b, **kw: [stop(x) for x in real(e, a, b, **kw)])
     with pytest.raises(tf.errors.OpError, match=r"of epoch 0 \(.*x\.npy\) failed: StopIteration"):
         list(to_tf_dataset(loader))
 
