@@ -346,3 +346,39 @@ def test_a_transform_may_change_everything_but_the_rows(ids_path: str) -> None:
     loader = Loader(ids_path, batch_size=10, transform=lambda b: {"x": b[:, None] * 2.0, "n": np.float32(len(b))})
     first = next(iter(loader))
     assert first["x"].shape == (10, 1) and first["n"] == 10
+
+
+# -- storage_options reach every way of opening data ----------------------------------------------------------------
+def test_storage_options_reach_split_mix_convert_and_inspect(moto_server: Any, tmp_path: Path, ids_path: str) -> None:
+    """A local chunk cache in storage_options is visible on disk: each way of opening an s3:// URL must use it."""
+    pytest.importorskip("obstore")
+    import io
+
+    from npyfeed.cli.main import main
+    from npyfeed.convert import convert
+    from servers import environment
+
+    x = np.arange(4000, dtype=np.int64)
+    body = io.BytesIO()
+    np.save(body, x)
+    with environment(moto_server.env):
+        moto_server.client().create_bucket(Bucket="npyfeed-arguments")
+        moto_server.client().put_object(Bucket="npyfeed-arguments", Key="x.npy", Body=body.getvalue())
+        url = "s3://npyfeed-arguments/x.npy"
+
+        def cached(name: str) -> dict[str, Any]:
+            return {"cache_dir": str(tmp_path / name), "cache_size": "10MB", "cache_chunk_bytes": "64KiB"}
+
+        def chunks(name: str) -> int:
+            return sum(p.is_file() for p in (tmp_path / name).rglob("*"))
+
+        _, rest = npyfeed.split(url, 0.25, storage_options=cached("split"))
+        assert np.array_equal(rest[:], x[1000:]) and chunks("split") > 0
+        mixed = npyfeed.mix([url, ids_path], [1, 1], storage_options=cached("mix"))  # the local source: no options
+        assert np.array_equal(mixed[:4000], x) and chunks("mix") > 0
+        result = convert(url, tmp_path / "c.npy", storage_options=cached("convert"))
+        assert np.array_equal(np.load(tmp_path / "c.npy"), x) and result.rows == 4000 and chunks("convert") > 0
+        assert main(["inspect", url, "--storage-option", f"cache_dir={tmp_path / 'inspect'}"]) == 0
+        assert chunks("inspect") > 0
+    with pytest.raises(ConfigError, match=r"storage_options=\{keys \['cache_dir'\]\} cannot apply: .*\.npz"):
+        convert("a.npz:x", tmp_path / "d.npy", storage_options={"cache_dir": "c"})

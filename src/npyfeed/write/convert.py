@@ -103,6 +103,13 @@ def convert(
     started = time.perf_counter()
     spec = split_npz_spec(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else None
     if spec is not None:
+        if storage_options:
+            raise args.inapplicable(
+                "storage_options",
+                None,
+                "an .npz archive is read from a local file",
+                shown=f"{{keys {sorted(map(str, storage_options))}}}",
+            )
         _refuse_overwriting_inputs([spec[0]], dest)
         return _convert_npz(spec, dest, dtype, casting, shard_bytes, memory_bytes, progress, max_header_size, started)
     from npyfeed.sources.columns import open as open_source
