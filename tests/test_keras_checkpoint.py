@@ -74,7 +74,7 @@ def train(xy: tuple[str, str], directory: Path, feed: str, stop: tuple[int, int]
     return model
 
 
-@pytest.mark.parametrize("feed", ["keras"])
+@pytest.mark.parametrize("feed", ["keras", "tf"])
 def test_a_resumed_run_trains_the_same_weights(xy: tuple[str, str], tmp_path: Path, feed: str) -> None:
     straight = train(xy, tmp_path / "straight", feed, None)
     assert train(xy, tmp_path / "resumed", feed, (1, 2)) is None  # killed after 2 batches of epoch 1
