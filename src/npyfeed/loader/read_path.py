@@ -25,25 +25,20 @@ import numpy as np
 
 from npyfeed.arguments import ShuffleMode
 from npyfeed.loader.batch_errors import batch_error, check_rows
-from npyfeed.loader.budget import PAGE, Plan, drop_page_tables, plan, read_windows
+from npyfeed.loader.budget import Plan, plan, read_windows
 from npyfeed.loader.buffers import BufferPool
+from npyfeed.loader.kernel_hints import KernelHints
 from npyfeed.loader.prefetch import PrefetchStats, Stopped, prefetch_ordered, stopping
-from npyfeed.order.orders import BlockShuffle, Order, unwrap
-from npyfeed.runs import runs
+from npyfeed.order.orders import Order
 from npyfeed.shard import Layout, Shard
 from npyfeed.sources.base import row_nbytes
 from npyfeed.sources.columns import Columns
 from npyfeed.storage.deadlines import read_scope
-from npyfeed.storage.urls import is_url
-from npyfeed.system import available_memory
 
 Batch = Any
 
 __all__ = ["ReadPath", "Schedule"]
 
-# Kernel hints pay off when reads are slow (cold data): below this read speed a batch asks the kernel to queue
-# all its rows at once (posix_fadvise WILLNEED) instead of faulting them in one page at a time.
-_HINT_BELOW_BYTES_PER_S = 300e6
 _REPLAN_SECONDS = 0.5  # how often reads re-measure the memory left (a few /proc and cgroup files)
 
 
@@ -98,13 +93,7 @@ class ReadPath:
         self.num_threads, self.io_threads, self.prefetch = num_threads, io_threads, prefetch
         self.io_hints, self.read_bytes = io_hints, read_bytes
         self.stats = PrefetchStats()
-        # What the kernel was asked so far: kept when pickled (a worker knows the file was streamed).
-        # Block shuffles always hint: once per window of blocks, it costs nothing and turns reads sequential.
-        self._hinting = io_hints is not False and (bool(io_hints) or shuffle == "block")
-        self._hinted: set[tuple[int, int]] = set()
-        self._prepared: set[int] = set()
-        self._streamed = False
-        self._rows_mapped = 0  # rows read since the page tables were last dropped
+        self.hints = KernelHints(source, shuffle, io_hints)  # kept when pickled: a worker knows what was streamed
         self._process: _Process | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -210,18 +199,18 @@ class ReadPath:
         self, epoch: int, start: int, stop: int, stop_event: threading.Event | None, offset: int
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """(one array per column holding the rows of batches ``start..stop-1``, each batch's sorted rows)."""
-        if epoch not in self._prepared:
-            self._prepare(epoch)
+        local, hints = self._here(), self.hints
+        hints.prepare(epoch, local.lock)
         per_batch = [self.schedule.batch_rows(epoch, i, offset=offset) for i in range(start, stop)]
         rows = per_batch[0] if len(per_batch) == 1 else np.concatenate(per_batch)
-        hinting = self._hinting
+        hinting = hints.hinting
         hint = None
-        if hinting and self.shuffle == "block":
-            self._hint(epoch, start, stop, offset)
-        elif hinting:
-            hint = self._hint_rows
+        if hinting and self.shuffle == "block" and self.schedule.shard.count == 1:
+            order = self.schedule.order
+            hints.block_windows(epoch, order, self.schedule.layout(offset).positions, start, stop, local.lock)
+        elif hinting and self.shuffle != "block":
+            hint = hints.rows
         arrays = self.source.arrays
-        local = self._here()
         outs = [local.buffers.empty((rows.size, *a.shape[1:]), a.dtype) for a in arrays]
         # Cold data: the rows were queued with the kernel at once, and this read may wait on storage alongside
         # up to `io_threads` others, since waiting holds no core. Warm data: at most `num_threads` copy at once.
@@ -234,11 +223,9 @@ class ReadPath:
                 self._current_plan().window_rows,
                 hint,
                 lambda: stopping(stop_event),
-                self._count_mapped,
+                partial(hints.count_mapped, trim_rows=local.plan.trim_rows, lock=local.lock),
             )
-            elapsed = time.perf_counter() - started
-        if self.io_hints is None and self.shuffle != "block" and not self._streamed:
-            self._hinting = rows.size * self.source.row_bytes < _HINT_BELOW_BYTES_PER_S * elapsed
+            hints.measured(rows.size * self.source.row_bytes, time.perf_counter() - started)
         return outs, per_batch
 
     def _current_plan(self) -> Plan:
@@ -249,76 +236,6 @@ class ReadPath:
             local.planned_at = now
             local.plan = self.make_plan()
         return local.plan
-
-    def _count_mapped(self, rows: int) -> None:
-        """Drop the mappings' page tables once the rows read since the last drop could have filled their share."""
-        local = self._here()
-        trim = local.plan.trim_rows
-        if not trim:
-            return
-        with local.lock:
-            self._rows_mapped += rows
-            due = self._rows_mapped >= trim
-            if due:
-                self._rows_mapped = 0
-        if due:
-            drop_page_tables(self.source)
-
-    def _prepare(self, epoch: int) -> None:
-        """Once per epoch, before its first read: set the kernel's read-ahead policy for this access pattern.
-
-        Shuffled data that fits in memory is read whole, sequentially, on a background thread the first time: far
-        faster than faulting it in row by row at random, and every later read is a page-cache hit. Data larger
-        than memory is read by row instead, with per-batch hints (see ``io_hints``). Remote objects are never
-        streamed whole (there is no page cache to fill, only a bounded read-ahead pool): a block shuffle fetches
-        its windows ahead instead, each block once.
-        """
-        with self._here().lock:
-            if epoch in self._prepared:
-                return
-            self._prepared.add(epoch)
-            stream = (
-                self.shuffle != "none"
-                and self.io_hints is not False
-                and not self._streamed
-                and not any(is_url(p) for p in self.source.paths)
-                and len(self.source) * self.source.row_bytes <= available_memory() // 2
-            )
-            self._streamed = self._streamed or stream
-        self.source.advise("sequential" if self.shuffle == "none" else "random")
-        if stream:
-            whole = [(0, len(self.source))]
-            threading.Thread(target=self.source.will_need, args=(whole,), name="npyfeed-stream", daemon=True).start()
-            if self.io_hints is None:
-                self._hinting = False  # row hints would only scatter the stream with random reads
-
-    def _hint(self, epoch: int, start: int, stop: int, offset: int) -> None:
-        """Block shuffles: whole blocks, once per window of blocks, and the next window too."""
-        order = self.schedule.order
-        inner = unwrap(order)
-        if self.schedule.shard.count == 1 and isinstance(inner, BlockShuffle):
-            # Whole blocks, once per window, and the next window too, so storage streams across window edges.
-            window_rows = inner.block_rows * inner.window_blocks
-            layout = self.schedule.layout(offset)
-            first = layout.positions(start)[0] // window_rows
-            last = min(layout.positions(stop - 1)[1] // window_rows + 1, (len(self.source) - 1) // window_rows)
-            with self._here().lock:
-                todo = [w for w in range(first, last + 1) if (epoch, w) not in self._hinted]
-                if len(self._hinted) > 1024:
-                    self._hinted.clear()
-                self._hinted.update((epoch, w) for w in todo)
-            ranges = []
-            for w in todo:
-                lo = w * window_rows
-                ranges += order.hint_ranges(epoch, lo, min(lo + window_rows, len(self.source)))
-        else:
-            ranges = []
-        self.source.will_need(ranges)
-
-    def _hint_rows(self, rows: np.ndarray) -> None:
-        """Queue the reads of ``rows`` with the kernel; neighbours sharing a page are one request."""
-        widest = max(1, max(row_nbytes(a) for a in self.source.arrays))
-        self.source.will_need(runs(np.sort(rows), gap=max(1, PAGE // widest) - 1))  # rows sharing a page: one range
 
     def iter_batches(
         self, epoch: int, indices: range | None = None, *, offset: int = 0, prefetch: int | None = None

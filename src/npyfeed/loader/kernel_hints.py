@@ -1,0 +1,127 @@
+"""What the read path asks the kernel ahead of its reads, and what it remembers having asked.
+
+- Once per epoch, the read-ahead policy for the access pattern; shuffled local data that fits in memory is
+  streamed whole, once per process, on a background thread (every later read is then a page-cache hit).
+- Block shuffles: whole blocks, once per window of blocks, and the next window too.
+- Other orders, when reads are slow (cold data): a batch's rows queued at once (``posix_fadvise`` WILLNEED)
+  instead of faulted in one page at a time; neighbours sharing a page are one range.
+- Page tables of the mappings dropped once the rows read could have filled their share of the budget.
+
+What was asked is kept when a loader is pickled (a worker knows the file was streamed); the lock guarding it is
+the read path's, one per process.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+from npyfeed.arguments import ShuffleMode
+from npyfeed.loader.budget import PAGE, drop_page_tables
+from npyfeed.order.orders import BlockShuffle, Order, unwrap
+from npyfeed.runs import runs
+from npyfeed.sources.base import row_nbytes
+from npyfeed.sources.columns import Columns
+from npyfeed.storage.urls import is_url
+from npyfeed.system import available_memory
+
+__all__ = ["KernelHints"]
+
+# Kernel hints pay off when reads are slow (cold data): below this read speed a batch asks the kernel to queue
+# all its rows at once (posix_fadvise WILLNEED) instead of faulting them in one page at a time.
+_HINT_BELOW_BYTES_PER_S = 300e6
+
+
+class KernelHints:
+    """The hints of one loader's reads of ``source`` (see the module docs)."""
+
+    def __init__(self, source: Columns, shuffle: ShuffleMode, io_hints: bool | None) -> None:
+        self.source, self.shuffle, self.io_hints = source, shuffle, io_hints
+        # Block shuffles always hint: once per window of blocks, it costs nothing and turns reads sequential.
+        self.hinting = io_hints is not False and (bool(io_hints) or shuffle == "block")
+        self._hinted: set[tuple[int, int]] = set()
+        self._prepared: set[int] = set()
+        self._streamed = False
+        self._rows_mapped = 0  # rows read since the page tables were last dropped
+
+    def prepare(self, epoch: int, lock: threading.Lock) -> None:
+        """Once per epoch, before its first read: set the kernel's read-ahead policy for this access pattern.
+
+        Shuffled data that fits in memory is read whole, sequentially, on a background thread the first time: far
+        faster than faulting it in row by row at random. Data larger than memory is read by row instead, with
+        per-batch hints (see ``io_hints``). Remote objects are never streamed whole (there is no page cache to
+        fill, only a bounded read-ahead pool): a block shuffle fetches its windows ahead instead, each block once.
+        """
+        if epoch in self._prepared:
+            return
+        with lock:
+            if epoch in self._prepared:
+                return
+            self._prepared.add(epoch)
+            stream = (
+                self.shuffle != "none"
+                and self.io_hints is not False
+                and not self._streamed
+                and not any(is_url(p) for p in self.source.paths)
+                and len(self.source) * self.source.row_bytes <= available_memory() // 2
+            )
+            self._streamed = self._streamed or stream
+        self.source.advise("sequential" if self.shuffle == "none" else "random")
+        if stream:
+            whole = [(0, len(self.source))]
+            threading.Thread(target=self.source.will_need, args=(whole,), name="npyfeed-stream", daemon=True).start()
+            if self.io_hints is None:
+                self.hinting = False  # row hints would only scatter the stream with random reads
+
+    def block_windows(
+        self,
+        epoch: int,
+        order: Order,
+        positions: Callable[[int], tuple[int, int]],
+        start: int,
+        stop: int,
+        lock: threading.Lock,
+    ) -> None:
+        """Block shuffles: whole blocks of the windows batches ``start..stop-1`` read (``positions`` of a batch),
+        once per window, and the next window too, so storage streams across window edges."""
+        inner = unwrap(order)
+        if not isinstance(inner, BlockShuffle):
+            return
+        window_rows = inner.block_rows * inner.window_blocks
+        first = positions(start)[0] // window_rows
+        last = min(positions(stop - 1)[1] // window_rows + 1, (len(self.source) - 1) // window_rows)
+        with lock:
+            todo = [w for w in range(first, last + 1) if (epoch, w) not in self._hinted]
+            if len(self._hinted) > 1024:
+                self._hinted.clear()
+            self._hinted.update((epoch, w) for w in todo)
+        ranges = []
+        for w in todo:
+            lo = w * window_rows
+            ranges += order.hint_ranges(epoch, lo, min(lo + window_rows, len(self.source)))
+        self.source.will_need(ranges)
+
+    def rows(self, rows: np.ndarray) -> None:
+        """Queue the reads of ``rows`` with the kernel; neighbours sharing a page are one request."""
+        widest = max(1, max(row_nbytes(a) for a in self.source.arrays))
+        self.source.will_need(runs(np.sort(rows), gap=max(1, PAGE // widest) - 1))
+
+    def measured(self, nbytes: int, seconds: float) -> None:
+        """A read of ``nbytes`` took ``seconds``: with ``io_hints=None``, hint row reads while reads are slow."""
+        if self.io_hints is None and self.shuffle != "block" and not self._streamed:
+            self.hinting = nbytes < _HINT_BELOW_BYTES_PER_S * seconds
+
+    def count_mapped(self, rows: int, *, trim_rows: int, lock: threading.Lock) -> None:
+        """Drop the mappings' page tables once the rows read since the last drop could have filled their share
+        (``trim_rows``; 0: never)."""
+        if not trim_rows:
+            return
+        with lock:
+            self._rows_mapped += rows
+            due = self._rows_mapped >= trim_rows
+            if due:
+                self._rows_mapped = 0
+        if due:
+            drop_page_tables(self.source)
