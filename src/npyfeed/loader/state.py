@@ -54,7 +54,7 @@ def _describe(source: Any) -> Any:
 
 
 def fingerprint(columns: Any) -> str:
-    """A short digest of a :class:`~npyfeed.columns.Columns`' files (paths, sizes, headers): different data,
+    """A short digest of a :class:`~npyfeed.sources.columns.Columns`' files (paths, sizes, headers): different data,
     different digest."""
     text = json.dumps([[str(k), _describe(a)] for k, a in zip(columns.keys, columns.arrays, strict=True)])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
