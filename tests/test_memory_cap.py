@@ -69,7 +69,7 @@ CHILD = textwrap.dedent(
     print(json.dumps({"rows": rows, "bytes": delivered, "seconds": time.perf_counter() - start,
                       "pte": int(status["VmPTE"].split()[0]) << 10, "hwm_anon": max(peak[0], anon()),
                       "majflt": resource.getrusage(resource.RUSAGE_SELF).ru_majflt,
-                      "batches_per_read": loader.batches_per_read, "depth": loader.stats.depth}))
+                      "batches_per_read": loader.batches_per_read, "depth": loader.metrics.snapshot()["depth"]}))
     """
 )
 

@@ -25,7 +25,7 @@ from npyfeed.errors import ConfigError, RemoteShuffleWarning
 from npyfeed.launcher import resolve as resolve_launch
 from npyfeed.loader.cursor import Cursor, Tracker
 from npyfeed.loader.geometry import default_geometry, global_shuffle_warning
-from npyfeed.loader.prefetch import PrefetchStats
+from npyfeed.loader.metrics import DataWait
 from npyfeed.loader.read_path import ReadPath
 from npyfeed.loader.state import LoaderState, fingerprint
 from npyfeed.order.mix_order import mix_order
@@ -296,9 +296,12 @@ class Loader:
         return self.read_path.batches_per_read
 
     @property
-    def stats(self) -> PrefetchStats:
-        """Read-ahead statistics of the last pass (depth, waits)."""
-        return self.read_path.stats
+    def metrics(self) -> DataWait:
+        """How long the consumer waited for each batch, and where the time went, across epochs: ``snapshot()``
+        gives a dict (wait p50/p95/p99, rows/s, bytes/s, storage/transform/queue seconds), ``reset()`` starts
+        over. Batches read through ``iter(loader)``, ``to_torch`` and ``to_keras`` count here, and through
+        ``to_tf_dataset`` those its iterators hand over. See docs/observe.md."""
+        return self.read_path.metrics
 
     def close(self) -> None:
         """Stop the read threads (a later ``iter()`` starts new ones)."""

@@ -28,6 +28,7 @@ from npyfeed.loader.batch_errors import batch_error, check_rows
 from npyfeed.loader.budget import Plan, plan, read_windows
 from npyfeed.loader.buffers import BufferPool
 from npyfeed.loader.kernel_hints import KernelHints
+from npyfeed.loader.metrics import DataWait
 from npyfeed.loader.prefetch import PrefetchStats, Stopped, prefetch_ordered, stopping
 from npyfeed.order.orders import Order
 from npyfeed.shard import Layout, Shard
@@ -92,13 +93,13 @@ class ReadPath:
         self.batch_size, self.shuffle, self.transform = batch_size, shuffle, transform
         self.num_threads, self.io_threads, self.prefetch = num_threads, io_threads, prefetch
         self.io_hints, self.read_bytes = io_hints, read_bytes
-        self.stats = PrefetchStats()
+        self.metrics = DataWait()  # what the consumer waited for, across epochs (see npyfeed.loader.metrics)
         self.hints = KernelHints(source, shuffle, io_hints)  # kept when pickled: a worker knows what was streamed
         self._process: _Process | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         """Configuration and hints travel to worker processes; threads, buffers and the plan do not."""
-        return {**self.__dict__, "_process": None, "stats": PrefetchStats()}
+        return {**self.__dict__, "_process": None}  # metrics: a fresh account (DataWait.__reduce__)
 
     def _here(self) -> _Process:
         """This process's resources, made on first use here (a forked child must not wait on its parent's pool)."""
@@ -161,6 +162,7 @@ class ReadPath:
     def _read_chunk_in_scope(
         self, epoch: int, start: int, stop: int, stop_event: threading.Event | None, offset: int
     ) -> Chunk:
+        began = time.perf_counter()
         try:
             columns, per_batch = self._read_rows(epoch, start, stop, stop_event, offset)
         except Stopped:
@@ -172,12 +174,15 @@ class ReadPath:
                 return Chunk([], batch_error(self.source.paths, epoch, start, "read", e))
             # Which batch failed? Read them one by one (the rare path), delivering those before it.
             batches: list[Batch] = []
+            rows: list[int] = []
             for index in range(start, stop):
                 one = self.read_chunk(epoch, index, index + 1, stop_event, offset=offset)
                 batches += one.batches
+                rows += one.rows
                 if one.error is not None or not one.batches:
-                    return Chunk(batches, one.error)
-            return Chunk(batches)
+                    return Chunk(batches, one.error, rows)
+            return Chunk(batches, rows=rows)
+        read_done = time.perf_counter()
         batches = []
         first = 0  # of the batch's rows in the chunk's columns
         for index, batch_rows in zip(range(start, stop), per_batch, strict=True):
@@ -191,9 +196,11 @@ class ReadPath:
                     batch = self.transform(batch)
                     check_rows(batch, batch_rows.size, epoch, index, self.source.paths)
                 except Exception as e:
-                    return Chunk(batches, batch_error(self.source.paths, epoch, index, "transform", e))
+                    error = batch_error(self.source.paths, epoch, index, "transform", e)
+                    return Chunk(batches, error, [r.size for r in per_batch[: len(batches)]])
             batches.append(batch)
-        return Chunk(batches)
+        done = time.perf_counter()
+        return Chunk(batches, None, [r.size for r in per_batch], done, read_done - began, done - read_done)
 
     def _read_rows(
         self, epoch: int, start: int, stop: int, stop_event: threading.Event | None, offset: int
@@ -259,17 +266,45 @@ class ReadPath:
         )
         current = self.plan
         geometry = current if step == current.batches_per_read and prefetch is None else self.make_plan(step, prefetch)
-        self.stats = PrefetchStats()
+        stats = PrefetchStats()
+        chunks = prefetch_ordered(jobs, self._executor(), geometry.depth, max_depth=geometry.max_depth, stats=stats)
         try:
-            for first, chunk in prefetch_ordered(
-                jobs, self._executor(), geometry.depth, max_depth=geometry.max_depth, stats=self.stats
-            ):
-                got = range(first, first + len(chunk.batches) * indices.step, indices.step)
-                yield from zip(got, chunk.batches, strict=True)
+            while True:
+                asked = time.perf_counter()  # the consumer asks for the next batch: its wait starts
+                try:
+                    first, chunk = next(chunks)
+                except StopIteration:
+                    return
+                got = time.perf_counter()
+                handed, last = 0, len(chunk.batches)
+                try:
+                    for batch in chunk.batches:
+                        handed += 1
+                        if handed == last:  # recorded as the chunk's last batch is handed over (or at a stop)
+                            self._record(chunk, handed, got - asked, asked, stats.depth)
+                        yield first + (handed - 1) * indices.step, batch
+                finally:
+                    if handed < last or not last:  # stopped early, or a failed read with no batch
+                        self._record(chunk, handed, got - asked, asked, stats.depth)
                 if chunk.error is not None:
                     raise chunk.error
         finally:
             stop_event.set()  # reads still running stop at their next batch or window
+
+    def _record(self, chunk: Chunk, handed: int, wait: float, asked: float, depth: int) -> None:
+        """One record per read task the consumer took, not per batch: its batches are not slowed."""
+        rows = sum(chunk.rows[:handed])
+        self.metrics.record_chunk(
+            wait,
+            handed,
+            rows,
+            rows * self.source.row_bytes,
+            asked=asked,
+            queue=asked + wait - chunk.done,  # how long it sat done before the consumer took it
+            depth=depth,
+            read=chunk.read_s,
+            transform=chunk.transform_s,
+        )
 
     def _executor(self) -> ThreadPoolExecutor:
         # A forked child (a DataLoader worker) inherits the pool but not its threads: _here() gives it its own.
@@ -286,3 +321,7 @@ class Chunk:
 
     batches: list[Batch]
     error: Exception | None = None
+    rows: list[int] = field(default_factory=list)  # rows of each batch (as read, before the transform)
+    done: float = field(default_factory=time.perf_counter)  # when the read finished
+    read_s: float = 0.0  # seconds reading storage
+    transform_s: float = 0.0  # seconds in the transform

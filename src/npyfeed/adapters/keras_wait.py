@@ -1,0 +1,70 @@
+"""A Keras callback that puts a Loader's data wait into the training logs (History, TensorBoard, CSVLogger).
+
+At each epoch's end it adds ``data_wait_fraction``, ``data_wait_p50_s``/``p95``/``p99``, ``data_rows_per_s`` and the
+other :meth:`snapshot` keys (prefixed ``data_``) to ``logs``, optionally appends them to a JSON-lines file, then
+starts a new account, so every epoch's numbers are its own. Put it before ``TensorBoard`` in ``callbacks``: Keras
+calls callbacks in order, and a logger placed earlier would not see the keys yet.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Protocol
+
+import keras
+
+__all__ = ["DataWaitLogger", "WaitMetrics"]
+
+
+class WaitMetrics(Protocol):
+    """What this callback needs of ``loader.metrics``."""
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+    def reset(self) -> None: ...
+
+
+class DataWaitLogger(keras.callbacks.Callback):
+    """Add ``metrics.snapshot()`` to each epoch's logs (keys prefixed ``prefix``); see the module docstring.
+
+    Args:
+        metrics: ``loader.metrics`` of the Loader feeding ``fit`` (or anything with ``snapshot()``/``reset()``).
+        json_lines: a file to append one JSON line per epoch to (``{"epoch": e, ...}``), or ``None``.
+        every_steps: also append a line every this many training steps (``json_lines`` needed), or ``None``.
+        prefix: the logs' key prefix.
+    """
+
+    def __init__(
+        self,
+        metrics: WaitMetrics,
+        *,
+        json_lines: str | Path | None = None,
+        every_steps: int | None = None,
+        prefix: str = "data_",
+    ) -> None:
+        super().__init__()
+        if every_steps is not None and (json_lines is None or every_steps < 1):
+            raise ValueError(f"every_steps={every_steps!r} needs a json_lines file and a count >= 1")
+        self.metrics, self.prefix, self.every_steps = metrics, prefix, every_steps
+        self.json_lines = Path(json_lines) if json_lines is not None else None
+        self._epoch = 0
+
+    def _write(self, line: dict[str, Any]) -> None:
+        if self.json_lines is not None:
+            with self.json_lines.open("a") as f:
+                f.write(json.dumps(line) + "\n")
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch = epoch
+        self.metrics.reset()
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.every_steps is not None and (batch + 1) % self.every_steps == 0:
+            self._write({"epoch": self._epoch, "step": batch + 1, **self.metrics.snapshot()})
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        snapshot = self.metrics.snapshot()
+        if logs is not None:
+            logs.update({self.prefix + k: float(v) for k, v in snapshot.items()})
+        self._write({"epoch": epoch, **snapshot})
