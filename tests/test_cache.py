@@ -33,7 +33,7 @@ from npy_cases import arrays, check_key, row_keys, write
 from npyfeed.errors import ConfigError, ObjectChangedError
 from npyfeed.storage.cache import claims
 from npyfeed.storage.cache.directory import TRAILER, ChunkDirectory
-from npyfeed.storage.cache.options import CacheOptions, parse_size, split_cache_options
+from npyfeed.storage.cache.options import CacheOptions, split_cache_options
 from servers import FaultProxy, MotoS3, RangeServer, environment
 
 TESTS = Path(__file__).parent
@@ -83,13 +83,18 @@ def same_rows(rows: np.ndarray, x: np.ndarray) -> bool:
 
 # -- options --------------------------------------------------------------------------------------------------------
 def test_sizes_and_options_are_validated(tmp_path: Path, served: tuple[RangeServer, Path]) -> None:
-    assert parse_size("20GB", "cache_size") == 20 * 10**9
-    assert parse_size(" 1.5 GiB", "cache_size") == 3 << 29
-    assert parse_size("512mib", "cache_size") == 512 << 20
-    assert parse_size(4096, "cache_size") == 4096
+    # Sizes in npyfeed.arguments' grammar (its own tests cover it): SI and IEC units, NumPy ints.
+    for size, expected in (
+        ("20GB", 20 * 10**9),
+        (" 1.5 GiB", 3 << 29),
+        ("512mib", 512 << 20),
+        (np.int64(1 << 20), 1 << 20),
+    ):
+        cache, _ = split_cache_options({"cache_dir": str(tmp_path), "cache_size": size, "cache_chunk_bytes": "64KiB"})
+        assert cache is not None and cache.size == expected
     for bad in ("20 parsecs", "GB", "-1GB", 0, -5, True, 1.5, None):
         with pytest.raises(ConfigError, match=re.escape("storage_options['cache_size'] must be")):
-            parse_size(bad, "cache_size")
+            split_cache_options({"cache_dir": str(tmp_path), "cache_size": bad})
     cache, rest = split_cache_options({"cache_dir": str(tmp_path), "cache_size": "8MiB", "region": "x"})
     assert cache == CacheOptions(str(tmp_path), 8 << 20, 4 << 20)
     assert rest == {"region": "x"}

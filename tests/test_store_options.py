@@ -99,3 +99,86 @@ def test_no_credentials_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     message = r".*no credentials: .*AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY .*'skip_signature': True"
     with pytest.raises(PermissionError, match=re.escape("s3://bucket/x.npy") + message):
         npyfeed.open("s3://bucket/x.npy", storage_options=options)
+
+
+# -- one argument rule for storage_options ------------------------------------------------------------------------
+def test_sizes_and_counts_follow_the_argument_rule(http: str) -> None:
+    """npyfeed's own storage options take what its other arguments take: NumPy ints, sizes in the one grammar."""
+    from npyfeed.cli.main import _storage_option
+    from npyfeed.storage.client import get_client
+    from npyfeed.storage.urls import parse_url
+
+    options = {"request_bytes": "8MiB", "gap_bytes": "0", "prefetch_bytes": "1MB", "max_concurrency": np.int32(4)}
+    client = get_client(parse_url(http), {**options, "timeout": np.float32(2.5), "deadline": 7})
+    assert (client.options.request_bytes, client.options.gap_bytes, client.options.prefetch_bytes) == (
+        8 << 20,
+        0,
+        10**6,
+    )
+    assert (client.options.max_concurrency, client.options.timeout, client.options.deadline) == (4, 2.5, 7.0)
+    assert type(client.options.max_concurrency) is int
+    a = npyfeed.open(http, storage_options={"request_bytes": "16B", "gap_bytes": "0B"})
+    assert a[1:4].tolist() == [[3, 4, 5], [6, 7, 8], [9, 10, 11]]  # read in requests of 16 bytes
+    # The command line gives the same values as Python does.
+    assert _storage_option("request_bytes=8MiB") == ("request_bytes", 8 << 20)
+    assert _storage_option("cache_size=2GB") == ("cache_size", "2GB")  # parsed by the cache, in the same grammar
+    assert _storage_option("timeout=2.5") == ("timeout", 2.5)
+    assert _storage_option("max_concurrency=64") == ("max_concurrency", 64)
+    assert _storage_option("access_key_id=0123") == ("access_key_id", "0123")  # a store key stays a string
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"request_bytes": "8 parsecs"},
+            "storage_options['request_bytes'] must be an int of bytes or a string such as",
+        ),
+        ({"request_bytes": 0}, "storage_options['request_bytes'] must be a size of at least 1 bytes, got 0 (int)"),
+        ({"request_bytes": True}, "storage_options['request_bytes'] must be an int of bytes or a string"),
+        ({"gap_bytes": "0.5B"}, "storage_options['gap_bytes'] must be a whole number of bytes"),
+        ({"gap_bytes": -1}, "storage_options['gap_bytes'] must be a size of at least 0 bytes, got -1 (int)"),
+        ({"prefetch_bytes": 1.5}, "storage_options['prefetch_bytes'] must be an int of bytes"),
+        ({"max_concurrency": 2.0}, "storage_options['max_concurrency'] must be a positive int, got 2.0 (float)"),
+        ({"max_concurrency": np.bool_(True)}, "storage_options['max_concurrency'] must be a positive int, got "),
+        ({"timeout": 0}, "storage_options['timeout'] must be a positive number of seconds, got 0 (int)"),
+        ({"deadline": "60s"}, "storage_options['deadline'] must be a positive number of seconds, got '60s' (str)"),
+        (
+            {"connect_timeout": True},
+            "storage_options['connect_timeout'] must be a positive number of seconds, got True",
+        ),
+        ({"deadline": float("inf")}, "storage_options['deadline'] must be a positive number of seconds, got inf"),
+        ({"cache_dir": "TMP", "cache_size": "2 parsecs"}, "storage_options['cache_size'] must be an int of bytes"),
+        ({"cache_dir": "TMP", "cache_chunk_bytes": False}, "storage_options['cache_chunk_bytes'] must be an int"),
+    ],
+)
+def test_a_bad_storage_option_names_itself_its_value_and_what_was_expected(
+    http: str, tmp_path: Path, options: dict[str, Any], message: str
+) -> None:
+    options = {k: str(tmp_path / "cache") if v == "TMP" else v for k, v in options.items()}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        npyfeed.open(http, storage_options=options)
+
+
+SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"secret_access_key": [SECRET]},
+            "storage_options['secret_access_key'] must be a string (or True/False for a ",
+        ),
+        ({"aws_session_token": {"t": SECRET}}, "storage_options['aws_session_token'] must be a string"),
+        ({"proxy_url": f"http://me:{SECRET}@127.0.0.1:1"}, "pass it as storage_options={'client_options': {'proxy_"),
+        ({"client_options": [SECRET]}, "storage_options['client_options'] must be a dict, got a list"),
+        ({"retry_config": SECRET}, "storage_options['retry_config'] must be a dict, got a str"),
+        ({"retry_config": {"backoff": (SECRET,)}}, "storage_options['retry_config']['backoff'] must be a dict, got"),
+    ],
+)
+def test_a_bad_storage_option_never_shows_a_secret(options: dict[str, Any], message: str) -> None:
+    with environment({"AWS_REGION": "us-east-1"}), pytest.raises(ConfigError, match=re.escape(message)) as caught:
+        npyfeed.open("s3://bucket/x.npy", storage_options=options)
+    assert SECRET not in str(caught.value)
+    assert SECRET not in repr(caught.value.__cause__) and SECRET not in repr(caught.value.__context__)

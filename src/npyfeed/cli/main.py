@@ -158,8 +158,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _storage_option(text: str) -> tuple[str, Any]:
-    """``"max_concurrency=64"`` -> ``("max_concurrency", 64)``: whole numbers become ints, sizes for ``*_bytes``
-    keys may have a unit (``request_bytes=8MiB``), anything else stays a string (obstore parses its own keys)."""
+    """``"max_concurrency=64"`` -> ``("max_concurrency", 64)``: npyfeed's counts become ints and its seconds floats,
+    sizes for ``*_bytes`` keys may have a unit (``request_bytes=8MiB``), anything else stays a string (obstore
+    parses its own keys, and a store key such as ``access_key_id`` is a string even when it is all digits)."""
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -169,7 +170,14 @@ def _storage_option(text: str) -> tuple[str, Any]:
             return key, args_rule.size(key, value.strip(), minimum=0)
         except ConfigError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
-    return key, int(value) if value.strip().lstrip("-").isdigit() else value
+    if key == "max_concurrency" and value.strip().isdigit():
+        return key, int(value)
+    if key in ("timeout", "connect_timeout", "deadline"):
+        try:
+            return key, float(value)
+        except ValueError:
+            pass  # refused by the storage layer, naming the option
+    return key, value
 
 
 def _size(text: str) -> int:

@@ -39,6 +39,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
+from npyfeed import arguments
 from npyfeed.errors import ConfigError, ObjectChangedError
 from npyfeed.storage.deadlines import ends_at
 from npyfeed.storage.request_stats import RequestStats
@@ -87,17 +88,29 @@ class ClientOptions:
     the URL. Transient failures are retried until then. Also bounds a HEAD and each listing page."""
 
     def __post_init__(self) -> None:
-        for name in ("max_concurrency", "request_bytes", "prefetch_bytes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"storage_options[{name!r}] must be a positive int, got {value!r}")
-        value = self.gap_bytes
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"storage_options['gap_bytes'] must be a non-negative int, got {value!r}")
+        # npyfeed's argument rule (NumPy ints are ints, bools never; sizes in its grammar: "8MiB"), as in Python so
+        # on the command line; a frozen dataclass keeps the parsed values through object.__setattr__.
+        def key(name: str) -> str:
+            return f"storage_options[{name!r}]"
+
+        parsed: dict[str, Any] = {
+            "max_concurrency": arguments.positive_int(key("max_concurrency"), self.max_concurrency),
+            "request_bytes": arguments.size(key("request_bytes"), self.request_bytes),
+            "gap_bytes": arguments.size(key("gap_bytes"), self.gap_bytes, minimum=0),
+            "prefetch_bytes": arguments.size(key("prefetch_bytes"), self.prefetch_bytes),
+        }
         for name in ("timeout", "connect_timeout", "deadline"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
-                raise ConfigError(f"storage_options[{name!r}] must be a positive number of seconds, got {value!r}")
+            parsed[name] = _seconds(key(name), getattr(self, name))
+        for name, value in parsed.items():
+            object.__setattr__(self, name, value)
+
+
+def _seconds(name: str, value: Any) -> float:
+    """A positive, finite number of seconds by the argument rule."""
+    try:
+        return arguments.number(name, value, minimum=0.0, exclusive=True)
+    except ConfigError:
+        raise ConfigError(f"{name} must be a positive number of seconds, got {arguments.show(value)}") from None
 
 
 def import_obstore() -> Any:

@@ -4,7 +4,8 @@
 (S3: ``region``, ``endpoint``...; GCS: ``service_account``...; HTTP(S) URLs take none), and two nested mappings:
 ``client_options`` (HTTP client: ``allow_http``, ``root_certificate``, ``proxy_url``...) and ``retry_config``
 (``max_retries``, ``backoff``, ``retry_timeout``). A key in the wrong place is a :class:`ConfigError` naming it and
-where it belongs; an unknown one names the closest known spellings.
+where it belongs; an unknown one names the closest known spellings. A store option that is not a string (or a
+bool) is refused naming its key and type, never its value: it may be a credential.
 
 The names are obstore's (its ``S3Config``, ``GCSConfig``, ``ClientConfig`` and ``RetryConfig``; a test compares them
 with the installed obstore's type stubs).
@@ -127,9 +128,10 @@ def check_store_options(
                 "storage_options['deadline'] (seconds) passes"
             )
         if name in CLIENT_KEYS:
+            shown = repr(value) if isinstance(value, bool | int | float) else "..."  # a proxy_url may hold a password
             raise ConfigError(
                 f"{where}: storage_options[{key!r}] is an HTTP client option: pass it as "
-                f"storage_options={{'client_options': {{{name!r}: {value!r}}}}}"
+                f"storage_options={{'client_options': {{{name!r}: {shown}}}}}"
             )
         if name in RETRY_KEYS or name in BACKOFF_KEYS:
             place = "{'retry_config': {...}}" if name in RETRY_KEYS else "{'retry_config': {'backoff': {...}}}"
@@ -148,8 +150,14 @@ def check_store_options(
                     f"{where}: storage_options[{key!r}] is {_ARTICLE[other_kind]} option, not one of {kind} "
                     f"({scheme}:// URLs){suggest(name, store_keys)}"
                 )
+        if name in store_keys and not isinstance(value, str | bool):
+            # Never the value itself: a store option may be a credential (secret_access_key, bearer_token...).
+            raise ConfigError(
+                f"{where}: storage_options[{key!r}] must be a string (or True/False for a switch), got a value of "
+                f"type {type(value).__name__}"
+            )
     if not isinstance(client, Mapping):
-        raise ConfigError(f"{where}: storage_options['client_options'] must be a dict, got {client!r}")
+        raise ConfigError(f"{where}: storage_options['client_options'] must be a dict, got a {type(client).__name__}")
     for key in client:
         name = str(key).lower()
         if name in CLIENT_KEYS:
@@ -171,7 +179,7 @@ def check_store_options(
     if retry is None:
         return
     if not isinstance(retry, Mapping):
-        raise ConfigError(f"{where}: storage_options['retry_config'] must be a dict, got {retry!r}")
+        raise ConfigError(f"{where}: storage_options['retry_config'] must be a dict, got a {type(retry).__name__}")
     for key in retry:
         if key not in RETRY_KEYS:
             raise ConfigError(
@@ -181,7 +189,9 @@ def check_store_options(
     backoff = retry.get("backoff")
     if backoff is not None:
         if not isinstance(backoff, Mapping):
-            raise ConfigError(f"{where}: storage_options['retry_config']['backoff'] must be a dict, got {backoff!r}")
+            raise ConfigError(
+                f"{where}: storage_options['retry_config']['backoff'] must be a dict, got a {type(backoff).__name__}"
+            )
         for key in backoff:
             if key not in BACKOFF_KEYS:
                 raise ConfigError(
