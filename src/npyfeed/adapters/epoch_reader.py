@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from npyfeed.loader.loader import Loader
+    from npyfeed.adapters.feed import Feed
 
 __all__ = ["EpochReader", "native_byte_order", "rebuild"]
 
@@ -40,7 +40,7 @@ class EpochReader:
     """Batches ``indices`` of ``epoch`` (of its rest from ``offset``) in order, read ahead by the loader
     (``prefetch`` overrides its depth). It reads; the loader's cursor records what the consumer received."""
 
-    def __init__(self, loader: Loader, epoch: int, indices: range, *, offset: int = 0, prefetch: int | None = None):
+    def __init__(self, loader: Feed, epoch: int, indices: range, *, offset: int = 0, prefetch: int | None = None):
         self.epoch, self.offset = epoch, offset
         self._batches: Iterator[tuple[int, Any]] = loader.iter_batches(epoch, indices, offset=offset, prefetch=prefetch)
 

@@ -27,7 +27,7 @@ from npyfeed import arguments as args
 from npyfeed.errors import ConfigError
 
 if TYPE_CHECKING:
-    from npyfeed.loader.loader import Loader
+    from npyfeed.adapters.feed import Feed
 
 __all__ = ["LoaderCheckpoint"]
 
@@ -37,7 +37,7 @@ _INDEX = "checkpoint.json"
 class LoaderCheckpoint(keras.callbacks.Callback):
     """Save the model's weights and ``loader``'s position in ``directory`` every ``save_freq`` batches and epoch."""
 
-    def __init__(self, loader: Loader, directory: str | os.PathLike[str], *, save_freq: int = 100) -> None:
+    def __init__(self, loader: Feed, directory: str | os.PathLike[str], *, save_freq: int = 100) -> None:
         super().__init__()
         self.loader = loader
         self.directory = Path(directory)

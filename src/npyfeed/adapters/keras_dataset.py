@@ -27,7 +27,7 @@ from npyfeed.adapters.epoch_reader import EpochReader, native_byte_order
 from npyfeed.errors import BatchOrderWarning
 
 if TYPE_CHECKING:
-    from npyfeed.loader.loader import Loader
+    from npyfeed.adapters.feed import Feed
 
 __all__ = ["to_keras"]
 
@@ -43,7 +43,7 @@ def _dataset_class() -> type:
         """``len(loader)`` batches per epoch; epoch ``e`` batch ``i`` is ``loader.read_batch(e, i)``; the
         loader's cursor records each batch handed to Keras."""
 
-        def __init__(self, loader: Loader, start_epoch: int, prefetch: int | None) -> None:
+        def __init__(self, loader: Feed, start_epoch: int, prefetch: int | None) -> None:
             # workers=1: Keras calls __getitem__ from its own loop; we read ahead ourselves (see module doc).
             super().__init__(workers=1, use_multiprocessing=False)
             self.loader = loader
@@ -146,7 +146,7 @@ def _dataset_class() -> type:
     return LoaderPyDataset
 
 
-def to_keras(loader: Loader, *, start_epoch: int | None = None, prefetch: int | None = None) -> Any:
+def to_keras(loader: Feed, *, start_epoch: int | None = None, prefetch: int | None = None) -> Any:
     """A ``keras.utils.PyDataset`` of ``loader``'s batches, for ``model.fit`` on any Keras 3 backend.
 
     Args:

@@ -78,7 +78,7 @@ from npyfeed.errors import ConfigError, NpyfeedError, WorkerError
 if TYPE_CHECKING:
     import tensorflow as tf
 
-    from npyfeed.loader.loader import Loader
+    from npyfeed.adapters.feed import Feed
 
 __all__ = ["element_spec", "to_tf_dataset"]
 
@@ -94,7 +94,7 @@ class _Reader:
     """
 
     def __init__(
-        self, loader: Loader, spec: Any, starts: np.ndarray, *, trusted: bool, resumed: tuple[int, int, np.ndarray]
+        self, loader: Feed, spec: Any, starts: np.ndarray, *, trusted: bool, resumed: tuple[int, int, np.ndarray]
     ) -> None:
         tf = _tf()
         self.loader = loader
@@ -300,7 +300,7 @@ def _fit_split(
     return split
 
 
-def _chunk_starts(loader: Loader, offset: int = 0) -> np.ndarray:
+def _chunk_starts(loader: Feed, offset: int = 0) -> np.ndarray:
     """First batch of each chunk read in one call, and the pass's batch count after the last (a pass over an
     epoch from position ``offset``: all of it, or the rest of a resumed one).
 
@@ -319,7 +319,7 @@ def _chunk_starts(loader: Loader, offset: int = 0) -> np.ndarray:
 
 
 def to_tf_dataset(
-    loader: Loader,
+    loader: Feed,
     *,
     output_signature: Any = None,
     start_epoch: int | None = None,

@@ -46,7 +46,7 @@ from npyfeed.system import available_memory
 if TYPE_CHECKING:
     import tensorflow as tf
 
-    from npyfeed.loader.loader import Loader
+    from npyfeed.adapters.feed import Feed
 
 __all__ = ["native_dataset", "rows_op"]
 
@@ -56,7 +56,7 @@ _PASS_BYTES = 256 << 20  # a block-shuffled pass holds about this many bytes of 
 _PASS_CYCLE = 2  # passes read at once
 
 
-def _group_batches(loader: Loader, order: BlockShuffle, cycle: int) -> int:
+def _group_batches(loader: Feed, order: BlockShuffle, cycle: int) -> int:
     """Consecutive batches a block-shuffled epoch reads in one pass: whole windows of blocks, as many as fit in
     ``_PASS_BYTES``, at least one. Less when memory is short: ``cycle`` passes are read while one is cut into
     batches, each held twice at its peak (its blocks, then the tensor they are laid out in)."""
@@ -67,7 +67,7 @@ def _group_batches(loader: Loader, order: BlockShuffle, cycle: int) -> int:
 
 
 def native_dataset(
-    loader: Loader, *, start_epoch: int, offset: int, epochs: int | None, num_parallel_calls: int | None, spec: Any
+    loader: Feed, *, start_epoch: int, offset: int, epochs: int | None, num_parallel_calls: int | None, spec: Any
 ) -> tf.data.Dataset:
     """The native pipeline (see the module docstring); ``spec`` is the element spec from the headers."""
     tf = _tf()
@@ -127,7 +127,7 @@ def native_dataset(
     return _finish(dataset, source, spec)
 
 
-def _sequential(loader: Loader, readers: list[Any], batches: int, epochs: int | None, source: Any, keys: Any) -> Any:
+def _sequential(loader: Feed, readers: list[Any], batches: int, epochs: int | None, source: Any, keys: Any) -> Any:
     """Sequential epochs: ``_SEGMENTS`` segments of batches, each scanned front to back and re-cut (``rebatch``).
 
     A segment is a ``Dataset.range`` element (under tf.data service's ``distributed_epoch``, whole segments go to

@@ -12,7 +12,7 @@ from npyfeed.adapters.frameworks import require_tensorflow
 from npyfeed.errors import ConfigError
 
 if TYPE_CHECKING:
-    from npyfeed.loader.loader import Loader
+    from npyfeed.adapters.feed import Feed
 
 __all__ = [
     "check_signature",
@@ -65,14 +65,14 @@ def leaf_paths(structure: Any, prefix: str = "") -> list[str]:
     return [prefix.rstrip("/") or "(the batch)"]
 
 
-def full_batches(loader: Loader, offset: int = 0) -> bool:
+def full_batches(loader: Feed, offset: int = 0) -> bool:
     """Whether every batch of every epoch, and of the rest of one from position ``offset``, has exactly
     ``batch_size`` rows (the batch dimension can be static)."""
     rows = {loader.layout().num_positions, loader.layout(offset).num_positions}
     return len(loader) > 0 and (loader.drop_remainder or all(r % loader.batch_size == 0 for r in rows))
 
 
-def header_spec(loader: Loader, offset: int = 0) -> Any:
+def header_spec(loader: Feed, offset: int = 0) -> Any:
     """The element spec of untransformed batches, from the ``.npy`` headers alone (nothing is read)."""
     tf = require_tensorflow()
     batch_dim = loader.batch_size if full_batches(loader, offset) else None
@@ -83,7 +83,7 @@ def header_spec(loader: Loader, offset: int = 0) -> Any:
     return loader.source.pack(specs)
 
 
-def probed_spec(loader: Loader, epoch: int, offset: int = 0) -> Any:
+def probed_spec(loader: Feed, epoch: int, offset: int = 0) -> Any:
     """The element spec of transformed batches, from batch 0 of ``epoch`` read and transformed once."""
     tf = require_tensorflow()
     if len(loader) == 0:
@@ -104,7 +104,7 @@ def probed_spec(loader: Loader, epoch: int, offset: int = 0) -> Any:
     return tf.nest.pack_sequence_as(batch, specs)
 
 
-def element_spec(loader: Loader, *, epoch: int | None = None, offset: int = 0) -> Any:
+def element_spec(loader: Feed, *, epoch: int | None = None, offset: int = 0) -> Any:
     """The ``element_spec`` :func:`to_tf_dataset` gives ``loader`` (headers, or one probed batch with a transform)
     for epochs read whole and the rest of one from position ``offset``."""
     if loader.transform is None:

@@ -44,7 +44,7 @@ from npyfeed.adapters.epoch_reader import EpochReader, native_byte_order, rebuil
 from npyfeed.errors import ConfigError
 
 if TYPE_CHECKING:
-    from npyfeed.loader.loader import Loader
+    from npyfeed.adapters.feed import Feed
 
 __all__ = ["to_torch"]
 
@@ -87,7 +87,7 @@ def _dataset_class() -> type:
     class LoaderIterableDataset(torch.utils.data.IterableDataset):  # type: ignore[name-defined]
         """One epoch of ``loader`` per iteration, split by batch across DataLoader workers."""
 
-        def __init__(self, loader: Loader, as_tensors: bool, prefetch: int | None) -> None:
+        def __init__(self, loader: Feed, as_tensors: bool, prefetch: int | None) -> None:
             self.loader = loader
             self.as_tensors = as_tensors
             self._prefetch = prefetch
@@ -173,14 +173,14 @@ def _dataset_class() -> type:
     return LoaderIterableDataset
 
 
-def _restore(loader: Loader, epochs: Any, first: tuple[int, int], as_tensors: bool, prefetch: int | None) -> Any:
+def _restore(loader: Feed, epochs: Any, first: tuple[int, int], as_tensors: bool, prefetch: int | None) -> Any:
     dataset = _dataset_class()(loader, as_tensors, prefetch)
     dataset._epochs, dataset._first = epochs, first
     return dataset
 
 
 def to_torch(
-    loader: Loader, *, start_epoch: int | None = None, as_tensors: bool = True, prefetch: int | None = None
+    loader: Feed, *, start_epoch: int | None = None, as_tensors: bool = True, prefetch: int | None = None
 ) -> Any:
     """A ``torch.utils.data.IterableDataset`` of ``loader``'s batches; use it with ``DataLoader(batch_size=None)``.
 

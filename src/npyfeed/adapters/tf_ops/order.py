@@ -15,7 +15,7 @@ from npyfeed.adapters.frameworks import require_tensorflow as _tf
 from npyfeed.order.orders import BlockShuffle, Sequential, mix64, unwrap
 
 if TYPE_CHECKING:
-    from npyfeed.loader.loader import Loader
+    from npyfeed.adapters.feed import Feed
 
 __all__ = ["group_plan", "rows_op", "worker_batches"]
 
@@ -94,7 +94,7 @@ def _block_rows(order: BlockShuffle, epoch: Any, positions: Any) -> Any:
     return tf.cast(block * br + inner % br, tf.int64)
 
 
-def worker_batches(loader: Loader) -> tuple[int, int, int, int, int, int, int]:
+def worker_batches(loader: Feed) -> tuple[int, int, int, int, int, int, int]:
     """This worker's share of an epoch: ``(count, index, batch_size, start, rounds, tail_lo, tail_hi)``, where
     batch ``k < rounds`` starts at row position ``start + (k * count + index) * batch_size`` and the tail batch
     holds positions ``[tail_lo, tail_hi)`` (the rows after the last full round, shared out as the Loader does)."""
@@ -103,7 +103,7 @@ def worker_batches(loader: Loader) -> tuple[int, int, int, int, int, int, int]:
     return layout.count, layout.index, layout.batch_size, layout.start, layout.rounds, tail_lo, tail_hi
 
 
-def rows_op(loader: Loader) -> Any:
+def rows_op(loader: Feed) -> Any:
     """``rows(epoch, index)``: the sorted rows of batch ``index`` of ``epoch`` in TF ops (``loader.batch_rows``)."""
     tf = _tf()
     order = unwrap(loader.order)
@@ -121,7 +121,7 @@ def rows_op(loader: Loader) -> Any:
     return rows
 
 
-def group_plan(loader: Loader, order: Any, group: int) -> Any:
+def group_plan(loader: Feed, order: Any, group: int) -> Any:
     """``plan(epoch, first, stop) -> (row_splits, index, starts, ends)`` for the worker's batches ``[first, stop)``.
 
     ``starts``/``ends`` are the sorted, disjoint row ranges to read (runs of the batches' rows when sequential,
