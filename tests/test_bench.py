@@ -40,10 +40,22 @@ def test_bench_sweep_and_advice(data: tuple[str, str]) -> None:
     result = run_bench(data[0], shuffle="global", max_seconds=1.0, progress=False)
     assert {t["num_threads"] for t in result.trials} >= {1}
     assert all(t["rows_per_s"] > 0 for t in result.trials)
-    result.trials = [{"num_threads": 7, "rows_per_s": 10 * result.rows_per_s}]
-    assert recommend(result)[0].startswith("num_threads=7")
+    assert result.num_threads in {t["num_threads"] for t in result.trials}  # the run's own settings, timed alike
+    own = {"num_threads": result.num_threads, "rows_per_s": result.rows_per_s}
+    result.trials = [own, {"num_threads": 7, "rows_per_s": 10 * result.rows_per_s}]
+    result.raw_bytes_per_s = result.bytes_per_s  # (no shuffle advice here: the reads kept up with raw)
+    assert recommend(result).loader == {"num_threads": 7}
+    assert recommend(result).lines()[0].startswith("num_threads=7")
+    # A trial at the settings it ran with is never a change, however much faster than the timed run it was
+    result.trials = [{**own, "rows_per_s": 14 * result.rows_per_s}, {"num_threads": 7, "rows_per_s": result.rows_per_s}]
+    assert recommend(result).loader == {}
+    assert recommend(result).lines()[0].startswith("keep the settings")
+    assert "compared with each other" in (result.trial_gap() or "")
     result.trials, result.raw_bytes_per_s = [], 100 * result.bytes_per_s
-    assert recommend(result)[0].startswith('shuffle="block"')
+    assert recommend(result).loader == {"shuffle": "block"}
+    assert recommend(result).lines()[0].startswith("shuffle='block'")
+    result.shuffle = "block"  # already a block shuffle: not advised again
+    assert "shuffle" not in recommend(result).loader
 
 
 def test_raw_read_speed_and_cold_cache(data: tuple[str, str]) -> None:
@@ -58,7 +70,11 @@ def test_cli_bench_json(data: tuple[str, str], capsys: pytest.CaptureFixture[str
     assert status == 0
     report = json.loads(capsys.readouterr().out)
     assert report["rows"] == 5000 and report["shuffle"] == "global" and report["batch_size"] == 100
-    assert report["recommended"]
+    assert isinstance(report["recommended"], dict) and report["advice"]
+    assert report["recommended"].get("num_threads") != report["num_threads"]
+    assert report["recommended"].get("shuffle") != "global"
+    # the raw reference read the same bytes as the run: a ratio, not "139% of raw" from different reads
+    assert report["raw_share"] == pytest.approx(report["bytes_per_s"] / report["raw_bytes_per_s"])
 
 
 def test_cli_bench_text_and_errors(data: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -135,11 +151,11 @@ def test_bench_s3_reports_the_requests_the_server_saw(
     if shuffle == "global":
         assert req.rows_per_request < 1.5  # random rows of 4,000 seldom touch (only neighbours merge)
         assert req.max_concurrency == 4 and req.max_in_flight == 4  # a batch's rows were fetched 4 at a time
-        assert any(line.startswith('shuffle="block"') for line in recommend(result))
+        assert any(line.startswith("shuffle='block'") for line in recommend(result).lines())
     else:
         assert req.rows_per_request > 1000  # MiB-sized requests of whole runs of rows
         assert req.bytes_fetched == req.bytes_asked  # no gaps, nothing fetched twice
-        assert not any(line.startswith('shuffle="block"') for line in recommend(result))
+        assert not any(line.startswith("shuffle='block'") for line in recommend(result).lines())
 
 
 def test_cli_bench_s3_text_json_and_storage_options(
@@ -151,7 +167,7 @@ def test_cli_bench_s3_text_json_and_storage_options(
     out = capsys.readouterr().out
     for line in ("requests ", "rows per request", "MB asked", "MB fetched", "p50", "p99", "in flight", "ranged GET"):
         assert line in out, out
-    assert 'recommended     shuffle="block"' in out
+    assert "recommended     shuffle='block'" in out and "as Loader(...) shuffle='block'" in out
     options = ["--storage-option", "request_bytes=64K", "--storage-option", "max_concurrency=3"]
     assert main([*args, "--json", *options]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -177,6 +177,27 @@ class BenchResult:
     """Object-store requests of the timed run (None when every file is local)."""
 
     @property
+    def raw_share(self) -> float:
+        """The timed run's bytes/s over the raw reference's (the same bytes, from the same cache state, read by
+        one thread front to back): above 1 when the Loader's parallel reads beat one sequential reader."""
+        return self.bytes_per_s / max(self.raw_bytes_per_s, 1e-9)
+
+    def trial_gap(self) -> str | None:
+        """Why the trials' speeds may differ from the timed run's, when the trial at the run's own settings does."""
+        same = [t for t in self.trials if t["num_threads"] == self.num_threads]
+        if not same or not self.rows_per_s:
+            return None
+        ratio = same[0]["rows_per_s"] / self.rows_per_s
+        if 0.8 <= ratio <= 1.25:
+            return None
+        return (
+            f"the trial with the run's settings read {ratio:.2f}x the timed run's rows/s: trials read at most 3 s "
+            "each, after the timed run (page cache, files and connections warm; the first read's start-up cost weighs "
+            "differently in a short run), so they are "
+            "compared with each other, never with the timed run"
+        )
+
+    @property
     def rows_per_s(self) -> float:
         return self.rows / max(self.seconds, 1e-9)
 
@@ -187,6 +208,8 @@ class BenchResult:
     def as_dict(self) -> dict[str, Any]:
         out = {**asdict(self), "rows_per_s": self.rows_per_s, "bytes_per_s": self.bytes_per_s}
         out["requests"] = None if self.requests is None else self.requests.as_dict()
+        out["raw_share"] = self.raw_share
+        out["trial_gap"] = self.trial_gap()
         return out
 
 
@@ -245,14 +268,8 @@ def run_bench(
     paths = [s.name for s in backends if not is_remote(s)]
     if cold:
         drop_from_cache(paths)
-    raw = raw_read_speed(paths) if paths else 0.0
-    raw_requests = 0
-    if objects:
-        remote_raw, raw_requests = raw_object_speed(objects)
-        # Local and remote columns together: the slower link is the limit.
-        raw = min(raw, remote_raw) if paths else remote_raw
-    if cold:
-        drop_from_cache(paths)
+    elif paths:
+        raw_read_speed(paths)  # warm: the files in page cache, for the timed run and the reference alike
     clients = list({id(s.client): s.client for s in objects}.values())
     before = [c.stats.copy() for c in clients]
     for client in clients:
@@ -269,6 +286,16 @@ def run_bench(
     loader.close()
     _settle(clients)
     span = time.perf_counter() - began  # requests ran from the loader's start until read-ahead settled
+    # The raw reference, measured the same way: as many bytes as the timed run read, from the same cache state.
+    read_bytes = rows * columns.row_bytes
+    if cold:
+        drop_from_cache(paths)
+    raw = raw_read_speed(paths, max_bytes=max(read_bytes, 1)) if paths else 0.0
+    raw_requests = 0
+    if objects:
+        remote_raw, raw_requests = raw_object_speed(objects, max_bytes=max(read_bytes, 1))
+        # Local and remote columns together: the slower link is the limit.
+        raw = min(raw, remote_raw) if paths else remote_raw
     result = BenchResult(
         shuffle=shuffle,
         batch_size=batch_size,
@@ -285,7 +312,8 @@ def run_bench(
     if clients:
         result.requests = _request_report(columns, clients, before, rows, span, raw_requests)
     if sweep:
-        for threads in sorted({1, cpu_count(), 2 * cpu_count()}):
+        # The run's own thread count is among the trials: advice compares trials, all timed the same way.
+        for threads in sorted({1, cpu_count(), 2 * cpu_count(), loader.num_threads}):
             if cold:
                 drop_from_cache(paths)
             with warnings.catch_warnings():

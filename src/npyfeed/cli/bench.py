@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
         print(redact(f"npyfeed bench: {e.filename or ''}: {e.strerror or e}"), file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps({**result.as_dict(), "recommended": recommend(result)}, indent=2))
+        advice = recommend(result)
+        print(json.dumps({**result.as_dict(), "recommended": advice.loader, "advice": advice.lines()}, indent=2))
         return 0
     mb = 1e6
     print(f"files           {redact(', '.join(args.files))}")
@@ -51,9 +52,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"throughput      {result.rows_per_s:,.0f} rows/s, {result.bytes_per_s / mb:,.0f} MB/s")
     req = result.requests
     raw_how = "" if req is None else f", {req.raw_requests} ranged GET(s) from the start of each object"
+    share = result.raw_share
+    why = f", faster: {result.num_threads} read threads at once" if share > 1 else ""
     print(
-        f"raw sequential  {result.raw_bytes_per_s / mb:,.0f} MB/s{raw_how} "
-        f"(npyfeed at {result.bytes_per_s / max(result.raw_bytes_per_s, 1):.0%} of it)"
+        f"raw sequential  {result.raw_bytes_per_s / mb:,.0f} MB/s{raw_how}: one reader, the same "
+        f"{result.rows * result.row_bytes / mb:,.0f} MB from the same cache state (npyfeed {share:.2f}x{why})"
     )
     if req is not None:
         print(
@@ -75,7 +78,13 @@ def run(args: argparse.Namespace) -> int:
     )
     for trial in result.trials:
         print(f"  trial         threads={trial['num_threads']}: {trial['rows_per_s']:,.0f} rows/s")
-    print(f"recommended     {'; '.join(recommend(result))}")
+    gap = result.trial_gap()
+    if gap is not None:
+        print(f"  note          {gap}")
+    advice = recommend(result)
+    print(f"recommended     {'; '.join(advice.lines())}")
+    if advice.loader:
+        print(f"  as Loader(...) {', '.join(f'{k}={v!r}' for k, v in advice.loader.items())}")
     return 0
 
 
