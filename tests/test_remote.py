@@ -136,6 +136,24 @@ def test_pickled_array_reconnects_and_checks_the_version(s3: MotoS3) -> None:
         pickle.loads(pickle.dumps(a))
 
 
+def test_an_object_deleted_mid_epoch_is_said_to_be_deleted(s3: MotoS3) -> None:
+    """A GET's 404 for an object that was there when opened: ObjectChangedError saying it was deleted (it said
+    "replaced (a precondition failed: 412)"), with no row after the deletion delivered."""
+    x = np.arange(8192 * 8, dtype=np.int64).reshape(8192, 8)
+    url = upload(s3, "deleted/x.npy", x)
+    options = {"request_bytes": 8192, "prefetch_bytes": 65536, "deadline": 10}
+    loader = npyfeed.Loader(url, batch_size=32, shuffle=False, prefetch=1, storage_options=options)
+    batches = iter(loader)
+    got = [next(batches)]
+    s3.client().delete_object(Bucket=BUCKET, Key="deleted/x.npy")
+    with pytest.raises(ObjectChangedError) as caught:
+        got.extend(batches)
+    message = str(caught.value)
+    assert message.startswith(f"{url}: the object was deleted (the server answered 404 Not Found) since it was opened")
+    assert "replaced" not in message and "412" not in message
+    assert len(got) < len(loader) and np.array_equal(np.concatenate(got), x[: 32 * len(got)])
+
+
 def test_a_process_forked_after_requests_refuses_instead_of_hanging(s3: MotoS3) -> None:
     """obstore's runtime does not survive fork: a forked child (a PyTorch DataLoader worker by default, a
     multiprocessing pool) that made a request would wait forever. It gets a ConfigError naming the URL and the

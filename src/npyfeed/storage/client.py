@@ -469,7 +469,11 @@ class StoreClient:
         exc = self._obstore.exceptions
         text = _first_line(e)
         if isinstance(e, exc.PreconditionError) or (changed and isinstance(e, exc.NotFoundError | FileNotFoundError)):
-            state = "deleted" if isinstance(e, exc.NotFoundError) else "replaced (a precondition failed: 412)"
+            # obstore raises its NotFoundError or the built-in FileNotFoundError for a 404: either way, deleted.
+            if isinstance(e, exc.PreconditionError):
+                state = "replaced (a precondition failed: 412)"
+            else:
+                state = "deleted (the server answered 404 Not Found)"
             return ObjectChangedError(f"{name}: the object was {state} since it was opened: {text}")
         if changed and _status(str(e)) == 416:
             # The range lies inside the version opened (reads are bounds-checked first): the object got shorter.
