@@ -53,11 +53,28 @@ def test_redact() -> None:
     assert redact("s3://bucket/x_*.npy and /local/x.npy") == "s3://bucket/x_*.npy and /local/x.npy"
 
 
-def test_presigned_urls_are_refused_without_their_signature() -> None:
-    url = f"https://127.0.0.1:9/x.npy?X-Amz-Signature={SECRET}&token={SECRET}"
-    with pytest.raises(ValueError, match="query strings") as info:
-        npyfeed.open(url)
-    assert SECRET not in shown(info.value)
+def test_presigned_urls_are_refused_without_their_signature(capsys: pytest.CaptureFixture[str]) -> None:
+    """A presigned URL is signed for GET alone, and npyfeed opens an object with a HEAD: refused, saying why and what
+    to do instead, never showing the signature (in Python, in the CLI, for a glob)."""
+    for url in (
+        f"https://127.0.0.1:9/x.npy?X-Amz-Signature={SECRET}&token={SECRET}",
+        f"http://127.0.0.1:9/d/x_*.npy?X-Amz-Credential={SECRET}",
+        f"https://127.0.0.1:9?sig={SECRET}",
+    ):
+        with pytest.raises(ValueError) as info:
+            npyfeed.open(url)
+        message = str(info.value)
+        assert message.startswith(redact(url) + ": a query string or fragment in an https:// or http:// object URL")
+        for why in ("HEAD request", "signed for one method (GET)", "curl -o x.npy 'URL'", "s3:// or gs:// URL"):
+            assert why in message, message
+        assert SECRET not in shown(info.value)
+        assert main(["inspect", url]) == 1
+        out = capsys.readouterr()
+        assert SECRET not in out.out + out.err and "HEAD request" in out.err
+    for url, store in ((f"s3://b/x.npy?versionId={SECRET}", "s3://"), (f"gs://b/x.npy#{SECRET}", "gs://")):
+        with pytest.raises(ValueError, match=f"{store} URLs take no query string or fragment") as info:
+            npyfeed.open(url)
+        assert SECRET not in shown(info.value)
 
 
 def test_a_password_in_a_url_is_never_shown(

@@ -62,7 +62,11 @@ def _expand(names: Sequence[str], storage_options: dict[str, Any]) -> Iterator[s
     matches nothing is passed on, to be reported as missing."""
     for name in names:
         if is_url(name) and not name.startswith("file://"):
-            if not has_glob(parse_url(name).key):
+            try:
+                key = parse_url(name).key
+            except ValueError:  # a URL npyfeed cannot read: reported by _read_header, which meets the same error
+                key = ""
+            if not has_glob(key):
                 yield name
                 continue
             from npyfeed.storage.object_store import glob_objects

@@ -117,9 +117,27 @@ def parse_url(url: str | os.PathLike[str]) -> ObjectUrl:
     if not authority:
         what = "bucket" if scheme in ("s3", "gs") else "host"
         raise ValueError(f"{shown}: the URL names no {what}")
-    if "?" in key or "#" in key:
-        raise ValueError(f"{shown}: query strings and fragments are not supported in object URLs")
+    if "?" in key or "#" in key or "?" in authority or "#" in authority:
+        raise ValueError(f"{shown}: {_NO_QUERY[scheme]}")
     return ObjectUrl(scheme, authority, key)
+
+
+_PRESIGNED = (
+    "a query string or fragment in an https:// or http:// object URL (a presigned URL's X-Amz-Signature=..., a "
+    "?token=...) is not supported: npyfeed asks for an object's size and version with a HEAD request and reads it in "
+    "many ranged GETs, and a presigned URL is signed for one method (GET), so its HEAD is refused. Download the "
+    "object first (curl -o x.npy 'URL') and read the local file, or read it by its s3:// or gs:// URL with "
+    "credentials (the standard environment or storage_options) or, for a public bucket, "
+    "storage_options={'skip_signature': True}"
+)
+_NO_QUERY = {
+    "s3": "s3:// URLs take no query string or fragment (object versions such as ?versionId= are not supported): "
+    "name the object as s3://bucket/key",
+    "gs": "gs:// URLs take no query string or fragment (generations such as ?generation= are not supported): "
+    "name the object as gs://bucket/key",
+    "http": _PRESIGNED,
+    "https": _PRESIGNED,
+}
 
 
 def match_key(pattern: str, key: str) -> bool:
