@@ -151,7 +151,9 @@ class LoaderCheckpoint(keras.callbacks.Callback):
 
     def _data(self, feed: str, epoch: int) -> Any:
         if feed == "tf":
-            return self.loader.to_tf_dataset(start_epoch=epoch)
+            from npyfeed.adapters.tf_data import to_tf_dataset  # TensorFlow, imported only for this feed
+
+            return to_tf_dataset(self.loader, start_epoch=epoch)
         return self.loader.to_keras(start_epoch=epoch)
 
 
