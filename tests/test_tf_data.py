@@ -506,3 +506,33 @@ def test_batches_and_chunks_reach_tensorflow_without_a_copy(distinct: str, monke
     addresses = list(ds.as_numpy_iterator())
     owners = [(o.ctypes.data, o.nbytes) for pairs in loader.read_path.buffers._free.values() for o, _ in pairs]
     assert [any(start <= a < start + size for start, size in owners) for a in addresses] == [True] * 11
+
+
+def test_global_shuffle_of_small_rows_reads_several_batches_per_call(
+    distinct: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Loader's plan reads a global shuffle of 1 KiB rows one batch at a time (it counts the pages a random row
+    may touch); the tf.data pipeline reads several per call (tf.data's per-element cost would exceed the gather's),
+    and still gives exactly the loader's batches, epoch after epoch."""
+    from npyfeed.adapters.tf_data import _batches_per_call
+
+    read_batches_per_call(monkeypatch, True, 1)
+    loader = npyfeed.Loader(distinct, batch_size=10, shuffle=True, seed=4)
+    assert loader.batches_per_read == 1
+    assert _batches_per_call(loader) == 16
+    calls: list[int] = []
+    read = loader.read_batches
+
+    def counted(epoch: int, start: int, stop: int, **kwargs: Any) -> Any:
+        calls.append(stop - start)
+        return read(epoch, start, stop, **kwargs)
+
+    monkeypatch.setattr(loader, "read_batches", counted)
+    ds = to_tf_dataset(loader)
+    x = np.load(distinct)
+    for epoch in range(2):
+        batches = [b.numpy() for b in ds]
+        assert len(batches) == len(loader)
+        for index, batch in enumerate(batches):
+            np.testing.assert_array_equal(batch, x[loader.batch_rows(epoch, index)], f"{epoch}/{index}")
+    assert calls == [1, 9, 1] * 2  # the first batch alone, the 9 other full ones together, the partial one

@@ -6,7 +6,7 @@ The dataset is a ``range`` mapped through a parallel, stateless ``tf.numpy_funct
 
 - ``cardinality()`` is ``len(loader)`` (Keras shows ``N/N`` and an ETA from the first epoch);
 - reads run on tf.data's thread pool (NumPy's gathers from the file's mapping release the GIL), ordered, and are
-  prefetched. Without a transform, one call reads a chunk of about 4 MiB of batches (``loader.batches_per_read``)
+  prefetched. Without a transform, one call reads a chunk of about 4 MiB of batches (``_batches_per_call``)
   in one pass and ``unbatch()`` splits it: a ``numpy_function`` call costs about 100 us, as much as reading a
   256 KiB batch;
 - one copy per byte for a single batch per read (the gather from the file), two for chunks (``unbatch()`` copies
@@ -300,11 +300,33 @@ def _fit_split(
     return split
 
 
+# A tf.data element costs about 0.3 ms of CPU before any read (the epoch bookkeeping, the map, the numpy_function
+# call): on 2 cores shared with a Keras step that is as much as reading a 256 KiB batch. Calls therefore read
+# several batches, up to this much output, whatever the Loader's read plan says for its own reads.
+_CALL_BYTES = 4 << 20
+_CALL_BATCHES = 16
+
+
+def _batches_per_call(loader: Feed) -> int:
+    """Batches one ``numpy_function`` call reads: ``loader.batches_per_read``, or for a global shuffle more.
+
+    A global shuffle's read plan counts every page a random row may touch (a 1 KiB row: 5 KiB), so its reads of
+    small rows are single batches. The Loader reads a chunk window by window, so the page cache in flight stays
+    bounded by its plan whatever the chunk's size; a call then reads batches up to ``_CALL_BYTES`` of output
+    (``_CALL_BATCHES`` at most), which halves the CPU per batch of 1 KiB rows (benchmarks/RESULTS.md, issue 21).
+    """
+    per_read = loader.batches_per_read
+    if loader.shuffle != "global" or per_read > 1:
+        return per_read
+    batch_bytes = max(1, loader.batch_size * loader.source.row_bytes)
+    return max(1, min(_CALL_BATCHES, _CALL_BYTES // batch_bytes))
+
+
 def _chunk_starts(loader: Feed, offset: int = 0) -> np.ndarray:
     """First batch of each chunk read in one call, and the pass's batch count after the last (a pass over an
     epoch from position ``offset``: all of it, or the rest of a resumed one).
 
-    Chunks hold ``loader.batches_per_read`` full batches, except the first, a single batch (see ``to_tf_dataset``),
+    Chunks hold :func:`_batches_per_call` full batches, except the first, a single batch (see ``to_tf_dataset``),
     and a last, partial batch, alone in its own chunk (a chunk is ``[k, batch_size, ...]``).
     """
     layout = loader.layout(offset)
@@ -312,7 +334,7 @@ def _chunk_starts(loader: Feed, offset: int = 0) -> np.ndarray:
     every_full = num_batches > 0 and (loader.drop_remainder or layout.num_positions % loader.batch_size == 0)
     full = num_batches if every_full else max(0, num_batches - 1)
     starts = [0] if full else []
-    starts += range(1, full, loader.batches_per_read)
+    starts += range(1, full, _batches_per_call(loader))
     if full < num_batches:
         starts.append(full)
     return np.array([*starts, num_batches], dtype=np.int64)
@@ -394,9 +416,9 @@ def to_tf_dataset(
     split = _fit_split(spec, targets, sample_weights)
     flat_specs = tf.nest.flatten(spec)
     num_batches = len(loader)
-    # Untransformed batches are read several at a time (about 4 MiB, see Loader.batches_per_read): one
+    # Untransformed batches are read several at a time (about 4 MiB, see _batches_per_call): one
     # numpy_function call and one gather per chunk instead of per batch, split into batches by unbatch().
-    chunked = loader.transform is None and loader.batches_per_read > 1
+    chunked = loader.transform is None and _batches_per_call(loader) > 1
 
     def chunk_starts(offset: int) -> np.ndarray:
         return _chunk_starts(loader, offset) if chunked else np.arange(loader.num_batches(offset) + 1, dtype=np.int64)
