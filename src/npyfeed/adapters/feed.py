@@ -8,7 +8,7 @@ one cursor (:meth:`Feed.begin`, :meth:`Feed.deliver`), or say that another check
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -98,3 +98,17 @@ class Feed(Protocol):
     def state_after(self, epoch: int, delivered: int, *, offset: int = 0) -> dict[str, Any]: ...
 
     def to_keras(self, *, start_epoch: int | None = None, prefetch: int | None = None) -> Any: ...
+
+    def to_tf_dataset(
+        self,
+        *,
+        output_signature: Any = None,
+        start_epoch: int | None = None,
+        num_parallel_calls: int | None = None,
+        threads: int | None = None,
+        prefetch: int | None = None,
+        native: bool = False,
+        epochs: int | None = 1,
+        targets: str | Sequence[str] | None = None,
+        sample_weights: str | None = None,
+    ) -> Any: ...
