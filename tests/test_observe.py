@@ -150,3 +150,15 @@ def test_json_line() -> None:
     m.write_json_line(out, epoch=4)
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [line["epoch"] for line in lines] == [3, 4] and lines[0]["rows"] == 4
+
+
+def test_keras_callback_logs_nothing_when_no_batch_was_counted(path: str) -> None:
+    pytest.importorskip("keras")
+    from npyfeed.errors import NpyfeedWarning
+    from npyfeed.keras import DataWaitLogger
+
+    logger = DataWaitLogger(DataWait())
+    logs: dict[str, Any] = {"loss": 1.0}
+    with pytest.warns(NpyfeedWarning, match="handed no batches"):
+        logger.on_epoch_end(0, logs)
+    assert logs == {"loss": 1.0}  # no zeros that would read as "never waited"

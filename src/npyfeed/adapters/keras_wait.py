@@ -9,10 +9,13 @@ calls callbacks in order, and a logger placed earlier would not see the keys yet
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
 import keras
+
+from npyfeed.errors import NpyfeedWarning
 
 __all__ = ["DataWaitLogger", "WaitMetrics"]
 
@@ -65,6 +68,15 @@ class DataWaitLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         snapshot = self.metrics.snapshot()
+        if not snapshot.get("batches"):  # zeros would read as "never waited"
+            warnings.warn(
+                f"npyfeed: DataWaitLogger: the loader handed no batches to fit in epoch {epoch}, so its wait is "
+                "not known (to_tf_dataset() pipelines are not counted yet; to_keras() and to_torch() are): "
+                "nothing logged",
+                NpyfeedWarning,
+                stacklevel=2,
+            )
+            return
         if logs is not None:
             logs.update({self.prefix + k: float(v) for k, v in snapshot.items()})
         self._write({"epoch": epoch, **snapshot})
