@@ -300,9 +300,9 @@ def _fit_split(
     return split
 
 
-# A tf.data element costs about 0.3 ms of CPU before any read (the epoch bookkeeping, the map, the numpy_function
-# call): on 2 cores shared with a Keras step that is as much as reading a 256 KiB batch. Calls therefore read
-# several batches, up to this much output, whatever the Loader's read plan says for its own reads.
+# Each tf.data element costs CPU before any read (the epoch bookkeeping, the map, the numpy_function call), more
+# than gathering a small batch (benchmarks/RESULTS.md, issue 21). Calls therefore read several batches, up to this
+# much output, whatever the Loader's read plan says for its own reads.
 _CALL_BYTES = 4 << 20
 _CALL_BATCHES = 16
 
@@ -313,7 +313,7 @@ def _batches_per_call(loader: Feed) -> int:
     A global shuffle's read plan counts every page a random row may touch (a 1 KiB row: 5 KiB), so its reads of
     small rows are single batches. The Loader reads a chunk window by window, so the page cache in flight stays
     bounded by its plan whatever the chunk's size; a call then reads batches up to ``_CALL_BYTES`` of output
-    (``_CALL_BATCHES`` at most), which halves the CPU per batch of 1 KiB rows (benchmarks/RESULTS.md, issue 21).
+    (``_CALL_BATCHES`` at most): fewer elements through tf.data's per-call ops, ``unbatch()`` splitting them.
     """
     per_read = loader.batches_per_read
     if loader.shuffle != "global" or per_read > 1:
