@@ -21,10 +21,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import keras
-
 from npyfeed import arguments as args
+from npyfeed.adapters.frameworks import require_keras
 from npyfeed.errors import ConfigError
+
+require_keras()  # a clear ImportError, naming what to install, when Keras is missing
+import keras  # noqa: E402
 
 if TYPE_CHECKING:
     from npyfeed.adapters.feed import Feed

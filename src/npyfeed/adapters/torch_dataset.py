@@ -33,7 +33,6 @@ JAX users need none of this: ``for batch in loader`` yields NumPy batches (``jax
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from functools import cache
 from multiprocessing.sharedctypes import RawArray
 from typing import TYPE_CHECKING, Any
 
@@ -41,30 +40,23 @@ import numpy as np
 
 from npyfeed import arguments as args
 from npyfeed.adapters.epoch_reader import EpochReader, native_byte_order, rebuild
+from npyfeed.adapters.frameworks import require_torch
 from npyfeed.errors import ConfigError
 
 if TYPE_CHECKING:
     from npyfeed.adapters.feed import Feed
 
-__all__ = ["to_torch"]
+__all__ = ["LoaderIterableDataset", "to_torch"]
 
 _MAX_WORKERS = 256  # epoch counters kept in shared memory: one for the main process, one per worker
 
 
-def _torch() -> Any:
-    try:
-        import torch
-    except ImportError as e:  # pragma: no cover - exercised only without PyTorch
-        raise ImportError(
-            "npyfeed's PyTorch adapter needs PyTorch: the npyfeed[torch] extra "
-            "(pip install '.[torch]' in a checkout of npyfeed)"
-        ) from e
-    return torch
+require_torch()  # a clear ImportError, naming what to install, when PyTorch is missing
+import torch  # noqa: E402
 
 
 def _as_tensors(batch: Any) -> Any:
     """NumPy leaves as tensors sharing their memory; what torch cannot hold (strings) stays NumPy."""
-    torch = _torch()
     if isinstance(batch, Mapping):
         return {k: _as_tensors(v) for k, v in batch.items()}
     if isinstance(batch, (tuple, list)):
@@ -80,101 +72,95 @@ def _as_tensors(batch: Any) -> Any:
         return batch
 
 
-@cache
-def _dataset_class() -> type:
-    torch = _torch()
+class LoaderIterableDataset(torch.utils.data.IterableDataset):
+    """One epoch of ``loader`` per iteration, split by batch across DataLoader workers."""
 
-    class LoaderIterableDataset(torch.utils.data.IterableDataset):  # type: ignore[name-defined]
-        """One epoch of ``loader`` per iteration, split by batch across DataLoader workers."""
+    def __init__(self, loader: Feed, as_tensors: bool, prefetch: int | None) -> None:
+        self.loader = loader
+        self.as_tensors = as_tensors
+        self._prefetch = prefetch
+        # The main process reads the passes the loader's cursor begins. Workers cannot reach it: slot w + 1
+        # counts worker w's iterations in shared memory (a worker started for a later epoch, non-persistent
+        # workers, sees how many its predecessors ran), from the pass that was next when the dataset was made.
+        # A RawArray (no lock): each slot has one writer (set_epoch writes between epochs), and a lock's SemLock
+        # made in the default (fork) context cannot be sent to spawn or forkserver workers; the shared heap can.
+        self._first = loader.next_pass
+        self._epochs = RawArray("q", [self._first[0]] * (_MAX_WORKERS + 1))
 
-        def __init__(self, loader: Feed, as_tensors: bool, prefetch: int | None) -> None:
-            self.loader = loader
-            self.as_tensors = as_tensors
-            self._prefetch = prefetch
-            # The main process reads the passes the loader's cursor begins. Workers cannot reach it: slot w + 1
-            # counts worker w's iterations in shared memory (a worker started for a later epoch, non-persistent
-            # workers, sees how many its predecessors ran), from the pass that was next when the dataset was made.
-            # A RawArray (no lock): each slot has one writer (set_epoch writes between epochs), and a lock's SemLock
-            # made in the default (fork) context cannot be sent to spawn or forkserver workers; the shared heap can.
-            self._first = loader.next_pass
-            self._epochs = RawArray("q", [self._first[0]] * (_MAX_WORKERS + 1))
+    def __len__(self) -> int:
+        return len(self.loader)
 
-        def __len__(self) -> int:
-            return len(self.loader)
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration in the main process reads."""
+        return self.loader.epoch
 
-        @property
-        def epoch(self) -> int:
-            """The epoch the next iteration in the main process reads."""
-            return self.loader.epoch
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration (in the main process and in every worker) read ``epoch``."""
+        self.loader.set_epoch(args.integer("epoch", epoch))
+        self._restart()
 
-        def set_epoch(self, epoch: int) -> None:
-            """Make the next iteration (in the main process and in every worker) read ``epoch``."""
-            self.loader.set_epoch(args.integer("epoch", epoch))
-            self._restart()
+    def _restart(self) -> None:
+        """Workers continue from the loader's next pass."""
+        self._first = self.loader.next_pass
+        self._epochs[:] = [self._first[0]] * len(self._epochs)
 
-        def _restart(self) -> None:
-            """Workers continue from the loader's next pass."""
-            self._first = self.loader.next_pass
-            self._epochs[:] = [self._first[0]] * len(self._epochs)
+    def _claim(self, slot: int) -> int:
+        epoch = int(self._epochs[slot])
+        self._epochs[slot] = epoch + 1
+        return epoch
 
-        def _claim(self, slot: int) -> int:
-            epoch = int(self._epochs[slot])
-            self._epochs[slot] = epoch + 1
-            return epoch
+    def __iter__(self) -> Iterator[Any]:
+        info = torch.utils.data.get_worker_info()
+        if info is None:
+            return self._delivered(self.loader.begin())
+        if info.num_workers > _MAX_WORKERS:
+            raise ConfigError(f"at most {_MAX_WORKERS} DataLoader workers, got {info.num_workers}")
+        epoch = self._claim(info.id + 1)
+        offset = self._first[1] if epoch == self._first[0] else 0
+        indices = range(info.id, self.loader.num_batches(offset), info.num_workers)
+        return self._worker_batches(epoch, offset, indices)
 
-        def __iter__(self) -> Iterator[Any]:
-            info = torch.utils.data.get_worker_info()
-            if info is None:
-                return self._delivered(self.loader.begin())
-            if info.num_workers > _MAX_WORKERS:
-                raise ConfigError(f"at most {_MAX_WORKERS} DataLoader workers, got {info.num_workers}")
-            epoch = self._claim(info.id + 1)
-            offset = self._first[1] if epoch == self._first[0] else 0
-            indices = range(info.id, self.loader.num_batches(offset), info.num_workers)
-            return self._worker_batches(epoch, offset, indices)
-
-        def _delivered(self, cursor: Any) -> Iterator[Any]:
-            """The pass ``cursor`` begins, read ahead on threads; the loader's cursor moves as each batch is yielded."""
-            indices = range(self.loader.num_batches(cursor.offset))
-            reader = EpochReader(self.loader, cursor.epoch, indices, offset=cursor.offset, prefetch=self._prefetch)
-            try:
-                for index, batch in reader:
-                    self.loader.deliver(cursor, index + 1)
-                    yield _as_tensors(batch) if self.as_tensors else batch
-            finally:
-                reader.close()
-
-        def _worker_batches(self, epoch: int, offset: int, indices: range) -> Iterator[Any]:
-            """A worker process: one read at a time, the DataLoader runs the workers in parallel."""
-            for index in indices:
-                batch = self.loader.read_batch(epoch, index, offset=offset)
+    def _delivered(self, cursor: Any) -> Iterator[Any]:
+        """The pass ``cursor`` begins, read ahead on threads; the loader's cursor moves as each batch is yielded."""
+        indices = range(self.loader.num_batches(cursor.offset))
+        reader = EpochReader(self.loader, cursor.epoch, indices, offset=cursor.offset, prefetch=self._prefetch)
+        try:
+            for index, batch in reader:
+                self.loader.deliver(cursor, index + 1)
                 yield _as_tensors(batch) if self.as_tensors else batch
+        finally:
+            reader.close()
 
-        # -- the torchdata StatefulDataLoader protocol (num_workers=0) ------------------------------------------
-        def state_dict(self) -> dict[str, Any]:
-            """The loader state after the last batch delivered in the main process (see :meth:`Loader.get_state`)."""
-            if torch.utils.data.get_worker_info() is not None:
-                raise ConfigError("state_dict() needs DataLoader(num_workers=0): batches are read ahead on threads")
-            return self.loader.get_state()
+    def _worker_batches(self, epoch: int, offset: int, indices: range) -> Iterator[Any]:
+        """A worker process: one read at a time, the DataLoader runs the workers in parallel."""
+        for index in indices:
+            batch = self.loader.read_batch(epoch, index, offset=offset)
+            yield _as_tensors(batch) if self.as_tensors else batch
 
-        def load_state_dict(self, state: dict[str, Any]) -> None:
-            """Continue after the batch ``state`` was taken at, on this or another shard count."""
-            self.loader.set_state(state)
-            self._restart()
+    # -- the torchdata StatefulDataLoader protocol (num_workers=0) ------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The loader state after the last batch delivered in the main process (see :meth:`Loader.get_state`)."""
+        if torch.utils.data.get_worker_info() is not None:
+            raise ConfigError("state_dict() needs DataLoader(num_workers=0): batches are read ahead on threads")
+        return self.loader.get_state()
 
-        def __reduce__(self) -> tuple[Any, ...]:
-            # The class is made on first use (torch is imported lazily), so pickle by a module-level function;
-            # the shared epoch counters travel as such (DataLoader hands the dataset to workers it spawns).
-            return _restore, (self.loader, self._epochs, self._first, self.as_tensors, self._prefetch)
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue after the batch ``state`` was taken at, on this or another shard count."""
+        self.loader.set_state(state)
+        self._restart()
 
-        def __repr__(self) -> str:
-            return f"LoaderIterableDataset({self.loader!r}, next epoch {self.epoch})"
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The shared epoch counters travel as such (DataLoader hands the dataset to workers it spawns), not as
+        # part of a pickled __dict__.
+        return _restore, (self.loader, self._epochs, self._first, self.as_tensors, self._prefetch)
 
-    return LoaderIterableDataset
+    def __repr__(self) -> str:
+        return f"LoaderIterableDataset({self.loader!r}, next epoch {self.epoch})"
 
 
 def _restore(loader: Feed, epochs: Any, first: tuple[int, int], as_tensors: bool, prefetch: int | None) -> Any:
-    dataset = _dataset_class()(loader, as_tensors, prefetch)
+    dataset = LoaderIterableDataset(loader, as_tensors, prefetch)
     dataset._epochs, dataset._first = epochs, first
     return dataset
 
@@ -199,4 +185,4 @@ def to_torch(
     as_tensors = args.flag("as_tensors", as_tensors)
     if start != loader.epoch:
         loader.set_epoch(start)
-    return _dataset_class()(loader, as_tensors, prefetch)
+    return LoaderIterableDataset(loader, as_tensors, prefetch)
