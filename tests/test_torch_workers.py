@@ -85,3 +85,30 @@ def test_fork_over_an_object_store_names_spawn(
     loader = source(where, ids_path, tmp_path, s3_or_none)
     with pytest.raises(ConfigError, match="multiprocessing_context='spawn'"):
         list(workers(loader, "fork", persistent=False))
+
+
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata 0.11 on torch 2.13
+@pytest.mark.parametrize(("context", "stop"), [("fork", 0), ("fork", 3), ("fork", 6), ("spawn", 3)])
+def test_stateful_dataloader_resumes_with_workers(context: str, stop: int, ids_path: str) -> None:
+    """torchdata's StatefulDataLoader with workers: each worker's position is snapshotted with the batches it
+    delivers; a new DataLoader restored from it delivers the rest of the epoch, then whole epochs."""
+    stateful = pytest.importorskip("torchdata.stateful_dataloader")
+
+    def data() -> tuple[npyfeed.Loader, Any]:
+        loader = npyfeed.Loader(ids_path, batch_size=10, shuffle=True, seed=7)
+        dl = stateful.StatefulDataLoader(
+            loader.to_torch(), batch_size=None, num_workers=2, multiprocessing_context=context, persistent_workers=True
+        )
+        return loader, dl
+
+    loader, first = data()
+    expected = [[loader.read_batch(e, i).tolist() for i in range(len(loader))] for e in range(2)]
+    it = iter(first)
+    taken = [next(it).tolist() for _ in range(stop)]  # 0: before any batch; 6: the whole first epoch
+    state = first.state_dict()
+    del it, first
+    _, second = data()
+    second.load_state_dict(state)
+    rest = [batch.tolist() for batch in second]  # the rest of the epoch the state was taken in (maybe none)
+    assert taken + rest == expected[0]
+    assert [batch.tolist() for batch in second] == expected[1]

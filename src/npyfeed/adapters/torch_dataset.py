@@ -22,10 +22,12 @@ or without workers, persistent or not. In the main process the Loader's cursor c
 memory, one per worker, so fresh worker processes continue the count. ``set_epoch(e)`` makes the next iteration
 epoch ``e`` (``DistributedSampler`` style).
 
-``state_dict()`` / ``load_state_dict()`` (the protocol of torchdata's ``StatefulDataLoader``, with
-``num_workers=0``) save and restore the position after the last batch delivered, as :meth:`Loader.get_state`
-does: restored on another shard count (``shard="auto"`` under another ``WORLD_SIZE``), the rest of the epoch is
-shared out among the new ranks.
+``state_dict()`` / ``load_state_dict()`` (the protocol of torchdata's ``StatefulDataLoader``): with
+``num_workers=0`` they save and restore the position after the last batch delivered, as :meth:`Loader.get_state`
+does, and restored on another shard count (``shard="auto"`` under another ``WORLD_SIZE``) the rest of the epoch is
+shared out among the new ranks. With workers, ``StatefulDataLoader`` keeps each worker's position (epoch, batches
+it delivered) with the batches it delivers and restores them into a DataLoader with the same ``num_workers``: the
+rest of the epoch, then whole epochs.
 
 JAX users need none of this: ``for batch in loader`` yields NumPy batches (``jax.device_put`` takes them as is).
 """
@@ -86,6 +88,8 @@ class LoaderIterableDataset(torch.utils.data.IterableDataset):
         # made in the default (fork) context cannot be sent to spawn or forkserver workers; the shared heap can.
         self._first = loader.next_pass
         self._epochs = RawArray("q", [self._first[0]] * (_MAX_WORKERS + 1))
+        self._worker_state: dict[str, int] | None = None  # in a worker: its position, for StatefulDataLoader
+        self._skip: tuple[int, int] | None = None  # in a worker: (epoch, batches of it already delivered)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -118,8 +122,10 @@ class LoaderIterableDataset(torch.utils.data.IterableDataset):
             raise ConfigError(f"at most {_MAX_WORKERS} DataLoader workers, got {info.num_workers}")
         epoch = self._claim(info.id + 1)
         offset = self._first[1] if epoch == self._first[0] else 0
-        indices = range(info.id, self.loader.num_batches(offset), info.num_workers)
-        return self._worker_batches(epoch, offset, indices)
+        skip, self._skip = (self._skip[1] if self._skip is not None and self._skip[0] == epoch else 0), None
+        self._worker_state = {"epoch": epoch, "offset": offset, "delivered": skip}
+        indices = range(info.id + skip * info.num_workers, self.loader.num_batches(offset), info.num_workers)
+        return self._worker_batches(epoch, offset, indices, skip)
 
     def _delivered(self, cursor: Any) -> Iterator[Any]:
         """The pass ``cursor`` begins, read ahead on threads; the loader's cursor moves as each batch is yielded."""
@@ -132,23 +138,45 @@ class LoaderIterableDataset(torch.utils.data.IterableDataset):
         finally:
             reader.close()
 
-    def _worker_batches(self, epoch: int, offset: int, indices: range) -> Iterator[Any]:
+    def _worker_batches(self, epoch: int, offset: int, indices: range, done: int) -> Iterator[Any]:
         """A worker process: one read at a time, the DataLoader runs the workers in parallel."""
         for index in indices:
             batch = self.loader.read_batch(epoch, index, offset=offset)
+            done += 1
+            self._worker_state = {"epoch": epoch, "offset": offset, "delivered": done}
             yield _as_tensors(batch) if self.as_tensors else batch
 
-    # -- the torchdata StatefulDataLoader protocol (num_workers=0) ------------------------------------------
+    # -- the torchdata StatefulDataLoader protocol ------------------------------------------------------------
+    # num_workers=0: the loader's state (any shard count can restore it). With workers, StatefulDataLoader asks
+    # each worker for its own state, snapshotted with the batches it delivers, and hands it back to the same
+    # worker on resume: the epoch, the pass's offset and how many of this worker's batches were delivered.
     def state_dict(self) -> dict[str, Any]:
-        """The loader state after the last batch delivered in the main process (see :meth:`Loader.get_state`)."""
-        if torch.utils.data.get_worker_info() is not None:
-            raise ConfigError("state_dict() needs DataLoader(num_workers=0): batches are read ahead on threads")
-        return self.loader.get_state()
+        """The loader state after the last batch delivered in the main process (see :meth:`Loader.get_state`),
+        or, in a DataLoader worker, that worker's position (restored by as many workers)."""
+        info = torch.utils.data.get_worker_info()
+        if info is None:
+            return self.loader.get_state()
+        epoch = int(self._epochs[info.id + 1])
+        position = self._worker_state or {"epoch": epoch, "offset": 0, "delivered": 0}
+        return {"npyfeed_worker": {**position, "num_workers": info.num_workers}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue after the batch ``state`` was taken at, on this or another shard count."""
-        self.loader.set_state(state)
-        self._restart()
+        worker = state.get("npyfeed_worker") if isinstance(state, dict) else None
+        if worker is None:
+            self.loader.set_state(state)
+            self._restart()
+            return
+        info = torch.utils.data.get_worker_info()
+        if info is None or info.num_workers != worker["num_workers"]:
+            raise ConfigError(
+                f"a DataLoader worker's state restores only with num_workers={worker['num_workers']}, got "
+                f"{0 if info is None else info.num_workers}"
+            )
+        epoch, offset = args.integer("epoch", worker["epoch"]), args.integer("offset", worker["offset"])
+        self._epochs[info.id + 1] = epoch
+        self._first = (epoch, offset)
+        self._skip = (epoch, args.integer("delivered", worker["delivered"]))
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The shared epoch counters travel as such (DataLoader hands the dataset to workers it spawns), not as
