@@ -12,7 +12,6 @@ True
 
 from __future__ import annotations
 
-import secrets
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -21,19 +20,16 @@ import numpy as np
 
 from npyfeed import arguments as args
 from npyfeed.arguments import ShuffleMode
-from npyfeed.errors import ConfigError, RemoteShuffleWarning
-from npyfeed.launcher import resolve as resolve_launch
+from npyfeed.errors import RemoteShuffleWarning
+from npyfeed.loader.config import LoaderConfig, make_order
 from npyfeed.loader.cursor import Cursor, Tracker
-from npyfeed.loader.geometry import default_geometry, global_shuffle_warning
+from npyfeed.loader.geometry import global_shuffle_warning
 from npyfeed.loader.metrics import DataWait
 from npyfeed.loader.read_path import ReadPath
 from npyfeed.loader.state import LoaderState, fingerprint
-from npyfeed.order.mix_order import mix_order
-from npyfeed.order.orders import BlockShuffle, ChunkCache, GlobalShuffle, Order, Sequential, block_geometry
+from npyfeed.order.orders import Order, block_geometry
 from npyfeed.shard import Layout, Shard
 from npyfeed.sources.columns import Columns, Source
-from npyfeed.sources.mix import Mix
-from npyfeed.system import cpu_count
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -102,43 +98,36 @@ class Loader:
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.source = Columns.of(source, storage_options=storage_options)
-        self.batch_size = args.positive_int("batch_size", batch_size)
-        self.shuffle: ShuffleMode = args.shuffle_mode(shuffle)
-        given_seed = args.seed("seed", seed)
-        self.seed = given_seed if given_seed is not None else secrets.randbits(63)
-        self.drop_remainder = args.flag("drop_remainder", drop_remainder)
-        self.transform = args.function("transform", transform)
-        self.shard = Shard(*resolve_launch()) if isinstance(shard, str) and shard == "auto" else Shard.of(shard)
-        self.num_threads = args.optional_positive_int("num_threads", num_threads) or min(16, max(2, cpu_count()))
-        self.io_threads = max(
-            self.num_threads, args.optional_positive_int("io_threads", io_threads) or min(16, 4 * self.num_threads)
+        config = LoaderConfig.of(
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            drop_remainder=drop_remainder,
+            transform=transform,
+            shard=shard,
+            block_rows=block_rows,
+            window_blocks=window_blocks,
+            num_threads=num_threads,
+            io_threads=io_threads,
+            prefetch=prefetch,
+            io_hints=io_hints,
+            epoch=epoch,
         )
-        self.prefetch = args.optional_positive_int("prefetch", prefetch)
-        self.io_hints = args.optional_flag("io_hints", io_hints)
-        epoch = args.integer("epoch", epoch)
-        given = (
-            args.optional_positive_int("block_rows", block_rows),
-            args.optional_positive_int("window_blocks", window_blocks),
-        )
-        for name, value in zip(("block_rows", "window_blocks"), given, strict=True):
-            if value is not None and self.shuffle != "block":
-                why = f"it sets the block shuffle's geometry, and shuffle is {self.shuffle!r} (pass shuffle='block')"
-                raise args.inapplicable(name, value, why)
-        self._geometry_given = given
-        default = default_geometry(self.source) if None in given else (0, 0)
-        block, window = (g or d for g, d in zip(given, default, strict=True))
+        self._config = config
+        self.batch_size = config.batch_size
+        self.shuffle: ShuffleMode = config.shuffle
+        self.seed = config.seed
+        self.drop_remainder = config.drop_remainder
+        self.transform = config.transform
+        self.shard = config.shard
+        self.num_threads = config.num_threads
+        self.io_threads = config.io_threads
+        self.prefetch = config.prefetch
+        self.io_hints = config.io_hints
+        block, window = config.geometry(self.source)
         self.order: Order = self._make_order(block, window)
-        self._layout = Layout(
-            len(self.source), self.batch_size, self.shard.count, self.shard.index, self.drop_remainder
-        )
-        batches = -(-len(self.source) // self.batch_size)
-        if self.shard.count > 1 and len(self.source) > 0 and (self.shard.count > batches or not len(self._layout)):
-            raise ConfigError(
-                f"shard count {self.shard.count} is more than the {batches} batches per epoch of "
-                f"{len(self.source)} rows in batches of {self.batch_size}: use at most {batches} shards (or smaller "
-                "batches)"
-            )
-        self._tracker = Tracker(epoch)  # the consumer's position: the one cursor every adapter moves
+        self._layout = config.layout(self.source)
+        self._tracker = Tracker(config.epoch)  # the consumer's position: the one cursor every adapter moves
         self.read_path = ReadPath(
             self,
             self.source,
@@ -164,15 +153,7 @@ class Loader:
             warnings.warn(warning, RemoteShuffleWarning, stacklevel=3)
 
     def _make_order(self, block_rows: int, window_blocks: int) -> Order:
-        n = len(self.source)
-        if isinstance(self.source, Mix):  # a mixture's order comes from its per-source counts
-            m = self.source
-            return mix_order(m.counts, m.sizes, m.offsets, self.shuffle, self.seed)
-        if self.shuffle == "global":
-            return ChunkCache(GlobalShuffle(n, self.seed))
-        if self.shuffle == "block":
-            return ChunkCache(BlockShuffle(n, self.seed, block_rows, window_blocks))
-        return Sequential(n)
+        return make_order(self.source, self.shuffle, self.seed, block_rows, window_blocks)
 
     # -- sizes ------------------------------------------------------------------------------------------------
     @property
@@ -356,7 +337,7 @@ class Loader:
         """
         saved = LoaderState.from_dict(state)
         order = self.order
-        adopted = self._adoptable_geometry(saved.order)
+        adopted = self._config.adoptable_geometry(saved.order, block_geometry(self.order))
         if adopted is not None:  # a geometry chosen by default follows the state's (saved locally, resumed remotely)
             self.order = self._make_order(*adopted)
         try:
@@ -371,16 +352,6 @@ class Loader:
         if self.num_batches(position) == 0:
             epoch, position = epoch + 1, 0
         self._tracker.reset(epoch, position)
-
-    def _adoptable_geometry(self, saved: list[int]) -> tuple[int, int] | None:
-        """The block geometry of a saved block-shuffle state, when it differs from this loader's only in values
-        this loader chose by default (not ``block_rows=``/``window_blocks=`` given explicitly)."""
-        if self.shuffle != "block" or len(saved) != 2:
-            return None
-        wanted = tuple(g or v for g, v in zip(self._geometry_given, saved, strict=True))
-        if wanted != tuple(saved) or wanted == block_geometry(self.order):
-            return None
-        return int(saved[0]), int(saved[1])
 
     # -- framework adapters (each imports its framework lazily) -----------------------------------------------
     def to_tf_dataset(

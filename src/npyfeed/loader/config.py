@@ -1,0 +1,140 @@
+"""The Loader's configuration, validated once where it enters, and what it decides: the order and its geometry.
+
+Every argument of :class:`npyfeed.Loader` passes one rule (:mod:`npyfeed.arguments`: NumPy ints are ints, bools
+are never ints); an argument that cannot apply (a block geometry without ``shuffle="block"``) is refused, and a
+shard count the epoch cannot feed is refused before any read.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from npyfeed import arguments as args
+from npyfeed.arguments import ShuffleMode
+from npyfeed.errors import ConfigError
+from npyfeed.launcher import resolve as resolve_launch
+from npyfeed.loader.geometry import default_geometry
+from npyfeed.order.mix_order import mix_order
+from npyfeed.order.orders import BlockShuffle, ChunkCache, GlobalShuffle, Order, Sequential
+from npyfeed.shard import Layout, Shard
+from npyfeed.sources.columns import Columns
+from npyfeed.sources.mix import Mix
+from npyfeed.system import cpu_count
+
+__all__ = ["LoaderConfig", "make_order"]
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """The Loader's arguments, each checked (see :class:`npyfeed.Loader` for their meaning)."""
+
+    batch_size: int
+    shuffle: ShuffleMode
+    seed: int
+    drop_remainder: bool
+    transform: Callable[[Any], Any] | None
+    shard: Shard
+    num_threads: int
+    io_threads: int
+    prefetch: int | None
+    io_hints: bool | None
+    epoch: int
+    geometry_given: tuple[int | None, int | None]
+    """``(block_rows, window_blocks)`` as given (``None``: chosen by default, and a saved state's may replace it)."""
+
+    @classmethod
+    def of(
+        cls,
+        batch_size: Any,
+        *,
+        shuffle: Any,
+        seed: Any,
+        drop_remainder: Any,
+        transform: Any,
+        shard: Any,
+        block_rows: Any,
+        window_blocks: Any,
+        num_threads: Any,
+        io_threads: Any,
+        prefetch: Any,
+        io_hints: Any,
+        epoch: Any,
+    ) -> LoaderConfig:
+        """Check every argument, in the order the Loader lists them; a ``ConfigError`` names the first bad one."""
+        batch_size = args.positive_int("batch_size", batch_size)
+        shuffle_mode = args.shuffle_mode(shuffle)
+        given_seed = args.seed("seed", seed)
+        drop_remainder = args.flag("drop_remainder", drop_remainder)
+        transform = args.function("transform", transform)
+        shard = Shard(*resolve_launch()) if isinstance(shard, str) and shard == "auto" else Shard.of(shard)
+        threads = args.optional_positive_int("num_threads", num_threads) or min(16, max(2, cpu_count()))
+        io = max(threads, args.optional_positive_int("io_threads", io_threads) or min(16, 4 * threads))
+        prefetch = args.optional_positive_int("prefetch", prefetch)
+        io_hints = args.optional_flag("io_hints", io_hints)
+        epoch = args.integer("epoch", epoch)
+        given = (
+            args.optional_positive_int("block_rows", block_rows),
+            args.optional_positive_int("window_blocks", window_blocks),
+        )
+        for name, value in zip(("block_rows", "window_blocks"), given, strict=True):
+            if value is not None and shuffle_mode != "block":
+                why = f"it sets the block shuffle's geometry, and shuffle is {shuffle_mode!r} (pass shuffle='block')"
+                raise args.inapplicable(name, value, why)
+        return cls(
+            batch_size=batch_size,
+            shuffle=shuffle_mode,
+            seed=given_seed if given_seed is not None else secrets.randbits(63),
+            drop_remainder=drop_remainder,
+            transform=transform,
+            shard=shard,
+            num_threads=threads,
+            io_threads=io,
+            prefetch=prefetch,
+            io_hints=io_hints,
+            epoch=epoch,
+            geometry_given=given,
+        )
+
+    def geometry(self, source: Columns) -> tuple[int, int]:
+        """``(block_rows, window_blocks)``: those given, the rest chosen for where ``source``'s bytes live."""
+        default = default_geometry(source) if None in self.geometry_given else (0, 0)
+        block, window = (g or d for g, d in zip(self.geometry_given, default, strict=True))
+        return block, window
+
+    def layout(self, source: Columns) -> Layout:
+        """This shard's positions of a whole epoch; a ``ConfigError`` if there are more shards than batches."""
+        n, shard = len(source), self.shard
+        layout = Layout(n, self.batch_size, shard.count, shard.index, self.drop_remainder)
+        batches = -(-n // self.batch_size)
+        if shard.count > 1 and n > 0 and (shard.count > batches or not len(layout)):
+            raise ConfigError(
+                f"shard count {shard.count} is more than the {batches} batches per epoch of "
+                f"{n} rows in batches of {self.batch_size}: use at most {batches} shards (or smaller "
+                "batches)"
+            )
+        return layout
+
+    def adoptable_geometry(self, saved: list[int], current: tuple[int, int]) -> tuple[int, int] | None:
+        """The block geometry of a saved block-shuffle state, when it differs from ``current`` only in values
+        chosen by default (not ``block_rows=``/``window_blocks=`` given explicitly)."""
+        if self.shuffle != "block" or len(saved) != 2:
+            return None
+        wanted = tuple(g or v for g, v in zip(self.geometry_given, saved, strict=True))
+        if wanted != tuple(saved) or wanted == current:
+            return None
+        return int(saved[0]), int(saved[1])
+
+
+def make_order(source: Columns, shuffle: ShuffleMode, seed: int, block_rows: int, window_blocks: int) -> Order:
+    """The order of ``source``'s rows: a mixture's from its per-source counts, else the ``shuffle`` mode's."""
+    n = len(source)
+    if isinstance(source, Mix):
+        return mix_order(source.counts, source.sizes, source.offsets, shuffle, seed)
+    if shuffle == "global":
+        return ChunkCache(GlobalShuffle(n, seed))
+    if shuffle == "block":
+        return ChunkCache(BlockShuffle(n, seed, block_rows, window_blocks))
+    return Sequential(n)
