@@ -32,7 +32,6 @@ import os
 import secrets
 import sys
 import time
-import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,15 +41,24 @@ import numpy as np
 
 from npyfeed import arguments as args
 from npyfeed.errors import ConfigError, NpyFormatError
-from npyfeed.format import MAX_HEADER_SIZE, NpyHeader, header_size, parse_header, split_npz_spec
+from npyfeed.format import MAX_HEADER_SIZE, NpyHeader, split_npz_spec
 from npyfeed.sources import NpyArray, RowSource
+from npyfeed.write.blocks import fortran_blocks, row_blocks
 from npyfeed.write.casting import Casting, check_castable
+from npyfeed.write.npz import (
+    COPY_BYTES,
+    member_header,
+    member_info,
+    npz_member_header,
+    open_zip,
+    read_full,
+    stream_blocks,
+)
 from npyfeed.write.writer import NpyWriter
 
 __all__ = ["ConvertResult", "convert", "npz_member_header", "split_npz_spec"]
 
 _MEMORY_BYTES = 64 << 20  # one block of rows: large sequential reads and writes, small next to any RAM
-_COPY_BYTES = 8 << 20  # unpacking a Fortran .npz member to a temporary file, this much at a time
 
 
 @dataclass(frozen=True)
@@ -125,7 +133,7 @@ def convert(
     name = array.paths[0] if len(array.paths) == 1 else f"{array.paths[0]} (+{len(array.paths) - 1} shards)"
     out_dtype = _target_dtype(name, array.dtype, dtype, casting)
     fortran = isinstance(array, NpyArray) and array.fortran_order and array.ndim > 1
-    blocks = _fortran_blocks(array, memory_bytes) if fortran else _row_blocks(array, memory_bytes)  # type: ignore[arg-type]
+    blocks = fortran_blocks(array, memory_bytes) if fortran else row_blocks(array, memory_bytes)  # type: ignore[arg-type]
     row_shape = tuple(array.shape[1:])
     total = len(array) * array.dtype.itemsize * math.prod(row_shape)
     outputs, written = _write(blocks, dest, out_dtype, row_shape, casting, shard_bytes, total, progress, name)
@@ -162,79 +170,6 @@ def _refuse_overwriting_inputs(inputs: Sequence[str], dest: str | os.PathLike[st
                 f"convert: the output {os.fspath(dest)} is one of the inputs ({path}); write to a new name (then "
                 "rename it, if you mean to replace the input)"
             )
-
-
-def _block_rows(row_bytes: int, memory_bytes: int) -> int:
-    return max(1, memory_bytes // max(1, row_bytes))
-
-
-def _row_blocks(array: RowSource, memory_bytes: int) -> Iterator[np.ndarray]:
-    """C-order sources (one file or shards): consecutive rows, read straight into a reused buffer."""
-    row_shape = tuple(array.shape[1:])
-    step = _block_rows(array.dtype.itemsize * math.prod(row_shape), memory_bytes)
-    array.advise("sequential")
-    buffer = np.empty((min(step, len(array)), *row_shape), array.dtype)
-    for start in range(0, len(array), step):
-        stop = min(start + step, len(array))
-        out = buffer[: stop - start]
-        array.read_rows(np.arange(start, stop, dtype=np.int64), out)
-        yield out
-
-
-def _fortran_blocks(array: NpyArray, memory_bytes: int) -> Iterator[np.ndarray]:
-    """A blocked transpose: rows ``[a, b)`` of a Fortran file are one contiguous strip per column.
-
-    Each strip is read with one ``pread`` into a column-major block, which is then transposed in memory into
-    C-order rows. Strips are ``memory_bytes / (2 x row_bytes)`` elements long: long sequential reads, while
-    memory stays two blocks. (Page faults on a mapping would be wrong here: each fault reads the kernel's whole
-    read-around window, megabytes, for every strip, and under a memory cap those pages are evicted before the
-    next block uses them.) Bytes are moved raw, so padding of structured dtypes comes along.
-    """
-    if getattr(array.storage, "map_array", None) is None:  # not a local file: the storage gathers elements
-        yield from _row_blocks(array, memory_bytes)
-        return
-    h = array.header
-    n, rest, itemsize = h.shape[0], h.shape[1:], h.dtype.itemsize
-    per_row, k = math.prod(rest), len(rest)
-    step = max(1, memory_bytes // max(1, 2 * array.row_bytes))
-    fd = os.open(array.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no read-ahead past each strip: it is never used
-        unit = np.dtype(f"u{itemsize}") if itemsize in (1, 2, 4, 8) else np.dtype((np.void, itemsize))
-        strips = np.empty((per_row, min(step, n) * itemsize), np.uint8)
-        buffer = np.empty((min(step, n), *rest), h.dtype)
-        _queue_strips(fd, h.data_offset, n, per_row, itemsize, 0, min(step, n))
-        for start in range(0, n, step):
-            count = min(step, n - start)
-            size = count * itemsize
-            # Queue the next block's strips with the kernel now: they arrive while this block is transposed and
-            # written, and the device sees hundreds of reads at once instead of one at a time.
-            _queue_strips(fd, h.data_offset, n, per_row, itemsize, start + step, min(start + 2 * step, n))
-            for column in range(per_row):
-                offset = h.data_offset + (column * n + start) * itemsize
-                view = memoryview(strips[column, :size])  # type: ignore[arg-type]
-                if os.preadv(fd, [view], offset) != size:
-                    raise NpyFormatError(f"{array.path}: file ended inside column {column} (truncated?)")
-            out = buffer[:count]
-            # Transpose whole elements (a uint of the item's size, else raw void records), not single bytes.
-            laid = strips[:, :size].view(unit).reshape(*rest[::-1], count)
-            out.reshape(-1).view(unit).reshape(count, *rest)[...] = laid.transpose(k, *range(k - 1, -1, -1))
-            yield out
-    finally:
-        os.close(fd)
-
-
-def _queue_strips(fd: int, base: int, n: int, columns: int, itemsize: int, start: int, stop: int) -> None:
-    """``posix_fadvise(WILLNEED)`` on rows ``[start, stop)`` of every column: asynchronous reads, no waiting."""
-    if stop <= start or not hasattr(os, "posix_fadvise"):
-        return
-    length = (stop - start) * itemsize
-    for column in range(columns):
-        offset = base + (column * n + start) * itemsize
-        # The kernel reads at most its read-ahead window per call and ignores the rest: ask in 128 KiB pieces.
-        for piece in range(offset, offset + length, 128 << 10):
-            os.posix_fadvise(fd, piece, min(128 << 10, offset + length - piece), os.POSIX_FADV_WILLNEED)
 
 
 def _write(
@@ -288,11 +223,11 @@ def _convert_npz(
     started: float,
 ) -> ConvertResult:
     archive, member = spec
-    with _open_zip(archive) as zf:
-        info = _member_info(zf, archive, member)
+    with open_zip(archive) as zf:
+        info = member_info(zf, archive, member)
         name = f"{archive}:{member}"
         with zf.open(info) as stream:
-            header, prefix = _member_header(stream, info.file_size, name, max_header_size)
+            header, prefix = member_header(stream, info.file_size, name, max_header_size)
             if not header.shape:
                 raise NpyFormatError(f"{name}: a 0-d array has no rows to convert")
             out_dtype = _target_dtype(name, header.dtype, dtype, casting)
@@ -305,7 +240,7 @@ def _convert_npz(
                     name, result.outputs, result.rows, result.dtype, "npz+fortran", header.data_bytes,
                     result.bytes_written, time.perf_counter() - started,
                 )  # fmt: skip
-            blocks = _stream_blocks(stream, header, name, memory_bytes)
+            blocks = stream_blocks(stream, header, name, memory_bytes)
             outputs, written = _write(
                 blocks, dest, out_dtype, row_shape, casting, shard_bytes, header.data_bytes, progress, name
             )
@@ -313,95 +248,6 @@ def _convert_npz(
         name, outputs, header.shape[0], str(out_dtype), "npz", header.data_bytes, written,
         time.perf_counter() - started,
     )  # fmt: skip
-
-
-def npz_member_header(spec: str, *, max_header_size: int = MAX_HEADER_SIZE) -> NpyHeader:
-    """The ``.npy`` header of the member ``"archive.npz:member"`` (stored or deflated), reading only the header."""
-    parts = split_npz_spec(spec)
-    if parts is None:
-        raise ConfigError(f"{spec}: expected ARCHIVE.npz:MEMBER")
-    archive, member = parts
-    with _open_zip(archive) as zf:
-        info = _member_info(zf, archive, member)
-        with zf.open(info) as stream:
-            return _member_header(stream, info.file_size, spec, max_header_size)[0]
-
-
-def _open_zip(archive: str) -> zipfile.ZipFile:
-    try:
-        return zipfile.ZipFile(archive)
-    except zipfile.BadZipFile as e:
-        raise NpyFormatError(f"{archive}: not a valid .npz (zip) archive: {e}") from e
-
-
-def _member_info(zf: zipfile.ZipFile, archive: str, member: str) -> zipfile.ZipInfo:
-    names = zf.namelist()
-    entry = member if member in names else f"{member}.npy"
-    if entry not in names:
-        arrays = sorted(n.removesuffix(".npy") for n in names)
-        raise ConfigError(f"{archive}: no member {member!r}; the archive holds {arrays}")
-    info = zf.getinfo(entry)
-    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-        raise NpyFormatError(f"{archive}:{entry}: compression method {info.compress_type} is not stored/deflated")
-    return info
-
-
-def _member_header(stream: IO[bytes], size: int, name: str, max_header_size: int) -> tuple[NpyHeader, bytes]:
-    prefix = _read_full(stream, 12)
-    try:
-        length = header_size(prefix, name, max_header_size=max_header_size)
-    except ValueError as e:
-        if isinstance(e, NpyFormatError):
-            raise
-        raise NpyFormatError(f"{name}: invalid .npy: the member has only {len(prefix)} bytes") from e
-    prefix += _read_full(stream, length - len(prefix))
-    header = parse_header(prefix, size, name, max_header_size=max_header_size)
-    if header.data_offset != len(prefix):
-        raise NpyFormatError(f"{name}: header length {header.data_offset} does not match {len(prefix)}")
-    return header, prefix
-
-
-def _read_full(stream: IO[bytes], size: int) -> bytes:
-    chunks, left = [], size
-    while left > 0:
-        try:
-            chunk = stream.read(left)
-        except (zipfile.BadZipFile, EOFError, OSError) as e:  # a CRC mismatch or a truncated deflate stream
-            raise NpyFormatError(f"{getattr(stream, 'name', 'npz member')}: corrupt archive member: {e}") from e
-        if not chunk:
-            break
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-def _stream_blocks(stream: IO[bytes], header: NpyHeader, name: str, memory_bytes: int) -> Iterator[np.ndarray]:
-    rows, row_shape, dtype = header.shape[0], header.shape[1:], header.dtype
-    row_bytes = dtype.itemsize * math.prod(row_shape)
-    if row_bytes == 0:
-        yield np.empty((rows, *row_shape), dtype)
-        return
-    step = _block_rows(row_bytes, memory_bytes)
-    buffer = bytearray(min(step, rows) * row_bytes)
-    for start in range(0, rows, step):
-        count = min(step, rows - start)
-        view = memoryview(buffer)[: count * row_bytes]
-        got = _read_into(stream, view, name)
-        if got != len(view):
-            raise NpyFormatError(f"{name}: truncated member: rows {start}..{start + count} end after {got} bytes")
-        yield np.frombuffer(view, dtype).reshape(count, *row_shape)
-    _read_full(stream, 1)  # reach the end of the member, so zipfile checks its CRC
-
-
-def _read_into(stream: IO[bytes], view: memoryview, name: str) -> int:
-    done = 0
-    while done < len(view):
-        chunk = _read_full(stream, min(len(view) - done, _COPY_BYTES))
-        if not chunk:
-            break
-        view[done : done + len(chunk)] = chunk
-        done += len(chunk)
-    return done
 
 
 def _npz_fortran(
@@ -428,12 +274,12 @@ def _npz_fortran(
             out.write(prefix)  # the member's own header: the temporary is an exact copy of the member
             left = header.data_bytes
             while left > 0:
-                chunk = _read_full(stream, min(left, _COPY_BYTES))
+                chunk = read_full(stream, min(left, COPY_BYTES))
                 if not chunk:
                     raise NpyFormatError(f"{name}: truncated member: {left} data bytes missing")
                 out.write(chunk)
                 left -= len(chunk)
-        _read_full(stream, 1)  # CRC check
+        read_full(stream, 1)  # CRC check
         return convert(
             temp, dest, dtype=dtype, casting=casting, shard_bytes=shard_bytes, memory_bytes=memory_bytes,
             progress=progress, max_header_size=max(MAX_HEADER_SIZE, header.data_offset),
