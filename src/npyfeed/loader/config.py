@@ -1,4 +1,4 @@
-"""The Loader's configuration, validated once where it enters, and what it decides: the order and its geometry.
+"""The Loader's configuration, validated once where it enters, and what it decides: block geometry, shard fit.
 
 Every argument of :class:`npyfeed.Loader` passes one rule (:mod:`npyfeed.arguments`: NumPy ints are ints, bools
 are never ints); an argument that cannot apply (a block geometry without ``shuffle="block"``) is refused, and a
@@ -17,14 +17,11 @@ from npyfeed.arguments import ShuffleMode
 from npyfeed.errors import ConfigError
 from npyfeed.launcher import resolve as resolve_launch
 from npyfeed.loader.geometry import default_geometry
-from npyfeed.order.mix_order import mix_order
-from npyfeed.order.orders import BlockShuffle, ChunkCache, GlobalShuffle, Order, Sequential
 from npyfeed.shard import Layout, Shard
 from npyfeed.sources.columns import Columns
-from npyfeed.sources.mix import Mix
 from npyfeed.system import cpu_count
 
-__all__ = ["LoaderConfig", "make_order"]
+__all__ = ["LoaderConfig"]
 
 
 @dataclass(frozen=True)
@@ -116,25 +113,3 @@ class LoaderConfig:
                 "batches)"
             )
         return layout
-
-    def adoptable_geometry(self, saved: list[int], current: tuple[int, int]) -> tuple[int, int] | None:
-        """The block geometry of a saved block-shuffle state, when it differs from ``current`` only in values
-        chosen by default (not ``block_rows=``/``window_blocks=`` given explicitly)."""
-        if self.shuffle != "block" or len(saved) != 2:
-            return None
-        wanted = tuple(g or v for g, v in zip(self.geometry_given, saved, strict=True))
-        if wanted != tuple(saved) or wanted == current:
-            return None
-        return int(saved[0]), int(saved[1])
-
-
-def make_order(source: Columns, shuffle: ShuffleMode, seed: int, block_rows: int, window_blocks: int) -> Order:
-    """The order of ``source``'s rows: a mixture's from its per-source counts, else the ``shuffle`` mode's."""
-    n = len(source)
-    if isinstance(source, Mix):
-        return mix_order(source.counts, source.sizes, source.offsets, shuffle, seed)
-    if shuffle == "global":
-        return ChunkCache(GlobalShuffle(n, seed))
-    if shuffle == "block":
-        return ChunkCache(BlockShuffle(n, seed, block_rows, window_blocks))
-    return Sequential(n)

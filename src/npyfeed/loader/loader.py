@@ -21,13 +21,13 @@ import numpy as np
 from npyfeed import arguments as args
 from npyfeed.arguments import ShuffleMode
 from npyfeed.errors import RemoteShuffleWarning
-from npyfeed.loader.config import LoaderConfig, make_order
+from npyfeed.loader.config import LoaderConfig
 from npyfeed.loader.cursor import Cursor, Tracker
 from npyfeed.loader.geometry import global_shuffle_warning
 from npyfeed.loader.metrics import DataWait
+from npyfeed.loader.ordering import Ordering
 from npyfeed.loader.read_path import ReadPath
-from npyfeed.loader.state import LoaderState, fingerprint
-from npyfeed.order.orders import Order, block_geometry
+from npyfeed.order.orders import Order
 from npyfeed.shard import Layout, Shard
 from npyfeed.sources.columns import Columns, Source
 
@@ -113,10 +113,8 @@ class Loader:
             io_hints=io_hints,
             epoch=epoch,
         )
-        self._config = config
         self.batch_size = config.batch_size
         self.shuffle: ShuffleMode = config.shuffle
-        self.seed = config.seed
         self.drop_remainder = config.drop_remainder
         self.transform = config.transform
         self.shard = config.shard
@@ -125,7 +123,8 @@ class Loader:
         self.prefetch = config.prefetch
         self.io_hints = config.io_hints
         block, window = config.geometry(self.source)
-        self.order: Order = self._make_order(block, window)
+        # The seed and order (a restored state's replace them, see set_state).
+        self._ordering = Ordering(config, self.source, block, window)
         self._layout = config.layout(self.source)
         self._tracker = Tracker(config.epoch)  # the consumer's position: the one cursor every adapter moves
         self.read_path = ReadPath(
@@ -152,8 +151,15 @@ class Loader:
         if warning is not None:
             warnings.warn(warning, RemoteShuffleWarning, stacklevel=3)
 
-    def _make_order(self, block_rows: int, window_blocks: int) -> Order:
-        return make_order(self.source, self.shuffle, self.seed, block_rows, window_blocks)
+    @property
+    def seed(self) -> int:
+        """The shuffle seed (drawn if none was given; a restored state's after :meth:`set_state`)."""
+        return self._ordering.seed
+
+    @property
+    def order(self) -> Order:
+        """Which row is at each position of an epoch (see :mod:`npyfeed.order.orders`)."""
+        return self._ordering.order
 
     # -- sizes ------------------------------------------------------------------------------------------------
     @property
@@ -311,21 +317,7 @@ class Loader:
         position = self.layout(offset).consumed(delivered)
         if position is None:
             epoch, position = epoch + 1, 0
-        return self._describe(epoch, position).to_dict()
-
-    def _describe(self, epoch: int, position: int) -> LoaderState:
-        return LoaderState(
-            epoch=epoch,
-            position=position,
-            seed=self.seed,
-            shuffle=self.shuffle,
-            order=list(block_geometry(self.order)) if self.shuffle == "block" else [],
-            num_rows=len(self.source),
-            batch_size=self.batch_size,
-            drop_remainder=self.drop_remainder,
-            shard=(self.shard.index, self.shard.count),
-            fingerprint=fingerprint(self.source),
-        )
+        return self._ordering.describe(epoch, position).to_dict()
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Make the next ``iter()`` continue exactly after the last batch delivered when ``state`` was taken.
@@ -335,19 +327,7 @@ class Loader:
         geometry this loader chose by default (not given as ``block_rows``/``window_blocks``) becomes the saved
         one, so a state saved reading local files resumes reading the same files from a store, and back.
         """
-        saved = LoaderState.from_dict(state)
-        order = self.order
-        adopted = self._config.adoptable_geometry(saved.order, block_geometry(self.order))
-        if adopted is not None:  # a geometry chosen by default follows the state's (saved locally, resumed remotely)
-            self.order = self._make_order(*adopted)
-        try:
-            saved.check(self._describe(0, 0), ", ".join(self.source.paths[:3]))
-        except BaseException:
-            self.order = order
-            raise
-        if saved.seed != self.seed:
-            self.seed = saved.seed
-            self.order = self._make_order(*block_geometry(self.order))
+        saved = self._ordering.restore(state)
         epoch, position = saved.epoch, saved.position
         if self.num_batches(position) == 0:
             epoch, position = epoch + 1, 0

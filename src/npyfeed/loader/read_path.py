@@ -46,8 +46,10 @@ _REPLAN_SECONDS = 0.5  # how often reads re-measure the memory left (a few /proc
 class Schedule(Protocol):
     """What the read path asks its Loader: which rows each batch of an epoch reads, in which order and shard."""
 
-    order: Order
     shard: Shard
+
+    @property
+    def order(self) -> Order: ...
 
     def batch_rows(self, epoch: int, index: int, *, offset: int = 0) -> np.ndarray: ...
 
