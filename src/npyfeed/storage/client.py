@@ -28,8 +28,6 @@ import contextlib
 import errno
 import os
 import random
-import re
-import ssl
 import threading
 import time
 from collections import deque
@@ -43,6 +41,7 @@ from npyfeed import arguments
 from npyfeed.errors import ConfigError, ObjectChangedError
 from npyfeed.storage.deadlines import ends_at
 from npyfeed.storage.request_stats import RequestStats
+from npyfeed.storage.store_errors import Transient, final_error, first_line, redacted_cause, store_error
 from npyfeed.storage.store_options import GCS_KEYS, S3_KEYS, check_store_options, suggest
 from npyfeed.storage.urls import ObjectUrl, redact
 from npyfeed.storage.versions import ObjectVersion
@@ -139,10 +138,6 @@ class _Loop:
                 threading.Thread(target=loop.run_forever, name="npyfeed-remote", daemon=True).start()
                 cls._loop, cls._pid = loop, os.getpid()
             return cls._loop
-
-
-class _Transient(Exception):
-    """A failure worth retrying (the message says what happened)."""
 
 
 class _Slots:
@@ -246,7 +241,7 @@ class StoreClient:
             if isinstance(e, obstore.exceptions.UnknownConfigurationKeyError):
                 known = {"s3": S3_KEYS, "gs": GCS_KEYS}.get(url.scheme, frozenset())
                 hint = "".join(suggest(str(k), known | set(_OWN_KEYS)) for k in options if k not in known)
-            raise ConfigError(f"{shown}: cannot configure the store: {_first_line(e)}{hint}") from _shown(e)
+            raise ConfigError(f"{shown}: cannot configure the store: {first_line(e)}{hint}") from redacted_cause(e)
         self._semaphore: _Slots | None = None
 
     # -- running on the loop ------------------------------------------------------------------------------------
@@ -306,9 +301,9 @@ class StoreClient:
                     except ObjectChangedError:
                         raise
                     except Exception as e:
-                        error = self._error(e, name, what, changed=changed)
-                        if not isinstance(error, _Transient):
-                            raise error from _shown(e)
+                        error = store_error(self._obstore.exceptions, self.url.scheme, e, name, what, changed=changed)
+                        if not isinstance(error, Transient):
+                            raise error from redacted_cause(e)
                         last = error
                     self.stats.retries += 1
                     await asyncio.sleep(delay * (0.5 + random.random()))
@@ -379,7 +374,9 @@ class StoreClient:
         try:
             return self.run(go)
         except Exception as e:
-            raise self._final_error(e, name, "cannot list the objects") from _shown(e)
+            raise final_error(
+                self._obstore.exceptions, self.url.scheme, e, name, "cannot list the objects"
+            ) from redacted_cause(e)
 
     # -- data ---------------------------------------------------------------------------------------------------
     def fetch(
@@ -454,77 +451,6 @@ class StoreClient:
 
         await self._retrying(attempt, name, f"reading bytes [{start}, {end})", ends, background=background)
 
-    def _final_error(self, e: BaseException, name: str, what: str) -> BaseException:
-        """The error to raise for a failure after obstore's own retries (transient ones included)."""
-        if isinstance(e, TimeoutError):
-            return e  # ours, naming the URL and the deadline
-        error = self._error(e, name, what)
-        if isinstance(error, _Transient):
-            return OSError(errno.EIO, f"{name}: {error}")
-        return error
-
-    def _error(self, e: BaseException, name: str, what: str, *, changed: bool = False) -> BaseException:
-        """Our error for an obstore failure: FileNotFoundError, PermissionError, ObjectChangedError, ConfigError,
-        or a :class:`_Transient` one worth retrying."""
-        exc = self._obstore.exceptions
-        text = _first_line(e)
-        if isinstance(e, exc.PreconditionError) or (changed and isinstance(e, exc.NotFoundError | FileNotFoundError)):
-            # obstore raises its NotFoundError or the built-in FileNotFoundError for a 404: either way, deleted.
-            if isinstance(e, exc.PreconditionError):
-                state = "replaced (a precondition failed: 412)"
-            else:
-                state = "deleted (the server answered 404 Not Found)"
-            return ObjectChangedError(f"{name}: the object was {state} since it was opened: {text}")
-        if changed and _status(str(e)) == 416:
-            # The range lies inside the version opened (reads are bounds-checked first): the object got shorter.
-            return ObjectChangedError(
-                f"{name}: {what}: the object is shorter than when it was opened (the server answered 416 Range Not "
-                f"Satisfiable): replaced or truncated since ({text})"
-            )
-        if isinstance(e, exc.NotFoundError | FileNotFoundError):
-            return FileNotFoundError(errno.ENOENT, f"{name}: no such object or bucket ({text})", name)
-        if isinstance(e, exc.PermissionDeniedError | exc.UnauthenticatedError | PermissionError):
-            return PermissionError(errno.EACCES, f"{name}: {what}: access denied by the store ({text})", name)
-        if isinstance(e, exc.UnknownConfigurationKeyError | exc.InvalidPathError):
-            return ConfigError(f"{name}: {text}")
-        if "non-partial response" in str(e) or (isinstance(e, exc.NotSupportedError) and "Range" in str(e)):
-            return OSError(
-                errno.EIO,
-                f"{name}: the server answered a ranged GET with status 200 instead of 206 Partial Content (either "
-                "the whole object, or the asked range under a 200 status, as rclone's S3 server does); the "
-                f"object-store client (obstore) reads ranges only from 206 answers ({text})",
-            )
-        if _METADATA.search(str(e)):
-            if self.url.scheme == "gs":
-                given = "GOOGLE_APPLICATION_CREDENTIALS (a service account file), storage_options 'service_account'"
-            else:
-                given = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (environment or storage_options)"
-            return PermissionError(
-                errno.EACCES,
-                f"{name}: {what}: no credentials: none were given, so the client asked the cloud's instance "
-                f"metadata endpoint, which did not answer (not on a cloud machine?). Set {given}, or "
-                f"storage_options={{'skip_signature': True}} for a public bucket ({text})",
-                name,
-            )
-        certificate = _certificate_problem(e)
-        if certificate:
-            return ssl.SSLCertVerificationError(
-                errno.EACCES,
-                f"{name}: {what}: the server's TLS certificate is not trusted ({certificate}); trust its CA with "
-                "storage_options={'client_options': {'root_certificate': <CA PEM file or text>}}, SSL_CERT_FILE, "
-                "or for s3:// AWS_CA_BUNDLE (docs/object-storage.md, TLS)",
-            )
-        status = _status(str(e))
-        if status == 404:  # a listing of a missing bucket says so only by its status
-            if changed:
-                return ObjectChangedError(f"{name}: the object was deleted since it was opened: {text}")
-            return FileNotFoundError(errno.ENOENT, f"{name}: no such object or bucket ({text})", name)
-        if status in (401, 403):
-            return PermissionError(errno.EACCES, f"{name}: {what}: access denied by the store ({text})", name)
-        if status is not None and 400 <= status < 500 and status not in (408, 429):
-            return OSError(errno.EIO, f"{name}: {what}: the store answered HTTP {status} ({text})")
-        return _Transient(f"{what}: {text}")
-
 
 def _read_pem(path: str | os.PathLike[str], setting: str) -> bytes:
     """The CA certificates in the PEM file ``path`` named by ``setting``; ``ConfigError`` if it cannot be read."""
@@ -536,58 +462,6 @@ def _read_pem(path: str | os.PathLike[str], setting: str) -> bytes:
             f"{setting}={os.fspath(path)}: cannot read the CA certificate file ({e.strerror}); expected a PEM file "
             "or PEM text"
         ) from e
-
-
-def _status(message: str) -> int | None:
-    marker = "Server returned non-2xx status code: "
-    at = message.find(marker)
-    if at < 0:
-        return None
-    digits = message[at + len(marker) : at + len(marker) + 3]
-    return int(digits) if digits.isdigit() else None
-
-
-# rustls's verdict in obstore's error chain (its debug dump: "InvalidCertificate(\n UnknownIssuer,"), or a
-# native-tls / OpenSSL one.
-_CERTIFICATE = re.compile(
-    r"InvalidCertificate\(\s*(\w*)|certificate verify failed[^\n]*|invalid peer certificate[^\n]*"
-)
-
-
-# Requests a client without credentials makes to the cloud's instance metadata service (AWS IMDS v1/v2, GCE).
-_METADATA = re.compile(
-    r"/latest/api/token|/latest/meta-data|computeMetadata|169\.254\.169\.254|metadata\.google\.internal"
-)
-
-
-def _certificate_problem(e: BaseException) -> str:
-    """What the TLS layer said about the server's certificate ("invalid certificate: UnknownIssuer"), or ""."""
-    match = _CERTIFICATE.search(str(e))
-    if match is None:
-        return ""
-    if match.group(0).startswith("Invalid"):
-        return f"invalid certificate: {match.group(1) or 'unknown reason'}"
-    return match.group(0).strip()
-
-
-def _first_line(e: BaseException) -> str:
-    text = redact(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
-def _shown(e: BaseException) -> BaseException:
-    """``e`` to chain as a cause, or, when its message holds a URL's credentials, a stand-in of the same type (or
-    an ``OSError``) with them redacted: a traceback prints every cause."""
-    text = redact(e)
-    if text == str(e):
-        return e
-    try:
-        copy = type(e)(text)
-    except Exception:
-        copy = OSError(text)
-    if str(copy) != text:
-        copy = OSError(text)
-    return copy
 
 
 _clients: dict[tuple[int, str, str, str], StoreClient] = {}
