@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import errno
 import os
 import random
 import threading
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -39,6 +37,7 @@ from urllib.parse import unquote
 
 from npyfeed import arguments
 from npyfeed.errors import ConfigError, ObjectChangedError
+from npyfeed.storage.concurrency import Loop, Slots
 from npyfeed.storage.deadlines import ends_at
 from npyfeed.storage.request_stats import RequestStats
 from npyfeed.storage.store_errors import Transient, final_error, first_line, redacted_cause, store_error
@@ -123,66 +122,6 @@ def import_obstore() -> Any:
     return obstore
 
 
-class _Loop:
-    """One asyncio event loop on a daemon thread, per process (recreated in a forked child)."""
-
-    _lock = threading.Lock()
-    _loop: asyncio.AbstractEventLoop | None = None
-    _pid = -1
-
-    @classmethod
-    def get(cls) -> asyncio.AbstractEventLoop:
-        with cls._lock:
-            if cls._loop is None or cls._pid != os.getpid():
-                loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="npyfeed-remote", daemon=True).start()
-                cls._loop, cls._pid = loop, os.getpid()
-            return cls._loop
-
-
-class _Slots:
-    """At most ``n`` requests in flight to a store; a freed slot goes to a waiting read someone waits for before
-    any read-ahead. Used on the loop thread only."""
-
-    def __init__(self, n: int) -> None:
-        self._free = n
-        self._waiting: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (deque(), deque())
-
-    @contextlib.asynccontextmanager
-    async def hold(self, background: bool) -> AsyncIterator[None]:
-        await self._acquire(background)
-        try:
-            yield
-        finally:
-            self._release()
-
-    async def _acquire(self, background: bool) -> None:
-        if self._free:  # free slots exist only while nobody waits
-            self._free -= 1
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        queue = self._waiting[background]
-        queue.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self._release()  # handed a slot just as it was cancelled: pass it on
-            else:
-                with contextlib.suppress(ValueError):  # not already skipped over by a release
-                    queue.remove(waiter)
-            raise
-
-    def _release(self) -> None:
-        for queue in self._waiting:
-            while queue:
-                waiter = queue.popleft()
-                if not waiter.done():
-                    waiter.set_result(None)
-                    return
-        self._free += 1
-
-
 class StoreClient:
     """Requests to one store: a bucket (``s3://b``, ``gs://b``) or a server (``https://host``)."""
 
@@ -242,7 +181,7 @@ class StoreClient:
                 known = {"s3": S3_KEYS, "gs": GCS_KEYS}.get(url.scheme, frozenset())
                 hint = "".join(suggest(str(k), known | set(_OWN_KEYS)) for k in options if k not in known)
             raise ConfigError(f"{shown}: cannot configure the store: {first_line(e)}{hint}") from redacted_cause(e)
-        self._semaphore: _Slots | None = None
+        self._semaphore: Slots | None = None
 
     # -- running on the loop ------------------------------------------------------------------------------------
     def run(self, make: Callable[[], Awaitable[T]]) -> T:
@@ -252,13 +191,13 @@ class StoreClient:
         async def wrapped() -> T:
             return await make()
 
-        return asyncio.run_coroutine_threadsafe(wrapped(), _Loop.get()).result()
+        return asyncio.run_coroutine_threadsafe(wrapped(), Loop.get()).result()
 
     def submit(self, make: Callable[[], Awaitable[T]]) -> concurrent.futures.Future[T]:
         async def wrapped() -> T:
             return await make()
 
-        return asyncio.run_coroutine_threadsafe(wrapped(), _Loop.get())
+        return asyncio.run_coroutine_threadsafe(wrapped(), Loop.get())
 
     async def _bounded(self, awaitable: Awaitable[T], name: str, what: str) -> T:
         """``await awaitable`` within ``deadline`` seconds, else a ``TimeoutError`` naming ``name``."""
@@ -331,9 +270,9 @@ class StoreClient:
             "storage_options 'timeout' and 'deadline' set the limits)",
         )
 
-    def _slots(self) -> _Slots:
+    def _slots(self) -> Slots:
         if self._semaphore is None:  # created on the loop thread, the only one that touches it
-            self._semaphore = _Slots(self.options.max_concurrency)
+            self._semaphore = Slots(self.options.max_concurrency)
         return self._semaphore
 
     def path(self, key: str) -> str:
