@@ -30,7 +30,7 @@ def open_storage(
     """The storage backend for ``name``: a local file for a path or ``file://`` URL, else a remote object.
 
     ``storage_options`` configure the object store (endpoint, credentials, region, npyfeed's request tuning; see
-    :class:`npyfeed.storage.client.ClientOptions`) and the local cache (``cache_dir``...; see
+    :class:`npyfeed.storage.store_options.ClientOptions`) and the local cache (``cache_dir``...; see
     :mod:`npyfeed.storage.cache.directory`); ``meta`` is the object's listing entry, when known (saves a
     HEAD request).
     """

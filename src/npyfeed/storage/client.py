@@ -30,85 +30,22 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
-from npyfeed import arguments
 from npyfeed.errors import ConfigError, ObjectChangedError
 from npyfeed.storage.concurrency import Loop, Slots
 from npyfeed.storage.deadlines import ends_at
 from npyfeed.storage.request_stats import RequestStats
 from npyfeed.storage.store_errors import Transient, final_error, first_line, redacted_cause, store_error
-from npyfeed.storage.store_options import GCS_KEYS, S3_KEYS, check_store_options, suggest
+from npyfeed.storage.store_options import GCS_KEYS, OWN_KEYS, S3_KEYS, ClientOptions, check_store_options, suggest
 from npyfeed.storage.urls import ObjectUrl, redact
 from npyfeed.storage.versions import ObjectVersion
 
 __all__ = ["ClientOptions", "RequestStats", "StoreClient", "get_client", "import_obstore"]
 
 T = TypeVar("T")
-
-# npyfeed's own keys in `storage_options`; every other key goes to obstore as store configuration.
-_OWN_KEYS = (
-    "max_concurrency",
-    "request_bytes",
-    "gap_bytes",
-    "prefetch_bytes",
-    "timeout",
-    "connect_timeout",
-    "deadline",
-    "client_options",
-    "retry_config",
-)
-
-
-@dataclass(frozen=True)
-class ClientOptions:
-    """How npyfeed talks to a store; set any of these through ``storage_options``."""
-
-    max_concurrency: int = 32
-    """Range requests in flight per store and process (tens hide a 20 ms latency at hundreds of MB/s)."""
-    request_bytes: int = 2 << 20
-    """Largest single range request; bounds the memory in flight to about ``max_concurrency x request_bytes``."""
-    gap_bytes: int = 256 << 10
-    """Rows closer than this share one request (a request costs about as much as this much transfer)."""
-    prefetch_bytes: int = 96 << 20
-    """Memory for ranges fetched ahead of use (``will_need``: the blocks of the next block-shuffle windows)."""
-    timeout: float = 30.0
-    """Seconds one HTTP request may take, connecting to last byte (obstore's ``timeout``); then it is retried
-    (until ``deadline``)."""
-    connect_timeout: float = 5.0
-    """Seconds to open a connection (obstore's ``connect_timeout``)."""
-    deadline: float = 120.0
-    """Seconds a read may take, from when it began (a Loader's read of a batch: from when the consumer asked at the
-    latest) to its last byte, waiting for a request slot and every retry included; then a ``TimeoutError`` naming
-    the URL. Transient failures are retried until then. Also bounds a HEAD and each listing page."""
-
-    def __post_init__(self) -> None:
-        # npyfeed's argument rule (NumPy ints are ints, bools never; sizes in its grammar: "8MiB"), as in Python so
-        # on the command line; a frozen dataclass keeps the parsed values through object.__setattr__.
-        def key(name: str) -> str:
-            return f"storage_options[{name!r}]"
-
-        parsed: dict[str, Any] = {
-            "max_concurrency": arguments.positive_int(key("max_concurrency"), self.max_concurrency),
-            "request_bytes": arguments.size(key("request_bytes"), self.request_bytes),
-            "gap_bytes": arguments.size(key("gap_bytes"), self.gap_bytes, minimum=0),
-            "prefetch_bytes": arguments.size(key("prefetch_bytes"), self.prefetch_bytes),
-        }
-        for name in ("timeout", "connect_timeout", "deadline"):
-            parsed[name] = _seconds(key(name), getattr(self, name))
-        for name, value in parsed.items():
-            object.__setattr__(self, name, value)
-
-
-def _seconds(name: str, value: Any) -> float:
-    """A positive, finite number of seconds by the argument rule."""
-    try:
-        return arguments.number(name, value, minimum=0.0, exclusive=True)
-    except ConfigError:
-        raise ConfigError(f"{name} must be a positive number of seconds, got {arguments.show(value)}") from None
 
 
 def import_obstore() -> Any:
@@ -130,10 +67,10 @@ class StoreClient:
         from obstore.store import from_url
 
         options = dict(storage_options or {})
-        own = {k: options.pop(k) for k in _OWN_KEYS if k in options}
+        own = {k: options.pop(k) for k in OWN_KEYS if k in options}
         shown = redact(url.store_url)
         check_store_options(
-            url.scheme, shown, options, own.get("client_options") or {}, own.get("retry_config"), _OWN_KEYS
+            url.scheme, shown, options, own.get("client_options") or {}, own.get("retry_config"), OWN_KEYS
         )
         client_options = dict(own.pop("client_options", None) or {})
         retry_config = own.pop("retry_config", None)
@@ -179,7 +116,7 @@ class StoreClient:
             hint = ""
             if isinstance(e, obstore.exceptions.UnknownConfigurationKeyError):
                 known = {"s3": S3_KEYS, "gs": GCS_KEYS}.get(url.scheme, frozenset())
-                hint = "".join(suggest(str(k), known | set(_OWN_KEYS)) for k in options if k not in known)
+                hint = "".join(suggest(str(k), known | set(OWN_KEYS)) for k in options if k not in known)
             raise ConfigError(f"{shown}: cannot configure the store: {first_line(e)}{hint}") from redacted_cause(e)
         self._semaphore: Slots | None = None
 

@@ -8,18 +8,32 @@ where it belongs; an unknown one names the closest known spellings. A store opti
 bool) is refused naming its key and type, never its value: it may be a credential.
 
 The names are obstore's (its ``S3Config``, ``GCSConfig``, ``ClientConfig`` and ``RetryConfig``; a test compares them
-with the installed obstore's type stubs).
+with the installed obstore's type stubs). npyfeed's own keys are checked by :class:`ClientOptions`, with the
+argument rule (:mod:`npyfeed.arguments`).
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from npyfeed import arguments
 from npyfeed.errors import ConfigError
 
-__all__ = ["BACKOFF_KEYS", "CLIENT_KEYS", "GCS_KEYS", "RETRY_KEYS", "S3_KEYS", "check_store_options", "suggest"]
+__all__ = [
+    "BACKOFF_KEYS",
+    "CLIENT_KEYS",
+    "GCS_KEYS",
+    "OWN_KEYS",
+    "RETRY_KEYS",
+    "S3_KEYS",
+    "ClientOptions",
+    "check_store_options",
+    "seconds",
+    "suggest",
+]
 
 S3_KEYS = frozenset(
     {
@@ -198,3 +212,65 @@ def check_store_options(
                     f"{where}: storage_options['retry_config']['backoff'][{key!r}] is not a backoff setting"
                     f"{suggest(str(key), BACKOFF_KEYS)}; known: {', '.join(sorted(BACKOFF_KEYS))}"
                 )
+
+
+# npyfeed's own keys in `storage_options`; every other key goes to obstore as store configuration.
+OWN_KEYS = (
+    "max_concurrency",
+    "request_bytes",
+    "gap_bytes",
+    "prefetch_bytes",
+    "timeout",
+    "connect_timeout",
+    "deadline",
+    "client_options",
+    "retry_config",
+)
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How npyfeed talks to a store; set any of these through ``storage_options``."""
+
+    max_concurrency: int = 32
+    """Range requests in flight per store and process (tens hide a 20 ms latency at hundreds of MB/s)."""
+    request_bytes: int = 2 << 20
+    """Largest single range request; bounds the memory in flight to about ``max_concurrency x request_bytes``."""
+    gap_bytes: int = 256 << 10
+    """Rows closer than this share one request (a request costs about as much as this much transfer)."""
+    prefetch_bytes: int = 96 << 20
+    """Memory for ranges fetched ahead of use (``will_need``: the blocks of the next block-shuffle windows)."""
+    timeout: float = 30.0
+    """Seconds one HTTP request may take, connecting to last byte (obstore's ``timeout``); then it is retried
+    (until ``deadline``)."""
+    connect_timeout: float = 5.0
+    """Seconds to open a connection (obstore's ``connect_timeout``)."""
+    deadline: float = 120.0
+    """Seconds a read may take, from when it began (a Loader's read of a batch: from when the consumer asked at the
+    latest) to its last byte, waiting for a request slot and every retry included; then a ``TimeoutError`` naming
+    the URL. Transient failures are retried until then. Also bounds a HEAD and each listing page."""
+
+    def __post_init__(self) -> None:
+        # npyfeed's argument rule (NumPy ints are ints, bools never; sizes in its grammar: "8MiB"), as in Python so
+        # on the command line; a frozen dataclass keeps the parsed values through object.__setattr__.
+        def key(name: str) -> str:
+            return f"storage_options[{name!r}]"
+
+        parsed: dict[str, Any] = {
+            "max_concurrency": arguments.positive_int(key("max_concurrency"), self.max_concurrency),
+            "request_bytes": arguments.size(key("request_bytes"), self.request_bytes),
+            "gap_bytes": arguments.size(key("gap_bytes"), self.gap_bytes, minimum=0),
+            "prefetch_bytes": arguments.size(key("prefetch_bytes"), self.prefetch_bytes),
+        }
+        for name in ("timeout", "connect_timeout", "deadline"):
+            parsed[name] = seconds(key(name), getattr(self, name))
+        for name, value in parsed.items():
+            object.__setattr__(self, name, value)
+
+
+def seconds(name: str, value: Any) -> float:
+    """A positive, finite number of seconds by the argument rule."""
+    try:
+        return arguments.number(name, value, minimum=0.0, exclusive=True)
+    except ConfigError:
+        raise ConfigError(f"{name} must be a positive number of seconds, got {arguments.show(value)}") from None
