@@ -29,14 +29,11 @@ from typing import Any
 import numpy as np
 
 from npyfeed.storage.cache import claims, read_ahead
+from npyfeed.storage.cache.chunk_reads import read_bytes, read_records
 from npyfeed.storage.cache.directory import TRAILER, ChunkDirectory, chunk_directory
-from npyfeed.storage.ranges import plan_requests
 
 __all__ = ["CachedObject"]
 
-# Rows in one chunk closer than this are read with one pread (reading a few KiB more from the page cache is cheaper
-# than another system call).
-_LOCAL_GAP = 16 << 10
 _CLAIMS_AT_ONCE = 64  # chunks fetched together (each holds an open file while it is written)
 
 Fetch = Callable[[Sequence[tuple[int, int]], Callable[[int, Any], None]], None]
@@ -285,72 +282,30 @@ class CachedObject:
 
         def read_group(group: np.ndarray) -> bool:
             k = int(first[group[0]])
-            return self._read_records(k, offsets[group] - k * self.chunk_bytes, group, out2)
+            return read_records(self.open, self.chunk_bytes, k, offsets[group] - k * self.chunk_bytes, group, out2)
+
+        def read_span(i: int) -> bool:
+            return read_bytes(self.open, self.chunk_bytes, int(offsets[i]), out2[i])
 
         later = [g for g in groups if not read_group(g)]
-        later_spans = [i for i in spans if not self._read_bytes(int(offsets[i]), out2[i])]
+        later_spans = [i for i in spans if not read_span(i)]
         if later or later_spans:
             needed = {int(first[g[0]]) for g in later}
             for i in later_spans:
                 needed.update(range(int(first[i]), int(last[i]) + 1))
             self._fill(sorted(needed))
             missed = [g for g in later if not read_group(g)]
-            missed += [np.array([i]) for i in later_spans if not self._read_bytes(int(offsets[i]), out2[i])]
+            missed += [np.array([i]) for i in later_spans if not read_span(i)]
             if missed:
                 positions = np.sort(np.concatenate(missed))
                 fallback(positions)
                 n -= positions.size
         self.cache.count(served=n * record_bytes)
 
-    def _read_records(self, k: int, rel: np.ndarray, positions: np.ndarray, out2: np.ndarray) -> bool:
-        """Records at byte offsets ``rel`` (sorted) of chunk ``k`` into rows ``positions`` of ``out2``; False if
-        the chunk is not on disk (nothing read)."""
-        fd = self.open(k)
-        if fd is None:
-            return False
-        try:
-            record_bytes = out2.shape[1]
-            shift = int(rel[0]) % record_bytes
-            local = (rel - shift) // record_bytes
-            for req in plan_requests(local, record_bytes, _LOCAL_GAP, self.chunk_bytes):
-                rows = positions[req.start : req.end]
-                start = shift + req.first * record_bytes
-                count = req.end - req.start
-                if req.records == count and int(rows[-1]) - int(rows[0]) == count - 1:
-                    target = out2[int(rows[0]) : int(rows[0]) + count]  # consecutive records into consecutive rows
-                    if not _pread_exact(fd, target, start):
-                        return False
-                    continue
-                buffer = np.empty((req.records, record_bytes), np.uint8)
-                if not _pread_exact(fd, buffer, start):
-                    return False
-                out2[rows] = buffer[local[req.start : req.end] - req.first]
-            return True
-        finally:
-            os.close(fd)
-
-    def _read_bytes(self, offset: int, out: np.ndarray) -> bool:
-        """Bytes ``[offset, offset + out.size)`` into ``out`` (uint8), chunk by chunk; False if a chunk is not on
-        disk."""
-        done = 0
-        while done < out.size:
-            k, at = divmod(offset + done, self.chunk_bytes)
-            piece = min(out.size - done, self.chunk_bytes - at)
-            fd = self.open(k)
-            if fd is None:
-                return False
-            try:
-                if not _pread_exact(fd, out[done : done + piece], at):
-                    return False
-            finally:
-                os.close(fd)
-            done += piece
-        return True
-
     def read_cached(self, offset: int, out: np.ndarray) -> bool:
         """Fill ``out`` (uint8) with bytes ``[offset, offset + out.size)`` if every chunk holding them is on disk;
         False (nothing fetched) otherwise."""
-        return self._read_bytes(offset, out)
+        return read_bytes(self.open, self.chunk_bytes, offset, out)
 
     # -- read-ahead ---------------------------------------------------------------------------------------------
     def will_need(self, ranges: Sequence[tuple[int, int]], budget: int) -> None:
@@ -378,18 +333,6 @@ class CachedObject:
         finally:
             with self._lock:
                 self._queued.difference_update(ks)
-
-
-def _pread_exact(fd: int, out: np.ndarray, offset: int) -> bool:
-    """Fill ``out`` from ``fd`` at ``offset``; False if the file ends first."""
-    view = memoryview(out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
-    done = 0
-    while done < len(view):
-        n = os.preadv(fd, [view[done:]], offset + done)
-        if n == 0:
-            return False
-        done += n
-    return True
 
 
 def _close(fds: Iterable[int | None]) -> None:
