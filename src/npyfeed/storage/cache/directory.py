@@ -29,8 +29,6 @@ import errno
 import fcntl
 import math
 import os
-import re
-import stat
 import threading
 import time
 import warnings
@@ -39,10 +37,9 @@ from pathlib import Path
 
 from npyfeed.errors import CacheWarning, ConfigError
 from npyfeed.storage.cache.chunk_file import TRAILER, finish, is_good, mark_checked
-from npyfeed.storage.cache.claims import claims, part_path, unlink_quietly, unlocked
+from npyfeed.storage.cache.claims import claims, part_path, unlink_quietly
 from npyfeed.storage.cache.options import CacheOptions
 from npyfeed.storage.cache.private_dir import (
-    TEMP_NAME,
     check_private,
     create_file,
     ensure_marker,
@@ -53,16 +50,12 @@ from npyfeed.storage.cache.private_dir import (
     temp_name,
     write_file,
 )
+from npyfeed.storage.cache.scan import CHUNK_NAME, regular_files, scan
 
 __all__ = ["THRASH_RATIO", "TRAILER", "ChunkDirectory", "chunk_directory"]
 
-_OBJECT_DIR = re.compile(r"^[0-9a-f]{32}$")
-_CHUNK_NAME = re.compile(r"^[0-9a-f]{16}-(\d+)-\d+$")
-_PART_NAME = re.compile(r"^[0-9a-f]{16}-(\d+)-\d+\.part$")
-_ROOT_FILES = (".used", "CACHEDIR.TAG")  # whose temporary files the cache writes in its root
 THRASH_RATIO = 4
 """Warn when chunks fetched exceed this many times the rows served, the cache having turned over once."""
-_ORPHAN_TMP_SECONDS = 600.0  # a temporary file lives milliseconds; older ones were left by a killed process
 
 
 class ChunkDirectory:
@@ -186,32 +179,7 @@ class ChunkDirectory:
         """Scan the directory (under the lock); delete least recently used chunks until at most ``target`` bytes
         remain (None: delete nothing but orphans). Returns the bytes left, not counting the ``.part`` named
         ``exclude`` (the caller's own, reserved separately). Only the cache's own files are touched."""
-        chunks: list[tuple[int, int, str]] = []  # (atime, size, path)
-        total = 0
-        now = time.time()
-        for entry in _regular_files(self.root):
-            if (m := TEMP_NAME.match(entry.name)) and m.group("name") in _ROOT_FILES:
-                _remove_if_old(entry, now)
-        for sub in _scandir(self.root):
-            if not _OBJECT_DIR.match(sub.name) or not sub.is_dir(follow_symlinks=False):
-                continue
-            for entry in _regular_files(sub.path):
-                try:
-                    info = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                if _CHUNK_NAME.match(entry.name):
-                    chunks.append((info.st_atime_ns, info.st_size, entry.path))
-                    total += info.st_size
-                elif match := _PART_NAME.match(entry.name):
-                    if entry.name == exclude:
-                        continue
-                    if unlocked(entry.path):  # its writer died
-                        unlink_quietly(entry.path)
-                    else:
-                        total += max(info.st_size, int(match.group(1)) + TRAILER.size)
-                elif (m := TEMP_NAME.match(entry.name)) and _CHUNK_NAME.match(m.group("name")):
-                    _remove_if_old(entry, now)
+        chunks, total = scan(self.root, exclude)
         if target is not None and total > target:
             chunks.sort()
             for _, size, path in chunks:
@@ -324,39 +292,14 @@ class ChunkDirectory:
         """Delete the chunk files in ``directory`` (one object) whose version is not ``keep`` (a replaced object's
         old chunks: never served again), giving back their space."""
         freed = 0
-        for entry in _regular_files(directory):
-            if _CHUNK_NAME.match(entry.name) and not entry.name.startswith(keep + "-"):
+        for entry in regular_files(directory):
+            if CHUNK_NAME.match(entry.name) and not entry.name.startswith(keep + "-"):
                 with contextlib.suppress(FileNotFoundError):
                     size = entry.stat(follow_symlinks=False).st_size
                     Path(entry.path).unlink()
                     freed += size
         if freed:
             self.release(freed)
-
-
-def _scandir(path: str | os.PathLike[str]) -> list[os.DirEntry[str]]:
-    try:
-        with os.scandir(path) as it:
-            return list(it)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def _regular_files(path: str | os.PathLike[str]) -> list[os.DirEntry[str]]:
-    """The regular files in ``path`` (never a link, a FIFO or a directory: those are not the cache's)."""
-    found = []
-    for entry in _scandir(path):
-        with contextlib.suppress(OSError):
-            if stat.S_ISREG(entry.stat(follow_symlinks=False).st_mode):
-                found.append(entry)
-    return found
-
-
-def _remove_if_old(entry: os.DirEntry[str], now: float) -> None:
-    """Delete one of the cache's temporary files left by a killed process (none lives longer than milliseconds)."""
-    with contextlib.suppress(OSError):
-        if now - entry.stat(follow_symlinks=False).st_mtime > _ORPHAN_TMP_SECONDS:
-            unlink_quietly(entry.path)
 
 
 _caches: dict[tuple[int, CacheOptions], ChunkDirectory] = {}
