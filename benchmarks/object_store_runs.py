@@ -117,7 +117,7 @@ def _checked(files: BenchFiles, shuffle: str, batch: int) -> EpochChecker:
 
 
 def _request_stats(job: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-    from npyfeed.storage.client import get_client
+    from npyfeed.storage.clients import get_client
     from npyfeed.storage.urls import parse_url
 
     stats = get_client(parse_url(f"s3://{job['bucket']}/{job['x_key']}"), options).stats

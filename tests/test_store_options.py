@@ -105,7 +105,7 @@ def test_no_credentials_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_sizes_and_counts_follow_the_argument_rule(http: str) -> None:
     """npyfeed's own storage options take what its other arguments take: NumPy ints, sizes in the one grammar."""
     from npyfeed.cli.main import _storage_option
-    from npyfeed.storage.client import get_client
+    from npyfeed.storage.clients import get_client
     from npyfeed.storage.urls import parse_url
 
     options = {"request_bytes": "8MiB", "gap_bytes": "0", "prefetch_bytes": "1MB", "max_concurrency": np.int32(4)}

@@ -27,7 +27,6 @@ import concurrent.futures
 import errno
 import os
 import random
-import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
@@ -43,7 +42,7 @@ from npyfeed.storage.store_options import GCS_KEYS, OWN_KEYS, S3_KEYS, ClientOpt
 from npyfeed.storage.urls import ObjectUrl, redact
 from npyfeed.storage.versions import ObjectVersion
 
-__all__ = ["ClientOptions", "RequestStats", "StoreClient", "get_client", "import_obstore"]
+__all__ = ["ClientOptions", "RequestStats", "StoreClient", "import_obstore"]
 
 T = TypeVar("T")
 
@@ -338,40 +337,3 @@ def _read_pem(path: str | os.PathLike[str], setting: str) -> bytes:
             f"{setting}={os.fspath(path)}: cannot read the CA certificate file ({e.strerror}); expected a PEM file "
             "or PEM text"
         ) from e
-
-
-_clients: dict[tuple[int, str, str, str], StoreClient] = {}
-_clients_lock = threading.Lock()
-# Environment variables a store's configuration is read from (endpoint, region, credentials, trusted CAs): a client
-# made under other values is another client, or a job that changes AWS_ENDPOINT_URL would keep talking to the old one.
-_ENV_PREFIXES = ("AWS_", "GOOGLE_", "STORAGE_EMULATOR_HOST", "SSL_CERT_")
-
-
-# The process that made the first client, and with it started obstore's runtime (its tokio threads).
-_runtime_pid: int | None = None
-
-
-def get_client(url: ObjectUrl, storage_options: Mapping[str, Any] | None = None) -> StoreClient:
-    """The process's client for ``url``'s store with these options and this environment (clients are shared: one
-    pool per store).
-
-    Raises ConfigError in a process forked from one that already made requests: obstore's runtime does not
-    survive ``fork`` (tokio-rs/tokio#4301; its threads stay in the parent), and any request would wait forever.
-    """
-    global _runtime_pid
-    if _runtime_pid is not None and _runtime_pid != os.getpid():
-        raise ConfigError(
-            f"{redact(url)}: this process (pid {os.getpid()}) was forked from one that had already made requests to "
-            f"object storage (pid {_runtime_pid}); the object-store client (obstore's runtime) does not survive fork, "
-            "so a request here would hang. Start workers with 'spawn' or 'forkserver' instead: "
-            "torch.utils.data.DataLoader(..., multiprocessing_context='spawn'), multiprocessing.get_context('spawn'); "
-            "npyfeed's loaders and arrays pickle and reconnect in the worker"
-        )
-    env = repr(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)))
-    key = (os.getpid(), url.store_url, repr(sorted((storage_options or {}).items())), env)
-    with _clients_lock:
-        client = _clients.get(key)
-        if client is None:
-            client = _clients[key] = StoreClient(url, storage_options)
-            _runtime_pid = os.getpid()
-        return client

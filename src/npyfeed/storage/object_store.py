@@ -33,7 +33,8 @@ from npyfeed.storage.base import AccessPattern
 from npyfeed.storage.cache.cached_object import CachedObject
 from npyfeed.storage.cache.directory import chunk_directory
 from npyfeed.storage.cache.options import split_cache_options
-from npyfeed.storage.client import StoreClient, get_client
+from npyfeed.storage.client import StoreClient
+from npyfeed.storage.clients import get_client
 from npyfeed.storage.deadlines import ends_at
 from npyfeed.storage.ranges import plan_requests
 from npyfeed.storage.urls import match_key, parse_url, redact
@@ -85,7 +86,7 @@ class ObjectFile:
     @property
     def client(self) -> StoreClient:
         """This process's client for the object's store (in a forked child, a :class:`ConfigError`: see
-        :func:`npyfeed.storage.client.get_client`)."""
+        :func:`npyfeed.storage.clients.get_client`)."""
         self._adopt()
         if self._client is None:
             self._client = get_client(self._url, self._store_options)
@@ -95,7 +96,7 @@ class ObjectFile:
         """In a forked child: drop the parent's client and read-ahead (futures only its threads would complete).
 
         Reads the child can serve without a request (from the local cache) still work; the first request asks
-        :func:`~npyfeed.storage.client.get_client` for a client, which refuses in a forked child instead of hanging.
+        :func:`~npyfeed.storage.clients.get_client` for a client, which refuses in a forked child instead of hanging.
         """
         if self._pid != os.getpid():
             self._lock = threading.Lock()
