@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,14 +97,34 @@ def run_blocks(path: Path, name: str) -> tuple[int, list[str]]:
     return ran, skipped
 
 
+# A page's snippets run in a child process of their own: they change process-wide state (a JAX backend that then
+# warns on every later fork, TensorFlow's and torch's runtimes, the environment) that other tests must not inherit.
+CHILD = """
+import json, sys, tomllib, warnings
+from pathlib import Path
+root = Path(sys.argv[1])
+sys.path[:0] = [str(root / "tests"), str(root)]
+config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+for spec in config["filterwarnings"]:  # pytest's own filters, later ones first, as pytest applies them
+    action, message, category, module = (spec.split(":") + ["", "", ""])[:4]
+    warnings.filterwarnings(action, message, __builtins__.__dict__[category] if category else Warning, module)
+from test_docs import run_blocks
+ran, skipped = run_blocks(root / sys.argv[2], sys.argv[2])
+print(json.dumps({"ran": ran, "skipped": skipped}))
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", DOCUMENTS)
-def test_python_blocks_run(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: Any) -> None:
+def test_python_blocks_run(name: str, tmp_path: Path, request: Any) -> None:
     if name == "docs/object-storage.md":
         request.getfixturevalue("s3_bucket")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
-    ran, skipped = run_blocks(ROOT / name, name)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cmd = [sys.executable, "-c", CHILD, str(ROOT), name]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{name}: a Python block failed:\n{done.stderr[-6000:]}"
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    ran, skipped = result["ran"], result["skipped"]
     print(f"{name}: {ran} blocks ran, {len(skipped)} skipped", *skipped, sep="\n  ")
     assert (ran + len(skipped) == 0) == (name in NO_PYTHON), f"{name}: {ran + len(skipped)} Python blocks; NO_PYTHON"
 
