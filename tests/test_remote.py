@@ -288,7 +288,8 @@ def test_http_range_server_and_a_server_that_ignores_range(tmp_path: Path) -> No
 
 def test_read_ahead_never_asks_for_more_than_its_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A hint larger than the pool (the Loader hints a whole object that fits in memory) fetches one pool's worth,
-    not the whole object to drop most of it (which held GBs in flight for a 10 GB object)."""
+    not the whole object to drop most of it (which held GBs in flight for a 10 GB object). Ranges not read yet are
+    never evicted for later ones (under load that fetched blocks twice); read or stale ones make room."""
     from npyfeed.storage.object_store import ObjectFile
 
     x = np.random.default_rng(4).integers(0, 255, (1024, 1024), dtype=np.uint8)  # 1 MiB of rows
@@ -304,12 +305,25 @@ def test_read_ahead_never_asks_for_more_than_its_pool(tmp_path: Path, monkeypatc
         f.will_need([(0, f.size)])
         assert list(f._ahead) == [(a, a + 64 * kib) for a in range(0, 256 * kib, 64 * kib)]
         assert len(submitted) == 4
-        f.will_need([(512 * kib, f.size)])  # the next hint evicts the older pieces, then stops at a full pool
+        first = [(a, a + 64 * kib) for a in range(0, 256 * kib, 64 * kib)]
+        f.will_need([(512 * kib, f.size)])  # a later hint never evicts ranges not read yet: it is left to gathers
+        assert list(f._ahead) == first
+        assert len(submitted) == 4
+        out = np.empty((3, 1024), np.uint8)
+        f.gather(128, 1024, np.array([10, 11, 1000]), out)  # two rows from the pool, one fetched
+        assert np.array_equal(out, x[[10, 11, 1000]])
+        rows = np.arange(300, 900)  # 600 KiB gathered elsewhere: the reads moved past the pool's ranges (stale)
+        out = np.empty((rows.size, 1024), np.uint8)
+        f.gather(128, 1024, rows, out)
+        assert np.array_equal(out, x[rows])
+        f.will_need([(512 * kib, f.size)])  # stale ranges make room, then it stops at a full pool
         assert list(f._ahead) == [(a, a + 64 * kib) for a in range(512 * kib, 768 * kib, 64 * kib)]
         assert len(submitted) == 8
-        out = np.empty((3, 1024), np.uint8)
-        f.gather(128, 1024, np.array([600, 601, 1000]), out)  # two rows from the pool, one fetched
-        assert np.array_equal(out, x[[600, 601, 1000]])
+        rows = np.arange(512, 575)  # every record inside [512 KiB, 576 KiB): read once, its memory is let go
+        out = np.empty((rows.size, 1024), np.uint8)
+        f.gather(128, 1024, rows, out)
+        assert np.array_equal(out, x[rows])
+        assert list(f._ahead) == [(a, a + 64 * kib) for a in range(576 * kib, 768 * kib, 64 * kib)]
         loader = npyfeed.Loader(url, 64, shuffle="block", seed=3, block_rows=16, storage_options=options)
         assert np.array_equal(np.sort(epoch_rows(loader), axis=0), np.sort(x, axis=0))
 

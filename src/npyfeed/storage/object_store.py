@@ -46,6 +46,18 @@ __all__ = ["ObjectFile", "glob_objects"]
 _MIN_PREFETCH = 64 << 10
 
 
+class _Ahead:
+    """A range fetched ahead of use: its download, the records copied out of it so far, and when it was last
+    asked for or read from (in bytes the gathers had asked for by then: the pool's clock)."""
+
+    __slots__ = ("active", "copied", "future")
+
+    def __init__(self, future: concurrent.futures.Future[np.ndarray], now: int) -> None:
+        self.future = future
+        self.copied = 0
+        self.active = now
+
+
 class ObjectFile:
     """The bytes of one remote object, pinned to the version (size, ETag or Last-Modified) seen when it was opened."""
 
@@ -80,8 +92,9 @@ class ObjectFile:
                 self.options.request_bytes,
                 self.options.deadline,  # the longest wait for a chunk another process is writing
             )
-        # (start, end) -> Future[np.ndarray]: ranges fetched ahead of use, oldest first.
-        self._ahead: OrderedDict[tuple[int, int], concurrent.futures.Future[np.ndarray]] = OrderedDict()
+        # (start, end) -> ranges fetched ahead of use, oldest first; and the bytes gathers have asked for so far.
+        self._ahead: OrderedDict[tuple[int, int], _Ahead] = OrderedDict()
+        self._gathered = 0
 
     @property
     def client(self) -> StoreClient:
@@ -101,6 +114,7 @@ class ObjectFile:
         if self._pid != os.getpid():
             self._lock = threading.Lock()
             self._ahead = OrderedDict()
+            self._gathered = 0
             self._client = None
             self._pid = os.getpid()
 
@@ -192,6 +206,8 @@ class ObjectFile:
 
             self.cache.gather(base, record_bytes, indices, out2, uncached)
             return
+        with self._lock:
+            self._gathered += n * record_bytes
         todo = self._from_ahead(base, record_bytes, indices, out2)
         if todo is None:
             positions, wanted = np.arange(n), indices
@@ -270,21 +286,31 @@ class ObjectFile:
                     asked.add(piece)
                     if piece in self._ahead:
                         self._ahead.move_to_end(piece)
+                        self._ahead[piece].active = self._gathered
                         continue
                     size = piece[1] - piece[0]
-                    while self._ahead and held + size > self.options.prefetch_bytes:
-                        oldest = next(iter(self._ahead))
-                        if oldest in asked:
-                            # The pool is full of what this call asked for first (a hint larger than the pool,
-                            # e.g. a whole object): the rest is fetched by the gathers, not downloaded and dropped.
+                    while held + size > self.options.prefetch_bytes:
+                        # A range not yet read is needed sooner than this later one: only stale ranges make room.
+                        # When the pool is full of live ones (a hint larger than the pool, e.g. a whole object, or
+                        # a consumer slower than its hints), the rest is fetched by the gathers, once.
+                        stale = self._stale(asked)
+                        if stale is None:
                             return
-                        self._ahead.pop(oldest).cancel()  # evicted before use: not fetched if not started yet
-                        held -= oldest[1] - oldest[0]
-                    if held + size > self.options.prefetch_bytes:
-                        return
+                        self._ahead.pop(stale).future.cancel()  # not fetched if not started yet
+                        held -= stale[1] - stale[0]
                     ends = time.monotonic() + self.options.deadline  # read-ahead: its own deadline, not a reader's
-                    self._ahead[piece] = self.client.submit(functools.partial(self._fetch_piece, *piece, ends))
+                    future = self.client.submit(functools.partial(self._fetch_piece, *piece, ends))
+                    self._ahead[piece] = _Ahead(future, self._gathered)
                     held += size
+
+    def _stale(self, asked: set[tuple[int, int]]) -> tuple[int, int] | None:
+        """The oldest range fetched ahead that the reads have moved past: not asked for, nor read from, while the
+        gathers asked for twice the pool's bytes (a consumer that left its epoch, a hint never followed)."""
+        horizon = self._gathered - 2 * self.options.prefetch_bytes
+        for piece, entry in self._ahead.items():
+            if piece not in asked and entry.active < horizon:
+                return piece
+        return None
 
     async def _fetch_piece(self, start: int, end: int, ends: float) -> np.ndarray:
         buffer = np.empty(end - start, np.uint8)
@@ -301,7 +327,7 @@ class ObjectFile:
         with self._lock:
             if not self._ahead:
                 return None
-            entries = list(self._ahead.items())
+            entries = [(piece, entry.future) for piece, entry in self._ahead.items()]
         offsets = base + indices * record_bytes
         todo = np.ones(indices.size, bool)
         hit = False
@@ -328,6 +354,13 @@ class ObjectFile:
             out2[lo:hi] = records[(offsets[lo:hi] - start - shift) // record_bytes]
             todo[lo:hi] = False
             hit = True
+            with self._lock:
+                entry = self._ahead.get((start, end))
+                if entry is not None and entry.future is future:
+                    entry.copied += hi - lo
+                    entry.active = self._gathered
+                    if entry.copied >= count:  # every record it holds was read: its memory goes to later ranges
+                        del self._ahead[(start, end)]
         return np.flatnonzero(todo) if hit else None
 
     def advise(self, pattern: AccessPattern) -> None:
