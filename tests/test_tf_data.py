@@ -488,7 +488,7 @@ def test_batches_and_chunks_reach_tensorflow_without_a_copy(distinct: str, monke
     """A read's output is the Loader's 64-byte-aligned buffer, which numpy_function wraps without a copy: one
     batch as it is, and the batches of a chunk stacked as a view of their buffer (a copy costs as much as the read
     itself on small rows)."""
-    from npyfeed.adapters.tf_data import _stacked
+    from npyfeed.adapters.tf_reads import stacked as _stacked
 
     read_batches_per_call(monkeypatch, False, 3)
     batches = npyfeed.Loader(distinct, batch_size=10).read_batches(0, 1, 4)
