@@ -303,11 +303,11 @@ def test_read_ahead_never_asks_for_more_than_its_pool(tmp_path: Path, monkeypatc
         real_submit = f.client.submit
         monkeypatch.setattr(f.client, "submit", lambda make: submitted.append(make) or real_submit(make))
         f.will_need([(0, f.size)])
-        assert list(f._ahead) == [(a, a + 64 * kib) for a in range(0, 256 * kib, 64 * kib)]
+        assert f.read_ahead.pieces == [(a, a + 64 * kib) for a in range(0, 256 * kib, 64 * kib)]
         assert len(submitted) == 4
         first = [(a, a + 64 * kib) for a in range(0, 256 * kib, 64 * kib)]
         f.will_need([(512 * kib, f.size)])  # a later hint never evicts ranges not read yet: it is left to gathers
-        assert list(f._ahead) == first
+        assert f.read_ahead.pieces == first
         assert len(submitted) == 4
         out = np.empty((3, 1024), np.uint8)
         f.gather(128, 1024, np.array([10, 11, 1000]), out)  # two rows from the pool, one fetched
@@ -317,13 +317,13 @@ def test_read_ahead_never_asks_for_more_than_its_pool(tmp_path: Path, monkeypatc
         f.gather(128, 1024, rows, out)
         assert np.array_equal(out, x[rows])
         f.will_need([(512 * kib, f.size)])  # stale ranges make room, then it stops at a full pool
-        assert list(f._ahead) == [(a, a + 64 * kib) for a in range(512 * kib, 768 * kib, 64 * kib)]
+        assert f.read_ahead.pieces == [(a, a + 64 * kib) for a in range(512 * kib, 768 * kib, 64 * kib)]
         assert len(submitted) == 8
         rows = np.arange(512, 575)  # every record inside [512 KiB, 576 KiB): read once, its memory is let go
         out = np.empty((rows.size, 1024), np.uint8)
         f.gather(128, 1024, rows, out)
         assert np.array_equal(out, x[rows])
-        assert list(f._ahead) == [(a, a + 64 * kib) for a in range(576 * kib, 768 * kib, 64 * kib)]
+        assert f.read_ahead.pieces == [(a, a + 64 * kib) for a in range(576 * kib, 768 * kib, 64 * kib)]
         loader = npyfeed.Loader(url, 64, shuffle="block", seed=3, block_rows=16, storage_options=options)
         assert np.array_equal(np.sort(epoch_rows(loader), axis=0), np.sort(x, axis=0))
 

@@ -17,12 +17,8 @@ With ``storage_options["cache_dir"]``, gathers and read-ahead go through a local
 
 from __future__ import annotations
 
-import concurrent.futures
-import functools
 import os
 import threading
-import time
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,27 +31,12 @@ from npyfeed.storage.cache.directory import chunk_directory
 from npyfeed.storage.cache.options import split_cache_options
 from npyfeed.storage.client import StoreClient
 from npyfeed.storage.clients import get_client
-from npyfeed.storage.deadlines import ends_at
+from npyfeed.storage.object_read_ahead import MIN_PREFETCH, ObjectReadAhead
 from npyfeed.storage.ranges import plan_requests
 from npyfeed.storage.urls import match_key, parse_url, redact
 from npyfeed.storage.versions import ObjectVersion
 
 __all__ = ["ObjectFile", "glob_objects"]
-
-# Prefetched ranges smaller than this are left to the gathers (merged with their neighbours there).
-_MIN_PREFETCH = 64 << 10
-
-
-class _Ahead:
-    """A range fetched ahead of use: its download, the records copied out of it so far, and when it was last
-    asked for or read from (in bytes the gathers had asked for by then: the pool's clock)."""
-
-    __slots__ = ("active", "copied", "future")
-
-    def __init__(self, future: concurrent.futures.Future[np.ndarray], now: int) -> None:
-        self.future = future
-        self.copied = 0
-        self.active = now
 
 
 class ObjectFile:
@@ -77,7 +58,6 @@ class ObjectFile:
         info = meta if meta is not None else self.client.head(self._url.key)
         self._version = ObjectVersion.from_meta(info)
         self._size = self._version.size
-        self._lock = threading.Lock()
         self.cache: CachedObject | None = None
         """The object's chunks in the local cache, when ``storage_options`` name a ``cache_dir``."""
         # Without a validator a replaced object of the same size could not be told from the cached one.
@@ -92,9 +72,8 @@ class ObjectFile:
                 self.options.request_bytes,
                 self.options.deadline,  # the longest wait for a chunk another process is writing
             )
-        # (start, end) -> ranges fetched ahead of use, oldest first; and the bytes gathers have asked for so far.
-        self._ahead: OrderedDict[tuple[int, int], _Ahead] = OrderedDict()
-        self._gathered = 0
+        self.read_ahead = ObjectReadAhead(self._url.key, self._version, self._size)
+        """Ranges fetched ahead of use (without a cache: with one, the cache reads ahead)."""
 
     @property
     def client(self) -> StoreClient:
@@ -112,9 +91,7 @@ class ObjectFile:
         :func:`~npyfeed.storage.clients.get_client` for a client, which refuses in a forked child instead of hanging.
         """
         if self._pid != os.getpid():
-            self._lock = threading.Lock()
-            self._ahead = OrderedDict()
-            self._gathered = 0
+            self.read_ahead = ObjectReadAhead(self._url.key, self._version, self._size)
             self._client = None
             self._pid = os.getpid()
 
@@ -206,9 +183,9 @@ class ObjectFile:
 
             self.cache.gather(base, record_bytes, indices, out2, uncached)
             return
-        with self._lock:
-            self._gathered += n * record_bytes
-        todo = self._from_ahead(base, record_bytes, indices, out2)
+        self.read_ahead.count(n * record_bytes)
+        self._adopt()
+        todo = self.read_ahead.take(self.client, base, record_bytes, indices, out2)
         if todo is None:
             positions, wanted = np.arange(n), indices
         elif todo.size == 0:
@@ -267,109 +244,21 @@ class ObjectFile:
 
     # -- read-ahead ----------------------------------------------------------------------------------------------
     def will_need(self, ranges: Sequence[tuple[int, int]]) -> None:
-        """Start fetching these byte ranges into the read-ahead pool (bounded by ``prefetch_bytes``; never waits)."""
+        """Start fetching these byte ranges ahead of use (bounded by ``prefetch_bytes``; never waits): into the
+        chunk cache with a ``cache_dir``, else into :attr:`read_ahead`."""
         if self.cache is not None:
             wanted = [(max(0, a), min(b, self._size)) for a, b in ranges]
-            self.cache.will_need([(a, b) for a, b in wanted if b - a >= _MIN_PREFETCH], self.options.prefetch_bytes)
+            self.cache.will_need([(a, b) for a, b in wanted if b - a >= MIN_PREFETCH], self.options.prefetch_bytes)
             return
         self._adopt()
-        step = self.options.request_bytes
-        with self._lock:
-            held = sum(b - a for a, b in self._ahead)
-            asked: set[tuple[int, int]] = set()  # this call's pieces: never evicted by the call itself
-            for start, end in ranges:
-                start, end = max(0, start), min(end, self._size)
-                if end - start < _MIN_PREFETCH:
-                    continue
-                for a in range(start, end, step):
-                    piece = (a, min(a + step, end))
-                    asked.add(piece)
-                    if piece in self._ahead:
-                        self._ahead.move_to_end(piece)
-                        self._ahead[piece].active = self._gathered
-                        continue
-                    size = piece[1] - piece[0]
-                    while held + size > self.options.prefetch_bytes:
-                        # A range not yet read is needed sooner than this later one: only stale ranges make room.
-                        # When the pool is full of live ones (a hint larger than the pool, e.g. a whole object, or
-                        # a consumer slower than its hints), the rest is fetched by the gathers, once.
-                        stale = self._stale(asked)
-                        if stale is None:
-                            return
-                        self._ahead.pop(stale).future.cancel()  # not fetched if not started yet
-                        held -= stale[1] - stale[0]
-                    ends = time.monotonic() + self.options.deadline  # read-ahead: its own deadline, not a reader's
-                    future = self.client.submit(functools.partial(self._fetch_piece, *piece, ends))
-                    self._ahead[piece] = _Ahead(future, self._gathered)
-                    held += size
-
-    def _stale(self, asked: set[tuple[int, int]]) -> tuple[int, int] | None:
-        """The oldest range fetched ahead that the reads have moved past: not asked for, nor read from, while the
-        gathers asked for twice the pool's bytes (a consumer that left its epoch, a hint never followed)."""
-        horizon = self._gathered - 2 * self.options.prefetch_bytes
-        for piece, entry in self._ahead.items():
-            if piece not in asked and entry.active < horizon:
-                return piece
-        return None
-
-    async def _fetch_piece(self, start: int, end: int, ends: float) -> np.ndarray:
-        buffer = np.empty(end - start, np.uint8)
-
-        def sink(_: int, data: Any) -> None:
-            buffer[:] = np.frombuffer(data, np.uint8)
-
-        await self.client.fetch_async(self._url.key, self._version, [(start, end)], sink, ends, background=True)
-        return buffer
-
-    def _from_ahead(self, base: int, record_bytes: int, indices: np.ndarray, out2: np.ndarray) -> np.ndarray | None:
-        """Copy the records that lie inside fetched-ahead ranges; return the positions still to fetch (None: all)."""
-        self._adopt()
-        with self._lock:
-            if not self._ahead:
-                return None
-            entries = [(piece, entry.future) for piece, entry in self._ahead.items()]
-        offsets = base + indices * record_bytes
-        todo = np.ones(indices.size, bool)
-        hit = False
-        ends = ends_at(self.options.deadline)  # this read's deadline: waiting for a read-ahead counts against it
-        for (start, end), future in entries:
-            lo = int(np.searchsorted(offsets, start, "left"))
-            hi = int(np.searchsorted(offsets, end - record_bytes, "right"))
-            if hi <= lo:
-                continue
-            try:
-                buffer = future.result(timeout=max(0.0, ends - time.monotonic()))
-            except TimeoutError:
-                if future.done():
-                    raise  # the read-ahead's own deadline passed: the server is not answering
-                what = f"waiting for the read-ahead of bytes [{start}, {end})"
-                raise self.client.timeout_error(self._url.key, what) from None
-            except Exception:
-                with self._lock:
-                    self._ahead.pop((start, end), None)
-                continue  # the gather fetches these rows itself (and reports the error if it persists)
-            shift = (offsets[lo] - start) % record_bytes
-            count = (buffer.size - shift) // record_bytes
-            records = buffer[shift : shift + count * record_bytes].reshape(count, record_bytes)
-            out2[lo:hi] = records[(offsets[lo:hi] - start - shift) // record_bytes]
-            todo[lo:hi] = False
-            hit = True
-            with self._lock:
-                entry = self._ahead.get((start, end))
-                if entry is not None and entry.future is future:
-                    entry.copied += hi - lo
-                    entry.active = self._gathered
-                    if entry.copied >= count:  # every record it holds was read: its memory goes to later ranges
-                        del self._ahead[(start, end)]
-        return np.flatnonzero(todo) if hit else None
+        self.read_ahead.will_need(self.client, ranges)
 
     def advise(self, pattern: AccessPattern) -> None:
         """Nothing to tune remotely: the read pattern shows in the requests themselves."""
 
     def close(self) -> None:
         self._adopt()
-        with self._lock:
-            self._ahead.clear()
+        self.read_ahead.clear()
 
     def __enter__(self) -> ObjectFile:
         return self
