@@ -21,6 +21,7 @@ import numpy as np
 from npyfeed import arguments as args
 from npyfeed.arguments import ShuffleMode
 from npyfeed.errors import RemoteShuffleWarning
+from npyfeed.loader.checkpoints import Checkpoints
 from npyfeed.loader.config import LoaderConfig
 from npyfeed.loader.cursor import Cursor, Tracker
 from npyfeed.loader.geometry import global_shuffle_warning
@@ -127,6 +128,7 @@ class Loader:
         self._ordering = Ordering(config, self.source, block, window)
         self._layout = config.layout(self.source)
         self._tracker = Tracker(config.epoch)  # the consumer's position: the one cursor every adapter moves
+        self._checkpoints = Checkpoints(self._ordering, self._tracker, self.layout)
         self.read_path = ReadPath(
             self,
             self.source,
@@ -300,7 +302,7 @@ class Loader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- checkpointing (see npyfeed.loader.state) ------------------------------------------------------------------
+    # -- checkpointing (see npyfeed.loader.checkpoints) ---------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
         """A small JSON-able dict: where the consumer is (the batches it received, not those read ahead).
 
@@ -308,16 +310,12 @@ class Loader:
         loader feeding ``to_tf_dataset()`` cannot see what its consumer received: it raises a ``ConfigError``
         naming ``tf.train.Checkpoint(iterator=...)``, the checkpoint that can.
         """
-        c = self._tracker.position()
-        return self.state_after(c.epoch, c.delivered, offset=c.offset)
+        return self._checkpoints.get_state()
 
     def state_after(self, epoch: int, delivered: int, *, offset: int = 0) -> dict[str, Any]:
         """The state after a consumer received ``delivered`` batches of ``epoch`` (of its rest from ``offset``):
         what adapters that count delivered batches themselves (Keras' trained batches) save."""
-        position = self.layout(offset).consumed(delivered)
-        if position is None:
-            epoch, position = epoch + 1, 0
-        return self._ordering.describe(epoch, position).to_dict()
+        return self._checkpoints.state_after(epoch, delivered, offset=offset)
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Make the next ``iter()`` continue exactly after the last batch delivered when ``state`` was taken.
@@ -327,11 +325,7 @@ class Loader:
         geometry this loader chose by default (not given as ``block_rows``/``window_blocks``) becomes the saved
         one, so a state saved reading local files resumes reading the same files from a store, and back.
         """
-        saved = self._ordering.restore(state)
-        epoch, position = saved.epoch, saved.position
-        if self.num_batches(position) == 0:
-            epoch, position = epoch + 1, 0
-        self._tracker.reset(epoch, position)
+        self._checkpoints.set_state(state)
 
     # -- framework adapters (each imports its framework lazily) -----------------------------------------------
     def to_tf_dataset(
