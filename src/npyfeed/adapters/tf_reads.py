@@ -113,7 +113,9 @@ class Reader:
 
         Errors keep their type, with a note naming where (the Loader's, or one added here); tf.data turns them
         into its own by type (``ValueError`` -> ``InvalidArgumentError``, ``OSError`` and others ->
-        ``UnknownError``), its message holding the original's type, message and notes. A ``StopIteration`` must
+        ``UnknownError``), its message holding the original's type, message and notes. Where the type can be made
+        from a message, the error tf.data sees is a new one of that type saying where, caused by the original, so
+        the first line of tf.data's message names the batch, the epoch and the files. A ``StopIteration`` must
         not escape as such: tf.data would take it for the end of the epoch and silently drop the rest, so it
         becomes a :class:`WorkerError` caused by it.
         """
@@ -128,7 +130,16 @@ class Reader:
                 ) from err
             if getattr(err, "batch", None) is None and not isinstance(err, NpyfeedError):
                 err.add_note(f"npyfeed: reading {batches} of epoch {e} ({paths}) failed")
-            raise
+            # tf.data keeps the type's name and the last line of the traceback as the first line of its error,
+            # and prints the notes only deep in it: the same type again, saying where, when it can be made.
+            where = [n for n in getattr(err, "__notes__", ()) if n.startswith("npyfeed: ")][-1:]
+            try:
+                shown = type(err)(f"{err} ({where[0][len('npyfeed: ') :]})") if where else None
+            except Exception:
+                shown = None
+            if shown is None:
+                raise
+            raise shown from err
 
     def _batch(self, e: int, i: int, _stop: int) -> list[np.ndarray]:
         where = f"batch {i} of epoch {e}"
