@@ -107,6 +107,7 @@ CASES: list[tuple[str, Entry, str, str, Any]] = [
     ("Loader", _loader, "io_threads", "count", 4),
     ("Loader", _loader, "drop_remainder", "flag", True),
     ("Loader", _loader, "io_hints", "flag or None", False),
+    ("Loader", _loader, "autotune", "flag or None", False),
     ("Loader(shuffle='block')", lambda p, **k: _loader(p, shuffle="block", **k), "block_rows", "count", 16),
     ("Loader(shuffle='block')", lambda p, **k: _loader(p, shuffle="block", **k), "window_blocks", "count", 3),
     ("Loader(shard=)", _loader_shard, "index", "index", 1),

@@ -39,6 +39,10 @@ class LoaderConfig:
     prefetch: int | None
     io_hints: bool | None
     epoch: int
+    tune_depth: bool
+    """Autotune the read-ahead depth (``autotune`` on and no ``prefetch`` given)."""
+    tune_threads: bool
+    """Autotune the reads at once (``autotune`` on and no ``num_threads`` given)."""
     geometry_given: tuple[int | None, int | None]
     """``(block_rows, window_blocks)`` as given (``None``: chosen by default, and a saved state's may replace it)."""
 
@@ -59,6 +63,7 @@ class LoaderConfig:
         prefetch: Any,
         io_hints: Any,
         epoch: Any,
+        autotune: Any = None,
     ) -> LoaderConfig:
         """Check every argument, in the order the Loader lists them; a ``ConfigError`` names the first bad one."""
         batch_size = args.positive_int("batch_size", batch_size)
@@ -67,11 +72,17 @@ class LoaderConfig:
         drop_remainder = args.flag("drop_remainder", drop_remainder)
         transform = args.function("transform", transform)
         shard = Shard(*resolve_launch()) if isinstance(shard, str) and shard == "auto" else Shard.of(shard)
-        threads = args.optional_positive_int("num_threads", num_threads) or min(16, max(2, cpu_count()))
+        given_threads = args.optional_positive_int("num_threads", num_threads)
+        threads = given_threads or min(16, max(2, cpu_count()))
         io = max(threads, args.optional_positive_int("io_threads", io_threads) or min(16, 4 * threads))
         prefetch = args.optional_positive_int("prefetch", prefetch)
         io_hints = args.optional_flag("io_hints", io_hints)
         epoch = args.integer("epoch", epoch)
+        tune = args.optional_flag("autotune", autotune)
+        if tune and given_threads is not None and prefetch is not None:
+            why = "num_threads and prefetch are both given, which fixes what it would tune (leave one out)"
+            raise args.inapplicable("autotune", tune, why)
+        tune = tune is not False
         given = (
             args.optional_positive_int("block_rows", block_rows),
             args.optional_positive_int("window_blocks", window_blocks),
@@ -92,6 +103,8 @@ class LoaderConfig:
             prefetch=prefetch,
             io_hints=io_hints,
             epoch=epoch,
+            tune_depth=tune and prefetch is None,
+            tune_threads=tune and given_threads is None,
             geometry_given=given,
         )
 

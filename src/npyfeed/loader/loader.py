@@ -66,12 +66,16 @@ class Loader:
         num_threads: reads copying at once (default: the number of cores, at least 2).
         io_threads: reads waiting on storage at once when the data is cold (default: ``4 x num_threads``, at
             most 16): a read blocked on disk holds no core, so more of them keep the device's queue deep.
-        prefetch: batches read ahead (default: grows from ``2 x num_threads`` while the consumer waits,
-            within a memory budget: a quarter of what this process may still use, container limits included,
-            counting the pages and page tables reads touch; see :mod:`npyfeed.loader.budget`).
+        prefetch: batches read ahead (default: from ``2 x num_threads``, tuned while the consumer waits, within a
+            memory budget: a quarter of what this process may still use, container limits included, counting the
+            pages and page tables reads touch; see :mod:`npyfeed.loader.budget`).
         io_hints: ask the kernel to queue each batch's rows before reading them: ``None`` decides from the read
             speed it sees (on when reads are slow, i.e. the data is not in page cache).
         epoch: the epoch the first ``iter()`` starts.
+        autotune: adjust the read-ahead depth and the reads at once (up to ``io_threads``) while iterating, from
+            how long the consumer waits, within the memory budget; a ``num_threads`` or ``prefetch`` given stays
+            fixed. ``None`` (default) or ``True``: on; ``False``: off (the depth then grows only after the
+            consumer waited twice in a row). What it chose: :attr:`tuning`. See :mod:`npyfeed.loader.autotune`.
         storage_options: object-store configuration for URL sources (credentials, endpoint, request tuning, a
             local cache with ``cache_dir`` and ``cache_size``); see docs/object-storage.md.
 
@@ -97,6 +101,7 @@ class Loader:
         io_hints: bool | None = None,
         epoch: int = 0,
         storage_options: Mapping[str, Any] | None = None,
+        autotune: bool | None = None,
     ) -> None:
         self.source = Columns.of(source, storage_options=storage_options)
         config = LoaderConfig.of(
@@ -113,6 +118,7 @@ class Loader:
             prefetch=prefetch,
             io_hints=io_hints,
             epoch=epoch,
+            autotune=autotune,
         )
         self.batch_size = config.batch_size
         self.shuffle: ShuffleMode = config.shuffle
@@ -140,6 +146,8 @@ class Loader:
             prefetch=self.prefetch,
             io_hints=self.io_hints,
             read_bytes=_READ_BYTES,
+            tune_depth=config.tune_depth,
+            tune_threads=config.tune_threads,
         )
         if self.shuffle == "global":
             self._warn_remote_shuffle(block)
@@ -291,6 +299,14 @@ class Loader:
         over. Batches read through ``iter(loader)``, ``to_torch`` and ``to_keras`` count here, and through
         ``to_tf_dataset`` those its iterators hand over. See docs/observe.md."""
         return self.read_path.metrics
+
+    @property
+    def tuning(self) -> dict[str, Any]:
+        """What autotuning chose in this process, JSON-able: ``depth`` (read tasks ahead, of
+        :attr:`batches_per_read` batches each) and ``concurrency`` (reads copying at once) now, their bounds
+        (``max_depth`` from the memory budget, ``max_concurrency`` = ``io_threads``), which of them it tunes, and
+        counters (``windows`` judged, steps ``grown``, ``undone``, ``shrunk``). See docs/observe.md."""
+        return self.read_path.tuning
 
     def close(self) -> None:
         """Stop the read threads (a later ``iter()`` starts new ones)."""

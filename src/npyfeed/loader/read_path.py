@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from npyfeed.arguments import ShuffleMode
+from npyfeed.loader.autotune import Tuner
 from npyfeed.loader.batch_errors import batch_error, check_rows
 from npyfeed.loader.budget import Plan, plan, read_windows
 from npyfeed.loader.buffers import BufferPool
@@ -60,11 +61,12 @@ class Schedule(Protocol):
 
 @dataclass
 class _Process:
-    """The read path's resources in one process: threads, buffers, locks and the memory plan of this machine."""
+    """The read path's resources in one process: threads, buffers, locks, the memory plan of this machine and the
+    tuner of its depth and reads at once (whose slots bound the reads copying at once)."""
 
     plan: Plan
     buffers: BufferPool
-    cpu_slots: threading.BoundedSemaphore
+    tuner: Tuner
     lock: threading.Lock = field(default_factory=threading.Lock)
     pool: ThreadPoolExecutor | None = None
     planned_at: float = field(default_factory=time.monotonic)
@@ -90,11 +92,14 @@ class ReadPath:
         prefetch: int | None,
         io_hints: bool | None,
         read_bytes: int,
+        tune_depth: bool = False,
+        tune_threads: bool = False,
     ) -> None:
         self.schedule, self.source = schedule, source
         self.batch_size, self.shuffle, self.transform = batch_size, shuffle, transform
         self.num_threads, self.io_threads, self.prefetch = num_threads, io_threads, prefetch
         self.io_hints, self.read_bytes = io_hints, read_bytes
+        self.tune_depth, self.tune_threads = tune_depth, tune_threads  # see npyfeed.loader.autotune
         self.metrics = DataWait()  # what the consumer waited for, across epochs (see npyfeed.loader.metrics)
         self.hints = KernelHints(source, shuffle, io_hints)  # kept when pickled: a worker knows what was streamed
         self._process: _Process | None = None
@@ -108,7 +113,15 @@ class ReadPath:
         local = self._process
         if local is None or local.pid != os.getpid():
             made = self.make_plan()  # this machine's budget, not the one a pickled loader was made on
-            local = _Process(made, BufferPool(made.buffers), threading.BoundedSemaphore(self.num_threads))
+            tuner = Tuner(
+                depth=made.depth,
+                max_depth=made.max_depth,
+                concurrency=self.num_threads,
+                max_concurrency=self.io_threads,
+                tune_depth=self.tune_depth,
+                tune_concurrency=self.tune_threads,
+            )
+            local = _Process(made, BufferPool(made.buffers), tuner)
             self._process = local
         return local
 
@@ -131,6 +144,11 @@ class ReadPath:
     def plan(self) -> Plan:
         """This process's plan: batches per read, windows, buffers, read-ahead depth."""
         return self._here().plan
+
+    @property
+    def tuning(self) -> dict[str, Any]:
+        """What the tuner of this process chose (see :meth:`npyfeed.loader.autotune.Tuner.snapshot`)."""
+        return self._here().tuner.snapshot()
 
     @property
     def buffers(self) -> BufferPool:
@@ -223,7 +241,7 @@ class ReadPath:
         outs = [local.buffers.empty((rows.size, *a.shape[1:]), a.dtype) for a in arrays]
         # Cold data: the rows were queued with the kernel at once, and this read may wait on storage alongside
         # up to `io_threads` others, since waiting holds no core. Warm data: at most `num_threads` copy at once.
-        with contextlib.nullcontext() if hinting else local.cpu_slots:
+        with contextlib.nullcontext() if hinting else local.tuner.slots:
             started = time.perf_counter()
             read_windows(
                 arrays,
@@ -244,6 +262,7 @@ class ReadPath:
         if now - local.planned_at > _REPLAN_SECONDS:
             local.planned_at = now
             local.plan = self.make_plan()
+            local.tuner.bound(local.plan.max_depth)  # less memory left: never deeper than the new plan allows
         return local.plan
 
     def iter_batches(
@@ -269,7 +288,12 @@ class ReadPath:
         current = self.plan
         geometry = current if step == current.batches_per_read and prefetch is None else self.make_plan(step, prefetch)
         stats = PrefetchStats()
-        chunks = prefetch_ordered(jobs, self._executor(), geometry.depth, max_depth=geometry.max_depth, stats=stats)
+        tuner = self._here().tuner
+        # The tuner's depth counts reads of the plan's size: a strided or re-prefetched pass keeps the fixed rule.
+        control = tuner if tuner.active and geometry is current else None
+        chunks = prefetch_ordered(
+            jobs, self._executor(), geometry.depth, max_depth=geometry.max_depth, stats=stats, control=control
+        )
         try:
             while True:
                 asked = time.perf_counter()  # the consumer asks for the next batch: its wait starts
