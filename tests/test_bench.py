@@ -12,7 +12,7 @@ import pytest
 
 import npyfeed
 from npyfeed.bench.advice import recommend
-from npyfeed.bench.run import drop_from_cache, raw_object_speed, raw_read_speed, run_bench
+from npyfeed.bench.run import RequestReport, drop_from_cache, raw_object_speed, raw_read_speed, run_bench
 from npyfeed.cli import main
 from npyfeed.loader.budget import storages
 from npyfeed.storage.client import RequestStats
@@ -58,6 +58,55 @@ def test_bench_sweep_and_advice(data: tuple[str, str]) -> None:
     assert "shuffle" not in recommend(result).loader
 
 
+def test_bench_trials_the_tuner_against_fixed_settings_and_says_what_it_chose(data: tuple[str, str]) -> None:
+    result = run_bench(data[0], shuffle="global", max_seconds=1.0, progress=False)
+    assert result.autotune and result.tuning["autotune"] and result.io_threads >= result.num_threads
+    own, *fixed = result.trials
+    assert own["own"] and own["autotune"] and own is result.own_trial()
+    per_read = own["prefetch"] is None and {t["prefetch"] for t in fixed}
+    assert per_read and len(per_read) == 2 and {t["num_threads"] for t in fixed} >= {1, result.num_threads}
+    assert not any(t["autotune"] or t["own"] for t in fixed) and all(t["rows_per_s"] > 0 for t in result.trials)
+    result.raw_bytes_per_s = result.bytes_per_s  # (no shuffle advice here)
+    rate = own["rows_per_s"]
+    # A fixed setting within 10% of the tuner is no reason to turn it off: autotune is said to be on, nothing changes
+    result.trials = [own, {**fixed[0], "num_threads": 3, "prefetch": 64, "rows_per_s": 1.05 * rate}]
+    advice = recommend(result)
+    assert advice.loader == {} and advice.lines()[0].startswith("keep the settings")
+    assert any(line.startswith("autotune is on: it chose depth") for line in advice.lines())
+    # One that beat it in the trials is recommended whole: both settings (so tuning is off)
+    result.trials = [own, {**fixed[0], "num_threads": 3, "prefetch": 64, "rows_per_s": 1.5 * rate}]
+    advice = recommend(result)
+    assert advice.loader == {"num_threads": 3, "prefetch": 64}
+    assert "against" in advice.lines()[0] and "autotuned" in advice.lines()[0]
+
+
+def test_object_store_advice_on_gap_bytes_and_reads_at_once(data: tuple[str, str]) -> None:
+    result = run_bench(data[0], shuffle="global", max_seconds=1.0, progress=False, sweep=False)
+    result.raw_bytes_per_s = 100e6
+    result.rows = int(result.seconds * 100e6 / result.row_bytes)  # (the run read at the link's speed)
+    report = dict(
+        requests=1000, retries=0, bytes_asked=10**8, bytes_fetched=2 * 10**8, row_reads=8000, seconds=1.0,
+        latency_p50_ms=20.0, latency_p99_ms=40.0, mean_in_flight=10.0, max_in_flight=16, max_concurrency=64,
+        raw_requests=1, gap_bytes=256 << 10,
+    )  # fmt: skip
+    result.requests = RequestReport(**report)
+    advice = recommend(result)
+    # 20 ms of a 100 MB/s link carries 2 MB: a gap up to 2 MiB costs about what a request does
+    assert advice.loader == {"storage_options": {"gap_bytes": 2 << 20}}, advice.lines()
+    assert advice.lines()[0].startswith("storage_options['gap_bytes']=2097152: a request took 20.0 ms")
+    result.requests = RequestReport(**{**report, "gap_bytes": 1 << 20})
+    assert "storage_options" not in recommend(result).loader  # within 4x: left alone
+    # Slow, with the store's slots idle: the tuner handles reads at once, until it reaches io_threads
+    result.raw_bytes_per_s = 10 * result.bytes_per_s
+    result.requests = RequestReport(**{**report, "gap_bytes": 1 << 20, "mean_in_flight": 4.0})
+    result.tuning = {**result.tuning, "tunes_concurrency": True, "concurrency": 3, "max_concurrency": 8}
+    assert "num_threads" not in recommend(result).loader and "io_threads" not in recommend(result).loader
+    result.tuning["concurrency"] = 8
+    assert recommend(result).loader["io_threads"] == 2 * result.io_threads
+    result.autotune = False  # without the tuner: more reads at once, as num_threads
+    assert recommend(result).loader["num_threads"] == 2 * result.num_threads
+
+
 def test_raw_read_speed_and_cold_cache(data: tuple[str, str]) -> None:
     drop_from_cache([data[0]])  # must not fail on a file without cached pages
     assert raw_read_speed([data[0]]) > 0
@@ -75,6 +124,11 @@ def test_cli_bench_json(data: tuple[str, str], capsys: pytest.CaptureFixture[str
     assert report["recommended"].get("shuffle") != "global"
     # the raw reference read the same bytes as the run: a ratio, not "139% of raw" from different reads
     assert report["raw_share"] == pytest.approx(report["bytes_per_s"] / report["raw_bytes_per_s"])
+    assert report["autotune"] and report["tuning"]["depth"] >= 1
+    assert any(line.startswith("autotune is on") for line in report["advice"])
+    assert main(["bench", data[0], "--seconds", "5", "--no-sweep", "--json", "--no-autotune"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["autotune"] is False and not any(line.startswith("autotune") for line in report["advice"])
 
 
 def test_cli_bench_text_and_errors(data: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -53,6 +53,8 @@ class RequestReport:
     max_in_flight: int
     max_concurrency: int
     """The per-store limit (``storage_options["max_concurrency"]``)."""
+    gap_bytes: int
+    """Rows closer than this share a request (``storage_options["gap_bytes"]``, the smallest of the objects')."""
     raw_requests: int
     """GETs of the raw sequential reference (one per object read)."""
 
@@ -84,8 +86,21 @@ class BenchResult:
     memory_baseline: int
     memory_peak: int
     trials: list[dict[str, Any]] = field(default_factory=list)
+    """Short runs timed alike: the run's own settings first (``own``), then fixed ``num_threads`` x ``prefetch``."""
     requests: RequestReport | None = None
     """Object-store requests of the timed run (None when every file is local)."""
+    autotune: bool = False
+    """Whether the timed run tuned its depth or reads at once (:attr:`npyfeed.Loader.tuning`)."""
+    tuning: dict[str, Any] = field(default_factory=dict)
+    """What the tuner chose by the end of the timed run (:attr:`npyfeed.Loader.tuning`)."""
+    io_threads: int = 0
+
+    def own_trial(self) -> dict[str, Any] | None:
+        """The trial with the run's own settings (tuned as the run was): the one other trials are judged against."""
+        own = [t for t in self.trials if t.get("own")] or [
+            t for t in self.trials if t["num_threads"] == self.num_threads
+        ]
+        return own[0] if own else None
 
     @property
     def raw_share(self) -> float:
@@ -95,10 +110,10 @@ class BenchResult:
 
     def trial_gap(self) -> str | None:
         """Why the trials' speeds may differ from the timed run's, when the trial at the run's own settings does."""
-        same = [t for t in self.trials if t["num_threads"] == self.num_threads]
-        if not same or not self.rows_per_s:
+        own = self.own_trial()
+        if own is None or not self.rows_per_s:
             return None
-        ratio = same[0]["rows_per_s"] / self.rows_per_s
+        ratio = own["rows_per_s"] / self.rows_per_s
         if 0.8 <= ratio <= 1.25:
             return None
         return (
@@ -166,11 +181,13 @@ def run_bench(
     progress: bool = True,
     sweep: bool = True,
     storage_options: StorageOptions = None,
+    autotune: bool | None = None,
 ) -> BenchResult:
     """Time ``epochs`` of a Loader over ``source`` (capped at ``max_seconds``), plus the raw read reference.
 
-    With ``sweep``, also tries a few thread counts briefly and records them in ``trials`` so the caller can
-    recommend the fastest. URLs are read with ``storage_options`` (or the standard environment); ``cold`` applies
+    With ``sweep``, also tries the run's own settings and a few fixed ``num_threads`` x ``prefetch`` briefly (at
+    most 2 s each) and records them in ``trials`` so the caller can recommend the fastest; ``autotune`` is the
+    Loader's. URLs are read with ``storage_options`` (or the standard environment); ``cold`` applies
     to local files only (a store has no page cache of ours to drop).
     """
     columns = Columns.of(source, storage_options=storage_options)
@@ -189,11 +206,14 @@ def run_bench(
     began = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RemoteShuffleWarning)  # the report measures what it warns about
-        loader = Loader(columns, batch_size, shuffle=shuffle, seed=0, num_threads=num_threads, prefetch=prefetch)
+        loader = Loader(
+            columns, batch_size, shuffle=shuffle, seed=0, num_threads=num_threads, prefetch=prefetch, autotune=autotune
+        )
     with peak_anon_memory() as peak:
         rows, seconds = _time_loader(
             loader, epochs=epochs, max_seconds=max_seconds, progress=progress, label=f"shuffle={shuffle}"
         )
+    tuning = loader.tuning
     loader.close()
     _settle(clients)
     span = time.perf_counter() - began  # requests ran from the loader's start until read-ahead settled
@@ -219,21 +239,65 @@ def run_bench(
         raw_bytes_per_s=raw,
         memory_baseline=baseline,
         memory_peak=peak[0],
+        autotune=tuning["autotune"],
+        tuning=tuning,
+        io_threads=loader.io_threads,
     )
     if clients:
         result.requests = _request_report(columns, clients, before, rows, span, raw_requests)
     if sweep:
-        # The run's own thread count is among the trials: advice compares trials, all timed the same way.
-        for threads in sorted({1, cpu_count(), 2 * cpu_count(), loader.num_threads}):
-            if cold:
-                drop_from_cache(paths)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RemoteShuffleWarning)
-                trial = Loader(columns, batch_size, shuffle=shuffle, seed=1, num_threads=threads, prefetch=prefetch)
-            n, s = _time_loader(trial, epochs=1, max_seconds=min(3.0, max_seconds or 3.0), progress=False, label="")
-            trial.close()
-            result.trials.append({"num_threads": threads, "rows_per_s": n / max(s, 1e-9)})
+        result.trials = _trials(columns, loader, paths, shuffle, num_threads, prefetch, autotune, cold, max_seconds)
     return result
+
+
+def _trials(
+    columns: Columns,
+    loader: Loader,
+    paths: list[str],
+    shuffle: ShuffleMode,
+    num_threads: int | None,
+    prefetch: int | None,
+    autotune: bool | None,
+    cold: bool,
+    max_seconds: float | None,
+) -> list[dict[str, Any]]:
+    """The run's own settings (tuned as it was), then fixed thread counts x read-ahead depths (tuning off), each
+    for one epoch of at most 2 s, from the same cache state: compared with each other, never with the timed run."""
+    per_read = loader.batches_per_read
+    own: dict[str, Any] = {"num_threads": num_threads, "prefetch": prefetch, "autotune": autotune, "own": True}
+    settings: list[dict[str, Any]] = [own]
+    for threads in sorted({1, cpu_count(), 2 * cpu_count(), loader.num_threads}):
+        for ahead in [prefetch] if prefetch is not None else [per_read, 4 * per_read]:
+            settings.append({"num_threads": threads, "prefetch": ahead, "autotune": False, "own": False})
+    trials = []
+    for setting in settings:
+        if cold:
+            drop_from_cache(paths)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RemoteShuffleWarning)
+            trial = Loader(
+                columns,
+                loader.batch_size,
+                shuffle=shuffle,
+                seed=1,
+                num_threads=setting["num_threads"],
+                prefetch=setting["prefetch"],
+                autotune=setting["autotune"],
+            )
+        n, s = _time_loader(trial, epochs=1, max_seconds=min(2.0, max_seconds or 2.0), progress=False, label="")
+        tuning = trial.tuning
+        trial.close()
+        trials.append(
+            {
+                **setting,
+                "num_threads": trial.num_threads,
+                "autotune": tuning["autotune"],
+                "rows_per_s": n / max(s, 1e-9),
+                "depth": tuning["depth"],
+                "concurrency": tuning["concurrency"],
+            }
+        )
+    return trials
 
 
 def _settle(clients: list[Any], timeout: float = 5.0) -> None:
@@ -263,5 +327,6 @@ def _request_report(
         mean_in_flight=sum(s.seconds for s in spent) / max(seconds, 1e-9),
         max_in_flight=max(s.max_in_flight for s in spent),
         max_concurrency=max(c.options.max_concurrency for c in clients),
+        gap_bytes=min(s.options.gap_bytes for a in remote for s in storages(a) if is_remote(s)),
         raw_requests=raw_requests,
     )

@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.json and sys.stderr.isatty(),
             sweep=not args.no_sweep,
             storage_options=dict(args.storage_option) or None,
+            autotune=False if args.no_autotune else None,
         )
     except NpyfeedError as e:
         print(f"npyfeed bench: {redact(e)}", file=sys.stderr)
@@ -46,8 +47,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"files           {redact(', '.join(args.files))}")
     print(
         f"settings        batch_size={result.batch_size} shuffle={result.shuffle} threads={result.num_threads} "
-        f"prefetch={'auto' if result.prefetch is None else result.prefetch} {'cold' if result.cold else 'warm'}"
+        f"prefetch={'auto' if result.prefetch is None else result.prefetch} {'cold' if result.cold else 'warm'} "
+        f"autotune={'on' if result.autotune else 'off'}"
     )
+    if result.autotune:
+        t = result.tuning
+        print(
+            f"autotune        depth {t['depth']} of {t['max_depth']} reads ahead, {t['concurrency']} of "
+            f"{t['max_concurrency']} reads at once ({t['grown']} steps taken, {t['undone']} undone, {t['shrunk']} "
+            "given back)"
+        )
     print(f"rows            {result.rows:,} in {result.seconds:.2f} s")
     print(f"throughput      {result.rows_per_s:,.0f} rows/s, {result.bytes_per_s / mb:,.0f} MB/s")
     req = result.requests
@@ -77,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         f"{result.memory_baseline / mb:,.0f} MB baseline"
     )
     for trial in result.trials:
-        print(f"  trial         threads={trial['num_threads']}: {trial['rows_per_s']:,.0f} rows/s")
+        how = "the run's own settings" if trial.get("own") else f"prefetch={trial.get('prefetch')}"
+        print(f"  trial         threads={trial['num_threads']} {how}: {trial['rows_per_s']:,.0f} rows/s")
     gap = result.trial_gap()
     if gap is not None:
         print(f"  note          {gap}")

@@ -101,7 +101,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--epochs", type=int, default=1, metavar="N")
     bench.add_argument("--seconds", type=float, default=30.0, help="stop timing after this long (default 30)")
     bench.add_argument("--cold", action="store_true", help="drop the files from the page cache first")
-    bench.add_argument("--no-sweep", action="store_true", help="skip the short thread-count trials")
+    bench.add_argument("--no-sweep", action="store_true", help="skip the short num_threads x prefetch trials")
+    bench.add_argument(
+        "--no-autotune", action="store_true", help="time the Loader with autotune=False (today's fixed rule)"
+    )
     bench.add_argument(
         "--storage-option",
         action="append",

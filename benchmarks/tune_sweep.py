@@ -1,0 +1,267 @@
+"""Autotuned prefetching and bench's advice against a sweep of fixed settings, all in one run (issue 20).
+
+    .venv/bin/python -m benchmarks.tune_sweep            # warm, cold (root) and a loopback object (~4-5 min)
+    .venv/bin/python -m benchmarks.tune_sweep --quick    # smaller sweep, shorter windows (~1.5-2 min)
+    .venv/bin/python -m benchmarks.tune_sweep --sources warm --json sweep.json
+
+For each source (``warm``: a local file in page cache, global shuffle; ``cold``: the same file with the page cache
+dropped before every setting (root; skipped otherwise), block shuffle; ``object``: the file as an S3 object on a
+loopback ``benchmarks.s3_server`` in its own process, block shuffle), in the same run and on the same data:
+
+- ``defaults``: ``Loader(..., autotune=False)`` (today's fixed rule);
+- ``autotuned``: ``Loader(...)`` (the defaults, tuned while it reads);
+- every ``num_threads`` x ``prefetch`` of the sweep (``autotune`` off: both fixed);
+- ``recommended``: the Loader keyword arguments ``npyfeed bench --json`` recommends for this source (its
+  ``shuffle`` advice is printed, not applied: the sweep compares one order).
+
+Each setting is a fresh Loader reading whole epochs for ``--warmup`` seconds (not counted: threads start, the
+tuner settles), then ``--seconds`` timed (cold: one timed pass from the first batch, no warm-up, since a warm-up
+would warm the cache). The settings run in a shuffled order so load drifts evenly. Every number is printed as a
+ratio to the best swept setting, with the targets: autotuned >= 0.9x best and >= 1.0x defaults; recommended >= 0.9x
+best. CPU seconds per GB of the process and the load average are printed too: on a shared machine compare only
+ratios within a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.pagecache import can_drop_caches, drop_caches, warm
+
+__all__ = ["main"]
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data" / "bench" / "tune"
+ROW_FLOATS = 256  # 1 KiB rows, as in issue 20's measurement
+ORDERS = {"warm": "global", "cold": "block", "object": "block"}
+
+
+def _make_file(size_mib: int) -> Path:
+    """``x.npy`` of 1 KiB float32 rows (seeded random), reused while its shape matches."""
+    bucket = DATA / "bucket"
+    bucket.mkdir(parents=True, exist_ok=True)
+    path = bucket / f"x{size_mib}.npy"
+    rows = size_mib * 1024
+    if path.exists():
+        try:
+            if np.load(path, mmap_mode="r").shape == (rows, ROW_FLOATS):
+                return path
+        except ValueError:
+            pass
+    tmp = path.with_suffix(".tmp.npy")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(rows, ROW_FLOATS))
+    rng = np.random.default_rng(0)
+    for start in range(0, rows, 65536):
+        stop = min(rows, start + 65536)
+        out[start:stop] = rng.random((stop - start, ROW_FLOATS), dtype=np.float32)
+    out.flush()
+    del out
+    tmp.replace(path)
+    return path
+
+
+class _Server:
+    """``benchmarks.s3_server`` in its own process, reached as S3 through the standard environment."""
+
+    def __init__(self, root: Path, delay_ms: float) -> None:
+        cmd = [sys.executable, "-m", "benchmarks.s3_server", str(root), "--delay-ms", str(delay_ms)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+        if not self.url.startswith("http://"):
+            self.stop()
+            raise RuntimeError(f"the server did not start: {self.url!r}")
+
+    def stop(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@contextmanager
+def _s3_environment(url: str) -> Iterator[None]:
+    values = {
+        "AWS_ENDPOINT_URL": url,
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_ACCESS_KEY_ID": "benchmark",
+        "AWS_SECRET_ACCESS_KEY": "benchmark",
+        "AWS_REGION": "us-east-1",
+    }
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _measure(source: str, kind: str, shuffle: str, kwargs: dict[str, Any], warmup: float, seconds: float) -> dict:
+    """Rows/s of a fresh Loader over ``seconds`` after ``warmup`` (cold: one pass from the start, no warm-up)."""
+    import npyfeed
+
+    if kind == "cold":
+        drop_caches()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", npyfeed.RemoteShuffleWarning)
+        loader = npyfeed.Loader(source, 256, shuffle=shuffle, seed=0, **kwargs)
+    rows = 0
+    began = time.perf_counter()
+    counting = kind == "cold"
+    start, cpu0 = (began, time.process_time()) if counting else (0.0, 0.0)
+    stop = began + (seconds if counting else warmup + seconds)
+    done = False
+    while not done:
+        for batch in loader:
+            now = time.perf_counter()
+            if not counting and now - began >= warmup:
+                counting, start, cpu0 = True, now, time.process_time()
+            elif counting:
+                rows += len(batch)
+            if now >= stop:
+                done = True
+                break
+        else:
+            done = kind == "cold"  # one cold pass: a second one would read a warm cache
+    elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
+    tuning = loader.tuning
+    loader.close()
+    nbytes = rows * ROW_FLOATS * 4
+    return {
+        "rows_per_s": rows / max(elapsed, 1e-9),
+        "cpu_s_per_gb": cpu / max(nbytes / 1e9, 1e-9),
+        "depth": tuning["depth"],
+        "concurrency": tuning["concurrency"],
+    }
+
+
+def _recommended(source: str, kind: str, shuffle: str) -> tuple[dict[str, Any], list[str]]:
+    """What ``npyfeed bench --json`` recommends for ``source`` (its shuffle advice kept aside)."""
+    from npyfeed.bench.advice import recommend
+    from npyfeed.bench.run import run_bench
+
+    result = run_bench(source, shuffle=shuffle, cold=kind == "cold", max_seconds=10.0, progress=False)
+    advice = recommend(result)
+    kwargs = {k: v for k, v in advice.loader.items() if k != "shuffle"}
+    return kwargs, advice.lines()
+
+
+def _sweep(quick: bool) -> list[dict[str, Any]]:
+    threads = [1, 2, 4] if quick else [1, 2, 4, 8]
+    reads_ahead = [1, 4, 16] if quick else [1, 2, 4, 8, 16]  # read tasks of 16 batches (4 MiB) each
+    return [{"num_threads": t, "prefetch": 16 * k} for t in threads for k in reads_ahead]
+
+
+def _run_source(kind: str, source: str, args: argparse.Namespace) -> dict[str, Any]:
+    shuffle = args.shuffle or ORDERS[kind]
+    if kind == "warm":
+        warm([source])
+    print(f"\n## {kind}: {source} ({args.size_mib} MiB of 1 KiB rows, shuffle={shuffle!r}, batch 256)", flush=True)
+    rec_kwargs, advice = _recommended(source, kind, shuffle)
+    print(f"bench recommends {rec_kwargs or 'no change'}: " + " | ".join(advice), flush=True)
+    settings: list[tuple[str, dict[str, Any]]] = [("defaults", {"autotune": False}), ("autotuned", {})]
+    settings.append(("recommended", rec_kwargs))
+    settings += [(f"threads={s['num_threads']} prefetch={s['prefetch']}", {**s, "autotune": False}) for s in
+                 _sweep(args.quick)]  # fmt: skip
+    random.Random(args.seed).shuffle(settings)
+    results: dict[str, dict[str, Any]] = {}
+    load = os.getloadavg()
+    for name, kwargs in settings:
+        results[name] = {**_measure(source, kind, shuffle, kwargs, args.warmup, args.seconds), "kwargs": kwargs}
+        r = results[name]
+        print(f"  {name:28s} {r['rows_per_s']:>12,.0f} rows/s  (depth {r['depth']}, {r['concurrency']} at once)",
+              flush=True)  # fmt: skip
+    load_after = os.getloadavg()
+    swept = {n: r for n, r in results.items() if n.startswith("threads=")}
+    best_name = max(swept, key=lambda n: swept[n]["rows_per_s"])
+    best = swept[best_name]["rows_per_s"]
+    print(f"\n| {kind} | rows/s | x best swept | CPU s/GB | depth | at once |")
+    print("|---|--:|--:|--:|--:|--:|")
+    rows = ["defaults", "autotuned", "recommended", best_name, *sorted(n for n in swept if n != best_name)]
+    for name in rows:
+        r = results[name]
+        label = f"best swept ({name})" if name == best_name else name
+        print(f"| {label} | {r['rows_per_s']:,.0f} | {r['rows_per_s'] / best:.2f} | {r['cpu_s_per_gb']:.2f} | "
+              f"{r['depth']} | {r['concurrency']} |")  # fmt: skip
+    auto, default, rec = (results[n]["rows_per_s"] for n in ("autotuned", "defaults", "recommended"))
+    verdict = {
+        "autotuned_vs_best": auto / best,
+        "autotuned_vs_defaults": auto / default,
+        "recommended_vs_best": rec / best,
+    }
+    print(
+        f"autotuned {auto / best:.2f}x best (target >= 0.9), {auto / default:.2f}x defaults (>= 1.0); "
+        f"recommended {rec / best:.2f}x best (>= 0.9); load average {load[0]:.2f} -> {load_after[0]:.2f}",
+        flush=True,
+    )
+    return {
+        "kind": kind,
+        "shuffle": shuffle,
+        "results": results,
+        "best": best_name,
+        "advice": advice,
+        "load": [load, load_after],
+        **verdict,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="a smaller sweep and shorter windows")
+    parser.add_argument("--sources", default="warm,cold,object", help="comma-separated: warm, cold, object")
+    parser.add_argument("--size-mib", type=int, default=None, help="file size (default 512, quick 256)")
+    parser.add_argument("--warmup", type=float, default=None, help="seconds read before timing (default 1.5)")
+    parser.add_argument("--seconds", type=float, default=None, help="seconds timed per setting (default 2)")
+    parser.add_argument("--shuffle", choices=["none", "global", "block"], default=None, help="one order for all")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="latency the object server adds per request")
+    parser.add_argument("--seed", type=int, default=0, help="the order settings run in")
+    parser.add_argument("--json", type=Path, default=None, help="write every number here")
+    args = parser.parse_args(argv)
+    args.size_mib = args.size_mib or (256 if args.quick else 512)
+    args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 1.5)
+    args.seconds = args.seconds if args.seconds is not None else (1.5 if args.quick else 2.0)
+    path = _make_file(args.size_mib)
+    print(f"tune_sweep: cores {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}", flush=True)
+    report = []
+    for kind in [k.strip() for k in args.sources.split(",") if k.strip()]:
+        if kind not in ORDERS:
+            parser.error(f"unknown source {kind!r}: expected warm, cold or object")
+        if kind == "cold" and (why := can_drop_caches()) is not None:
+            print(f"\n## cold: skipped ({why})")
+            continue
+        if kind == "object":
+            server = _Server(DATA, args.delay_ms)
+            try:
+                with _s3_environment(server.url):
+                    report.append(_run_source(kind, f"s3://bucket/{path.name}", args))
+            finally:
+                server.stop()
+        else:
+            report.append(_run_source(kind, str(path), args))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
