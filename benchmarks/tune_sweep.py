@@ -14,12 +14,11 @@ loopback ``benchmarks.s3_server`` in its own process, block shuffle), in the sam
 - ``recommended``: the Loader keyword arguments ``npyfeed bench --json`` recommends for this source (its
   ``shuffle`` advice is printed, not applied: the sweep compares one order).
 
-Each setting is a fresh Loader reading whole epochs for ``--warmup`` seconds (not counted: threads start, the
-tuner settles), then ``--seconds`` timed (cold: one timed pass from the first batch, no warm-up, since a warm-up
-would warm the cache). The settings run in a shuffled order so load drifts evenly. Every number is printed as a
-ratio to the best swept setting, with the targets: autotuned >= 0.9x best and >= 1.0x defaults; recommended >= 0.9x
-best. CPU seconds per GB of the process and the load average are printed too: on a shared machine compare only
-ratios within a run.
+Each setting is a fresh Loader reading epochs for ``--warmup`` seconds (not timed: threads start, the tuner
+settles), then ``--seconds`` timed; cold, the page cache is dropped before every pass, outside the clock. The
+settings run in a shuffled order so load drifts evenly. Every number is printed as a ratio to the best swept
+setting, with the targets: autotuned >= 0.9x best and >= 1.0x defaults; recommended >= 0.9x best. CPU seconds per GB
+of the process and the load average are printed too: on a shared machine compare only ratios within a run.
 """
 
 from __future__ import annotations
@@ -117,39 +116,35 @@ def _s3_environment(url: str) -> Iterator[None]:
 
 
 def _measure(source: str, kind: str, shuffle: str, kwargs: dict[str, Any], warmup: float, seconds: float) -> dict:
-    """Rows/s of a fresh Loader over ``seconds`` after ``warmup`` (cold: one pass from the start, no warm-up)."""
+    """Rows/s of a fresh Loader over ``seconds`` of reading after ``warmup`` seconds (not timed). Cold: the page
+    cache is dropped before every pass, outside the clock (the same Loader goes on: its tuner keeps what it
+    learned)."""
     import npyfeed
 
-    if kind == "cold":
-        drop_caches()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", npyfeed.RemoteShuffleWarning)
         loader = npyfeed.Loader(source, 256, shuffle=shuffle, seed=0, **kwargs)
+    clock = timed = cpu = 0.0  # seconds inside passes (cache drops excluded); of them, timed; CPU of the timed
     rows = 0
-    began = time.perf_counter()
-    counting = kind == "cold"
-    start, cpu0 = (began, time.process_time()) if counting else (0.0, 0.0)
-    stop = began + (seconds if counting else warmup + seconds)
-    done = False
-    while not done:
+    while clock < warmup + seconds:
+        if kind == "cold":
+            drop_caches()
+        last, last_cpu = time.perf_counter(), time.process_time()
         for batch in loader:
-            now = time.perf_counter()
-            if not counting and now - began >= warmup:
-                counting, start, cpu0 = True, now, time.process_time()
-            elif counting:
+            now, now_cpu = time.perf_counter(), time.process_time()
+            if clock >= warmup:  # this batch's wait and the step before it are timed
                 rows += len(batch)
-            if now >= stop:
-                done = True
+                timed += now - last
+                cpu += now_cpu - last_cpu
+            clock += now - last
+            last, last_cpu = now, now_cpu
+            if clock >= warmup + seconds:
                 break
-        else:
-            done = kind == "cold"  # one cold pass: a second one would read a warm cache
-    elapsed = time.perf_counter() - start
-    cpu = time.process_time() - cpu0
     tuning = loader.tuning
     loader.close()
     nbytes = rows * ROW_FLOATS * 4
     return {
-        "rows_per_s": rows / max(elapsed, 1e-9),
+        "rows_per_s": rows / max(timed, 1e-9),
         "cpu_s_per_gb": cpu / max(nbytes / 1e9, 1e-9),
         "depth": tuning["depth"],
         "concurrency": tuning["concurrency"],
@@ -169,8 +164,8 @@ def _recommended(source: str, kind: str, shuffle: str) -> tuple[dict[str, Any], 
 
 def _sweep(quick: bool) -> list[dict[str, Any]]:
     threads = [1, 2, 4] if quick else [1, 2, 4, 8]
-    reads_ahead = [1, 4, 16] if quick else [1, 2, 4, 8, 16]  # read tasks of 16 batches (4 MiB) each
-    return [{"num_threads": t, "prefetch": 16 * k} for t in threads for k in reads_ahead]
+    ahead = [4, 16, 64] if quick else [1, 4, 16, 64, 256]  # batches (a read task holds a few: see `depth`)
+    return [{"num_threads": t, "prefetch": p} for t in threads for p in ahead]
 
 
 def _run_source(kind: str, source: str, args: argparse.Namespace) -> dict[str, Any]:
