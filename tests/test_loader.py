@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import re
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,47 @@ def test_transform_runs_on_every_batch(arrays: dict[str, Any]) -> None:
         np.testing.assert_allclose(x, arrays["x"][y] / 255.0, rtol=1e-6)
         count += len(y)
     assert count == N
+
+
+def test_a_transformed_batch_is_handed_over_before_the_rest_of_its_read_is_transformed(tmp_path: Path) -> None:
+    path = tmp_path / "ids.npy"
+    np.save(path, np.arange(640, dtype=np.int64))
+    release, gave_up = threading.Event(), threading.Event()
+
+    def held(batch: np.ndarray) -> np.ndarray:
+        """Batches after the first wait until the consumer holds the first one (or give up after 10 s)."""
+        if batch[0] != 0 and not gave_up.is_set() and not release.wait(timeout=10):
+            gave_up.set()
+        return batch
+
+    loader = Loader(str(path), 10, transform=held)
+    assert loader.batches_per_read == 64  # one read task fetches all 64 batches
+    it = iter(loader)
+    first = next(it)
+    waited = gave_up.is_set()
+    release.set()
+    rest = list(it)
+    assert not waited, "the first batch waited for the transforms of the other 63 batches of its read"
+    np.testing.assert_array_equal(np.concatenate([first, *rest]), np.arange(640))
+
+
+def test_transforms_of_the_batches_of_one_read_run_on_different_threads(tmp_path: Path) -> None:
+    path = tmp_path / "ids.npy"
+    np.save(path, np.arange(640, dtype=np.int64))
+    both = threading.Barrier(2, timeout=10)  # broken (an error naming the batch) if they ran one after another
+    threads: dict[int, int] = {}
+
+    def meet(batch: np.ndarray) -> np.ndarray:
+        if batch[0] in (0, 10):  # batches 0 and 1, read by the same task
+            threads[int(batch[0])] = threading.get_ident()
+            both.wait()
+        return batch
+
+    loader = Loader(str(path), 10, transform=meet)
+    assert loader.batches_per_read == 64
+    np.testing.assert_array_equal(np.concatenate(list(loader)), np.arange(640))
+    assert threads[0] != threads[10]
+    assert loader.metrics.snapshot()["batches"] == 64
 
 
 def test_errors_on_read_threads_reach_the_consumer(arrays: dict[str, Any]) -> None:

@@ -55,7 +55,8 @@ class Loader:
             cold or slow storage; see :class:`npyfeed.order.orders.BlockShuffle`).
         seed: the shuffle seed; ``None`` draws one (kept in :meth:`get_state`, so a resume is exact).
         drop_remainder: drop the last, smaller batch of each epoch.
-        transform: ``transform(batch) -> batch`` applied to every batch on the read threads.
+        transform: ``transform(batch) -> batch`` applied to every batch on the read threads, several batches at
+            once, each handed over as soon as it is transformed.
         shard: this worker's share of each epoch: ``(index, count)``, a :class:`Shard`, a
             ``tf.distribute.InputContext``, or ``"auto"`` (from the engine or launcher, see
             :func:`npyfeed.launcher.resolve`). Worker ``i`` reads global batches ``i, i + count, ...``.

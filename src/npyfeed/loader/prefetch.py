@@ -17,6 +17,7 @@ stops the same way (:data:`EXITING`), so exit never waits for whole chunks of sl
 from __future__ import annotations
 
 import atexit
+import concurrent.futures.thread  # noqa: F401 (its exit hook, the join of the pools' threads, must come first)
 import threading
 import time
 from collections import deque
@@ -30,7 +31,8 @@ __all__ = ["EXITING", "DepthControl", "PrefetchStats", "Stopped", "prefetch_orde
 EXITING = threading.Event()
 """Set when the interpreter exits: every read in flight stops at its next batch or window."""
 # threading's exit hooks run before concurrent.futures joins its workers (atexit hooks run only after), and the
-# last registered runs first: ours, registered after concurrent.futures.thread was imported, precedes its join.
+# last registered runs first: ours, registered after concurrent.futures.thread was imported (above), precedes its
+# join, so queued and running reads and transforms see it instead of being waited for.
 getattr(threading, "_register_atexit", atexit.register)(EXITING.set)
 
 

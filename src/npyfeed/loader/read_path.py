@@ -1,5 +1,6 @@
 """The read path a Loader owns: batches fetched in chunks on read threads into recycled aligned buffers, then
-transformed; the first bad batch's error delivered after the good ones before it, and the kernel asked to read
+transformed one batch per job (:mod:`npyfeed.loader.transforms`); the first bad batch's error delivered after the
+good ones before it, and the kernel asked to read
 ahead (a whole file streamed once per process when it fits in memory, whole blocks per window of a block shuffle,
 a batch's rows at once when reads are slow).
 
@@ -16,7 +17,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -25,12 +26,13 @@ import numpy as np
 
 from npyfeed.arguments import ShuffleMode
 from npyfeed.loader.autotune import Tuner
-from npyfeed.loader.batch_errors import batch_error, check_rows
+from npyfeed.loader.batch_errors import batch_error
 from npyfeed.loader.budget import Plan, plan, read_windows
 from npyfeed.loader.buffers import BufferPool
 from npyfeed.loader.kernel_hints import KernelHints
 from npyfeed.loader.metrics import DataWait
 from npyfeed.loader.prefetch import PrefetchStats, Stopped, prefetch_ordered, stopping
+from npyfeed.loader.transforms import Pending, Transformed, hand_over, queue_transforms, transform_batch
 from npyfeed.order.orders import Order
 from npyfeed.shard import Layout, Shard
 from npyfeed.sources.base import row_nbytes
@@ -171,20 +173,27 @@ class ReadPath:
     # -- reads ---------------------------------------------------------------------------------------------------
 
     def read_chunk(
-        self, epoch: int, start: int, stop: int, stop_event: threading.Event | None = None, *, offset: int = 0
+        self,
+        epoch: int,
+        start: int,
+        stop: int,
+        stop_event: threading.Event | None = None,
+        *,
+        offset: int = 0,
+        transform: bool = True,
     ) -> Chunk:
-        """Batches ``start..stop-1`` of ``epoch`` (of its rest from global position ``offset``); a failure is
-        returned with the good batches before it, never raised. Its requests to object stores share one deadline
-        from when it began (:func:`read_scope`)."""
+        """Batches ``start..stop-1`` of ``epoch`` (of its rest from global position ``offset``), transformed one
+        after another unless ``transform`` is false; a failure is returned with the good batches before it, never
+        raised. Its requests to object stores share one deadline from when it began (:func:`read_scope`)."""
         with read_scope():
-            return self._read_chunk_in_scope(epoch, start, stop, stop_event, offset)
+            return self._read_chunk_in_scope(epoch, start, stop, stop_event, offset, transform)
 
     def _read_chunk_in_scope(
-        self, epoch: int, start: int, stop: int, stop_event: threading.Event | None, offset: int
+        self, epoch: int, start: int, stop: int, stop_event: threading.Event | None, offset: int, transform: bool
     ) -> Chunk:
         began = time.perf_counter()
         try:
-            columns, per_batch = self._read_rows(epoch, start, stop, stop_event, offset)
+            columns, sizes = self._read_rows(epoch, start, stop, stop_event, offset)
         except Stopped:
             return Chunk([])
         except Exception as e:
@@ -196,7 +205,7 @@ class ReadPath:
             batches: list[Batch] = []
             rows: list[int] = []
             for index in range(start, stop):
-                one = self.read_chunk(epoch, index, index + 1, stop_event, offset=offset)
+                one = self.read_chunk(epoch, index, index + 1, stop_event, offset=offset, transform=transform)
                 batches += one.batches
                 rows += one.rows
                 if one.error is not None or not one.batches:
@@ -205,31 +214,32 @@ class ReadPath:
         read_done = time.perf_counter()
         batches = []
         first = 0  # of the batch's rows in the chunk's columns
-        for index, batch_rows in zip(range(start, stop), per_batch, strict=True):
+        for index, size in zip(range(start, stop), sizes, strict=True):
             if stopping(stop_event):
                 break  # nobody waits for these any more: exit must not wait for a whole chunk of transforms
-            end = first + batch_rows.size
+            end = first + size
             batch = self.source.pack([column[first:end] for column in columns])
             first = end
-            if self.transform is not None:
-                try:
-                    batch = self.transform(batch)
-                    check_rows(batch, batch_rows.size, epoch, index, self.source.paths)
-                except Exception as e:
-                    error = batch_error(self.source.paths, epoch, index, "transform", e)
-                    return Chunk(batches, error, [r.size for r in per_batch[: len(batches)]])
+            if transform and self.transform is not None:
+                out = transform_batch(
+                    self.transform, batch, size, epoch=epoch, index=index, paths=self.source.paths, stop_event=None
+                )
+                if out.error is not None:
+                    return Chunk(batches, out.error, sizes[: len(batches)])
+                batch = out.batch
             batches.append(batch)
         done = time.perf_counter()
-        return Chunk(batches, None, [r.size for r in per_batch], done, read_done - began, done - read_done)
+        return Chunk(batches, None, sizes, done, read_done - began, done - read_done)
 
     def _read_rows(
         self, epoch: int, start: int, stop: int, stop_event: threading.Event | None, offset: int
-    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """(one array per column holding the rows of batches ``start..stop-1``, each batch's sorted rows)."""
+    ) -> tuple[list[np.ndarray], list[int]]:
+        """(one array per column holding the rows of batches ``start..stop-1``, each batch's row count)."""
         local, hints = self._here(), self.hints
         hints.prepare(epoch, local.lock)
         per_batch = [self.schedule.batch_rows(epoch, i, offset=offset) for i in range(start, stop)]
         rows = per_batch[0] if len(per_batch) == 1 else np.concatenate(per_batch)
+        sizes = [r.size for r in per_batch]
         hinting = hints.hinting
         hint = None
         if hinting and self.shuffle == "block" and self.schedule.shard.count == 1:
@@ -253,7 +263,7 @@ class ReadPath:
                 partial(hints.count_mapped, trim_rows=local.plan.trim_rows, lock=local.lock),
             )
             hints.measured(rows.size * self.source.row_bytes, time.perf_counter() - started)
-        return outs, per_batch
+        return outs, sizes
 
     def _current_plan(self) -> Plan:
         """The plan, re-measured against the memory left at most every ``_REPLAN_SECONDS``: what the application
@@ -281,10 +291,9 @@ class ReadPath:
         step = self.batches_per_read if indices.step == 1 else 1
         stop = indices.stop if len(indices) else indices.start
         stop_event = threading.Event()
-        jobs = (
-            (i, partial(self.read_chunk, epoch, i, min(i + step, stop), stop_event, offset=offset))
-            for i in indices[::step]
-        )
+        pool = self._executor()
+        read = self.read_chunk if self.transform is None else partial(self._read_to_transform, pool)
+        jobs = ((i, partial(read, epoch, i, min(i + step, stop), stop_event, offset=offset)) for i in indices[::step])
         current = self.plan
         geometry = current if step == current.batches_per_read and prefetch is None else self.make_plan(step, prefetch)
         stats = PrefetchStats()
@@ -292,7 +301,7 @@ class ReadPath:
         # The tuner's depth counts reads of the plan's size: a strided or re-prefetched pass keeps the fixed rule.
         control = tuner if tuner.active and geometry is current else None
         chunks = prefetch_ordered(
-            jobs, self._executor(), geometry.depth, max_depth=geometry.max_depth, stats=stats, control=control
+            jobs, pool, geometry.depth, max_depth=geometry.max_depth, stats=stats, control=control
         )
         try:
             while True:
@@ -302,6 +311,14 @@ class ReadPath:
                 except StopIteration:
                     return
                 got = time.perf_counter()
+                if chunk.pending:
+                    record = partial(self._record_transformed, chunk, stats.depth)
+                    positions = range(first, first + len(chunk.pending) * indices.step, indices.step)
+                    if not (yield from hand_over(chunk.pending, positions, asked, record)):
+                        return  # the interpreter exits
+                    if chunk.error is not None:
+                        raise chunk.error
+                    continue
                 handed, last = 0, len(chunk.batches)
                 try:
                     for batch in chunk.batches:
@@ -316,6 +333,37 @@ class ReadPath:
                     raise chunk.error
         finally:
             stop_event.set()  # reads still running stop at their next batch or window
+
+    def _read_to_transform(
+        self, pool: Executor, epoch: int, start: int, stop: int, stop_event: threading.Event, *, offset: int
+    ) -> Chunk:
+        """Read batches ``start..stop-1``, then queue each one's transform on ``pool``."""
+        assert self.transform is not None
+        chunk = self.read_chunk(epoch, start, stop, stop_event, offset=offset, transform=False)
+        rows = chunk.rows[: len(chunk.batches)]  # a read stopped early has fewer batches than rows
+        chunk.pending = queue_transforms(
+            self.transform, chunk.batches, rows, pool,
+            epoch=epoch, first=start, paths=self.source.paths, stop_event=stop_event,
+        )  # fmt: skip
+        chunk.batches = []
+        return chunk
+
+    def _record_transformed(
+        self, chunk: Chunk, depth: int, k: int, asked: float, got: float, done: Transformed
+    ) -> None:
+        """A transformed batch handed over: recorded on its own (batches of one read wait differently)."""
+        rows = chunk.rows[k]
+        self.metrics.record_chunk(
+            got - asked,
+            0 if done.error is not None else 1,
+            rows,
+            rows * self.source.row_bytes,
+            asked=asked,
+            queue=got - max(chunk.done, done.done),
+            depth=depth,
+            read=0.0 if k else chunk.read_s,
+            transform=done.seconds,
+        )
 
     def _record(self, chunk: Chunk, handed: int, wait: float, asked: float, depth: int) -> None:
         """One record per read task the consumer took, not per batch: its batches are not slowed."""
@@ -351,3 +399,4 @@ class Chunk:
     done: float = field(default_factory=time.perf_counter)  # when the read finished
     read_s: float = 0.0  # seconds reading storage
     transform_s: float = 0.0  # seconds in the transform
+    pending: list[Pending] = field(default_factory=list)  # transforms queued, one per batch, instead of batches
