@@ -5,7 +5,7 @@
     .venv/bin/python -m benchmarks.tune_sweep --sources warm --json sweep.json
 
 For each source (``warm``: a local file in page cache, global shuffle; ``cold``: the same file with the page cache
-dropped before every setting (root; skipped otherwise), block shuffle; ``object``: the file as an S3 object on a
+dropped before every pass (root; skipped otherwise), block shuffle; ``object``: the file as an S3 object on a
 loopback ``benchmarks.s3_server`` in its own process, block shuffle), in the same run and on the same data:
 
 - ``defaults``: ``Loader(..., autotune=False)`` (today's fixed rule);
@@ -141,12 +141,13 @@ def _measure(source: str, kind: str, shuffle: str, kwargs: dict[str, Any], warmu
             if clock >= warmup + seconds:
                 break
     tuning = loader.tuning
+    depth = loader.metrics.snapshot()["depth"]  # the depth it read at last (the fixed rule's grows too)
     loader.close()
     nbytes = rows * ROW_FLOATS * 4
     return {
         "rows_per_s": rows / max(timed, 1e-9),
         "cpu_s_per_gb": cpu / max(nbytes / 1e9, 1e-9),
-        "depth": tuning["depth"],
+        "depth": depth,
         "concurrency": tuning["concurrency"],
     }
 
@@ -162,9 +163,9 @@ def _recommended(source: str, kind: str, shuffle: str) -> tuple[dict[str, Any], 
     return kwargs, advice.lines()
 
 
-def _sweep(quick: bool) -> list[dict[str, Any]]:
-    threads = [1, 2, 4] if quick else [1, 2, 4, 8]
-    ahead = [4, 16, 64] if quick else [1, 4, 16, 64, 256]  # batches (a read task holds a few: see `depth`)
+def _sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
+    threads = args.threads or ([1, 2, 4] if args.quick else [1, 2, 4, 8])
+    ahead = args.prefetch or ([4, 16, 64] if args.quick else [1, 4, 16, 64])  # batches (a read task holds a few)
     return [{"num_threads": t, "prefetch": p} for t in threads for p in ahead]
 
 
@@ -178,15 +179,24 @@ def _run_source(kind: str, source: str, args: argparse.Namespace) -> dict[str, A
     settings: list[tuple[str, dict[str, Any]]] = [("defaults", {"autotune": False}), ("autotuned", {})]
     settings.append(("recommended", rec_kwargs))
     settings += [(f"threads={s['num_threads']} prefetch={s['prefetch']}", {**s, "autotune": False}) for s in
-                 _sweep(args.quick)]  # fmt: skip
-    random.Random(args.seed).shuffle(settings)
-    results: dict[str, dict[str, Any]] = {}
+                 _sweep(args)]  # fmt: skip
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in settings}
     load = os.getloadavg()
-    for name, kwargs in settings:
-        results[name] = {**_measure(source, kind, shuffle, kwargs, args.warmup, args.seconds), "kwargs": kwargs}
-        r = results[name]
-        print(f"  {name:28s} {r['rows_per_s']:>12,.0f} rows/s  (depth {r['depth']}, {r['concurrency']} at once)",
-              flush=True)  # fmt: skip
+    for round_ in range(args.rounds):  # each round in its own shuffled order: load drifts over all settings alike
+        random.Random(args.seed + round_).shuffle(settings)
+        for name, kwargs in settings:
+            r = _measure(source, kind, shuffle, kwargs, args.warmup, args.seconds)
+            runs[name].append(r)
+            print(f"  {name:28s} {r['rows_per_s']:>12,.0f} rows/s  (depth {r['depth']}, {r['concurrency']} at once)",
+                  flush=True)  # fmt: skip
+    results: dict[str, dict[str, Any]] = {}
+    for name, kwargs in settings:  # the median run of each setting (by rows/s)
+        ordered = sorted(runs[name], key=lambda r: r["rows_per_s"])
+        results[name] = {
+            **ordered[(len(ordered) - 1) // 2],
+            "kwargs": kwargs,
+            "runs": [r["rows_per_s"] for r in ordered],
+        }
     load_after = os.getloadavg()
     swept = {n: r for n, r in results.items() if n.startswith("threads=")}
     best_name = max(swept, key=lambda n: swept[n]["rows_per_s"])
@@ -231,6 +241,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shuffle", choices=["none", "global", "block"], default=None, help="one order for all")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="latency the object server adds per request")
     parser.add_argument("--seed", type=int, default=0, help="the order settings run in")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of every setting (the median is reported)")
+    parser.add_argument("--threads", type=int, nargs="+", default=None, help="num_threads of the sweep")
+    parser.add_argument("--prefetch", type=int, nargs="+", default=None, help="prefetch (batches) of the sweep")
     parser.add_argument("--json", type=Path, default=None, help="write every number here")
     args = parser.parse_args(argv)
     args.size_mib = args.size_mib or (256 if args.quick else 512)
