@@ -81,6 +81,37 @@ def test_targets_of_a_transform_that_returns_dicts(source: dict[str, str]) -> No
     assert label == spec((10,), tf.int64)
 
 
+def per_batch_ops(ds: Any) -> list[str]:
+    """The dataset ops every batch passes through after the reads are split into batches, from the dataset's graph
+    (``OptionsDataset`` left out: it only carries options)."""
+    graph = tf.compat.v1.GraphDef()
+    ignore = 1  # ExternalStatePolicy.IGNORE: the numpy_function reads are external state
+    graph.ParseFromString(
+        tf.raw_ops.DatasetToGraphV2(input_dataset=ds._variant_tensor, external_state_policy=ignore).numpy()
+    )
+    nodes = {node.name: node for node in graph.node}
+    node, ops = nodes["dataset"], []
+    while node.input:
+        node = nodes[node.input[0].split(":")[0]]
+        ops.append(node.op)
+    ops.reverse()
+    return [op for op in ops[ops.index("UnbatchDataset") :] if op != "OptionsDataset"]
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"targets": "label"}, {"targets": ["label"], "sample_weights": "weight"}])
+def test_targets_cost_no_op_per_batch(source: dict[str, str], kwargs: dict[str, Any]) -> None:
+    """(inputs, targets) is made once per read, before the reads are split into batches: a Keras feed's batches
+    pass through the same three ops as plain ones (a map per batch used to follow them)."""
+    loader = npyfeed.Loader({k: source[k] for k in ("size", "label", "weight")}, batch_size=5, shuffle=True, seed=3)
+    assert loader.batches_per_read > 1  # several batches per read: split by unbatch()
+    ds = loader.to_tf_dataset(**kwargs)
+    assert per_batch_ops(ds) == ["UnbatchDataset", "AssertCardinalityDataset", "PrefetchDataset"]
+    labels = [b[1] if kwargs else b["label"] for b in ds]
+    labels = [lab["label"] if isinstance(lab, dict) else lab for lab in labels]
+    expected = [loader.read_batch(0, i)["label"] for i in range(len(loader))]
+    assert [lab.numpy().tolist() for lab in labels] == [e.tolist() for e in expected]
+
+
 def test_native_pipeline_takes_targets_too(source: dict[str, str]) -> None:
     loader = npyfeed.Loader({k: source[k] for k in ("size", "label")}, batch_size=10)
     ds = loader.to_tf_dataset(native=True, targets="label")

@@ -277,7 +277,10 @@ def to_tf_dataset(
         flat = tf.numpy_function(function, [epoch, index], dtypes, stateful=False, name="npyfeed")
         for tensor, s in zip(flat, flat_specs, strict=True):
             tensor.set_shape(leading + s.shape.as_list() if s.shape.rank is not None else None)
-        return tf.nest.pack_sequence_as(spec, flat)
+        batch = tf.nest.pack_sequence_as(spec, flat)
+        # Keras' (inputs, targets[, weights]) is made here, once per read, not by a map over every batch:
+        # unbatch() splits any structure.
+        return batch if split is None else split(batch)
 
     # One extra index past the end: after a restore at the end of an epoch, pulling it (the iterator's
     # end-of-sequence, or repeat() moving on) runs with_epoch once more, which syncs the counter; filter drops it.
@@ -294,8 +297,6 @@ def to_tf_dataset(
         # chunk is therefore a single batch: by the time a second batch is delivered, the saved state holds the
         # iterator's epoch.
         dataset = dataset.unbatch()
-    if split is not None:
-        dataset = dataset.map(split, name="npyfeed_targets")
     if not offset:  # every iterator is a whole epoch (a resumed epoch's rest is shorter: cardinality unknown)
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_batches))
     dataset = dataset.prefetch(prefetch or tf.data.AUTOTUNE)
