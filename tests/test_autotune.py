@@ -193,10 +193,13 @@ def _epochs(loader: Loader, epochs: int) -> list[float]:
 
 
 def test_loader_with_a_slow_transform_reads_further_ahead_and_waits_less(path: str) -> None:
-    with Loader(path, 256, transform=_sleepy, num_threads=2) as loader:
+    # Transforms run one batch per job on the io_threads pool; 2 reads of 4 batches ahead keep 8 of its 16 threads
+    # busy: reading further ahead is what lets more of them run.
+    with Loader(path, 256, transform=_sleepy, num_threads=1, io_threads=16) as loader:
         start = loader.tuning
-        assert start["tunes_depth"] and not start["tunes_concurrency"] and start["concurrency"] == 2
-        waits = _epochs(loader, 8)
+        assert start["tunes_depth"] and not start["tunes_concurrency"] and start["concurrency"] == 1
+        assert loader.batches_per_read * start["depth"] < 16
+        waits = _epochs(loader, 12)
         end = loader.tuning
     assert end["grown"] > end["undone"] and end["depth"] > start["depth"], end
     assert end["depth"] <= end["max_depth"] == loader.read_path.plan.max_depth

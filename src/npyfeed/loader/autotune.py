@@ -116,6 +116,7 @@ class Tuner:
         self._surplus = 0
         self._window: _Window | None = None
         self._skip = False
+        self._counted = self._take_waited = False  # the last take was judged; the consumer waited for it
         self.counts = {"windows": 0, "grown": 0, "undone": 0, "shrunk": 0}
         self._peak_depth, self._peak_concurrency = self._start
 
@@ -151,18 +152,34 @@ class Tuner:
         now = time.perf_counter() if now is None else now
         with self._lock:
             window = self._window
+            self._take_waited = wait >= WAITED_S
             if window is None or self._skip:
-                self._skip = False
+                self._skip, self._counted = False, False
                 if window is None:
                     self._window = _Window(now)
                 return
+            self._counted = True
             window.takes += 1
-            window.waited += wait >= WAITED_S
+            window.waited += self._take_waited
             window.wait_s += wait
             window.min_ready = min(window.min_ready, ready)
             if window.takes >= WINDOW_TAKES and now - window.started >= WINDOW_SECONDS:
                 self._judge(window, window.takes / (now - window.started))
                 self._window = _Window(now)
+
+    def waited(self, wait: float) -> None:
+        """The consumer waited ``wait`` seconds more for the read task it took last (for one of its batches, whose
+        transforms run as jobs of their own: :mod:`npyfeed.loader.transforms`)."""
+        if not self.active:
+            return
+        with self._lock:
+            window = self._window
+            if window is None or not self._counted:
+                return
+            window.wait_s += wait
+            if wait >= WAITED_S and not self._take_waited:
+                self._take_waited = True
+                window.waited += 1
 
     def snapshot(self) -> dict[str, Any]:
         """What the tuner chose and why, JSON-able (``Loader.tuning``; documented in docs/observe.md)."""

@@ -312,7 +312,7 @@ class ReadPath:
                     return
                 got = time.perf_counter()
                 if chunk.pending:
-                    record = partial(self._record_transformed, chunk, stats.depth)
+                    record = partial(self._record_transformed, chunk, stats.depth, control)
                     positions = range(first, first + len(chunk.pending) * indices.step, indices.step)
                     if not (yield from hand_over(chunk.pending, positions, asked, record)):
                         return  # the interpreter exits
@@ -349,9 +349,12 @@ class ReadPath:
         return chunk
 
     def _record_transformed(
-        self, chunk: Chunk, depth: int, k: int, asked: float, got: float, done: Transformed
+        self, chunk: Chunk, depth: int, control: Tuner | None, k: int, asked: float, got: float, done: Transformed
     ) -> None:
-        """A transformed batch handed over: recorded on its own (batches of one read wait differently)."""
+        """A transformed batch handed over: recorded on its own (batches of one read wait differently), and its
+        wait told to the tuner (the read it came with was taken done, before its transforms)."""
+        if control is not None:
+            control.waited(got - asked)
         rows = chunk.rows[k]
         self.metrics.record_chunk(
             got - asked,
