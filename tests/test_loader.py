@@ -131,6 +131,26 @@ def test_transform_runs_on_every_batch(arrays: dict[str, Any]) -> None:
     assert count == N
 
 
+@pytest.mark.parametrize("shuffle", [False, True, "block"])
+@pytest.mark.parametrize(("offset", "drop_remainder"), [(0, False), (0, True), (37, False)])
+def test_batches_read_together_are_each_batch_s_rows(
+    arrays: dict[str, Any], shuffle: bool | str, offset: int, drop_remainder: bool
+) -> None:
+    """A read of many batches (their rows computed at once) gives each batch exactly its own sorted rows."""
+    kw: dict[str, Any] = {"block_rows": 16, "window_blocks": 4} if shuffle == "block" else {}
+    loader = Loader(arrays["paths"]["y"], 50, shuffle=shuffle, seed=3, drop_remainder=drop_remainder, **kw)
+    count = loader.num_batches(offset)
+    together = loader.read_batches(1, 0, count, offset=offset)
+    assert len(together) == count
+    for index, batch in enumerate(together):
+        rows = loader.batch_rows(1, index, offset=offset)
+        assert (np.diff(rows) > 0).all()
+        np.testing.assert_array_equal(batch, arrays["y"][rows])
+        np.testing.assert_array_equal(batch, loader.read_batch(1, index, offset=offset))
+    seen = np.concatenate(together)
+    assert len(np.unique(seen)) == len(seen) == (N - offset if not drop_remainder else count * 50)
+
+
 def test_a_transformed_batch_is_handed_over_before_the_rest_of_its_read_is_transformed(tmp_path: Path) -> None:
     path = tmp_path / "ids.npy"
     np.save(path, np.arange(640, dtype=np.int64))

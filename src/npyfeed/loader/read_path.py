@@ -33,7 +33,7 @@ from npyfeed.loader.kernel_hints import KernelHints
 from npyfeed.loader.metrics import DataWait
 from npyfeed.loader.prefetch import PrefetchStats, Stopped, prefetch_ordered, stopping
 from npyfeed.loader.transforms import Pending, Transformed, hand_over, queue_transforms, transform_batch
-from npyfeed.order.orders import Order
+from npyfeed.order.orders import Order, Sequential
 from npyfeed.shard import Layout, Shard
 from npyfeed.sources.base import row_nbytes
 from npyfeed.sources.columns import Columns
@@ -237,9 +237,7 @@ class ReadPath:
         """(one array per column holding the rows of batches ``start..stop-1``, each batch's row count)."""
         local, hints = self._here(), self.hints
         hints.prepare(epoch, local.lock)
-        per_batch = [self.schedule.batch_rows(epoch, i, offset=offset) for i in range(start, stop)]
-        rows = per_batch[0] if len(per_batch) == 1 else np.concatenate(per_batch)
-        sizes = [r.size for r in per_batch]
+        rows, sizes = self._chunk_rows(epoch, start, stop, offset)
         hinting = hints.hinting
         hint = None
         if hinting and self.shuffle == "block" and self.schedule.shard.count == 1:
@@ -264,6 +262,31 @@ class ReadPath:
             )
             hints.measured(rows.size * self.source.row_bytes, time.perf_counter() - started)
         return outs, sizes
+
+    def _chunk_rows(self, epoch: int, start: int, stop: int, offset: int) -> tuple[np.ndarray, list[int]]:
+        """The rows of batches ``start..stop-1`` end to end, each batch's sorted (a batch is a set: read in file
+        order), and each batch's row count.
+
+        Consecutive batches of one shard are consecutive positions: their rows come from one call to the order,
+        and in file order they are sorted already (the chunk is one run of rows, copied as one slice). Otherwise
+        each batch asks the schedule.
+        """
+        schedule = self.schedule
+        layout = schedule.layout(offset)
+        if schedule.shard.count == 1 and 0 <= start < stop <= len(layout):
+            lo, hi = layout.positions(start)[0], layout.positions(stop - 1)[1]
+            sizes = [b - a for a, b in map(layout.positions, range(start, stop))]
+            if sum(sizes) == hi - lo:  # no gap between the batches
+                order = schedule.order
+                rows = order.rows(epoch, lo, hi)
+                if not isinstance(order, Sequential):
+                    first = 0
+                    for size in sizes:
+                        rows[first : first + size].sort()
+                        first += size
+                return rows, sizes
+        per_batch = [schedule.batch_rows(epoch, i, offset=offset) for i in range(start, stop)]
+        return (per_batch[0] if len(per_batch) == 1 else np.concatenate(per_batch)), [r.size for r in per_batch]
 
     def _current_plan(self) -> Plan:
         """The plan, re-measured against the memory left at most every ``_REPLAN_SECONDS``: what the application
