@@ -18,7 +18,9 @@ tree) first on the path; ``npyfeed:KEY=INT:...`` passes keyword arguments to ``t
 The last epoch's wall time is reported (the first includes tracing). ``--runs`` repeats every feed, interleaved
 (run 1 of every feed, then run 2, ...), so a machine shared with others disturbs all feeds alike; the summary
 gives each feed's median last epoch and its ratio to the in-memory and recipe feeds of the same run, with the
-load average. Targets (issue 21): npyfeed <= 1.05x in-memory and <= 1.0x the recipe.
+load average, and the CPU time the whole process used per batch of the last epoch (Keras' step, tf.data and the
+feed's reads; ``CPU / in-memory``): on a shared machine the epoch time follows the load, the CPU per batch far less.
+Targets (issue 21): npyfeed <= 1.05x in-memory and <= 1.0x the recipe.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 CHILD = r"""
-import json, os, sys, time
+import json, os, resource, sys, time
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import numpy as np
 import tensorflow as tf
@@ -68,13 +70,18 @@ else:  # the classic recipe, with the header offset fixed so rows are right
     sig = (tf.TensorSpec((None, *x_mm.shape[1:]), tf.as_dtype(x_mm.dtype)), tf.TensorSpec((None,), tf.int64))
     ds = tf.data.Dataset.from_generator(gen, output_signature=sig).repeat().prefetch(-1)
 
+def cpu_s():  # the whole process: Keras' step, tf.data's threads and the feed's reads
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
 class Timer(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
+        self.start, self.cpu = time.perf_counter(), cpu_s()
     def on_epoch_end(self, epoch, logs=None):
         times.append(time.perf_counter() - self.start)
+        cpus.append(cpu_s() - self.cpu)
 
-times = []
+times, cpus = [], []
 if kind == "cnn":  # the same model everywhere: uint8 pixels in, scaled by the model's first layer
     inputs = keras.Input(x_mm.shape[1:], dtype="uint8")
     model = keras.Model(inputs, build_model()(keras.layers.Rescaling(1 / 255)(inputs)))
@@ -88,7 +95,8 @@ if ds is None:
 else:
     history = model.fit(ds, epochs=epochs, steps_per_epoch=None if mode == "npyfeed" else steps, verbose=0,
                         callbacks=[Timer()], shuffle=False)
-print(json.dumps({"mode": mode, "load": os.getloadavg()[0], "epoch_seconds": times, "rows": n,
+print(json.dumps({"mode": mode, "load": os.getloadavg()[0], "epoch_seconds": times, "epoch_cpu_seconds": cpus,
+                  "rows": n, "batch_size": batch,
                   "accuracy": float(history.history["accuracy"][-1])}))
 """
 
@@ -158,28 +166,37 @@ def _run_feed(spec: str, order: str, args: argparse.Namespace, images: Path, lab
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _batches(report: dict) -> int:
+    return -(-int(report["rows"]) // int(report["batch_size"]))
+
+
 def summary(results: dict[tuple[str, str], list[dict]], feeds: list[str], orders: list[str]) -> str:
     """Markdown: each feed's median last epoch per order, and its ratios to in-memory and the recipe."""
     lines = [
-        "| order | feed | last epoch s, median (runs) | / in-memory | / recipe | load avg |",
-        "|---|---|--:|--:|--:|--:|",
+        "| order | feed | last epoch s, median (runs) | / in-memory | / recipe | CPU ms/batch | CPU / in-memory "
+        "| load avg |",
+        "|---|---|--:|--:|--:|--:|--:|--:|",
     ]
     for order in orders:
-        med = {}
+        med, cpu = {}, {}
         for feed in feeds:
-            times = [r["epoch_seconds"][-1] for r in results.get((order, feed), [])]
+            runs = results.get((order, feed), [])
+            times = [r["epoch_seconds"][-1] for r in runs]
             if times:
                 med[feed] = statistics.median(times)
+                cpu[feed] = statistics.median(r["epoch_cpu_seconds"][-1] / _batches(r) * 1e3 for r in runs)
         for feed in feeds:
             runs = results.get((order, feed), [])
             if feed not in med:
-                lines.append(f"| {order} | {feed} | failed | | | |")
+                lines.append(f"| {order} | {feed} | failed | | | | | |")
                 continue
             times = ", ".join(f"{r['epoch_seconds'][-1]:.2f}" for r in runs)
             ratio = {ref: f"{med[feed] / med[ref]:.2f}x" if ref in med else "" for ref in ("memory", "recipe")}
             load = ", ".join(f"{r['load']:.1f}" for r in runs)
+            cpu_ratio = f"{cpu[feed] / cpu['memory']:.2f}x" if "memory" in cpu else ""
             lines.append(
-                f"| {order} | {feed} | {med[feed]:.2f} ({times}) | {ratio['memory']} | {ratio['recipe']} | {load} |"
+                f"| {order} | {feed} | {med[feed]:.2f} ({times}) | {ratio['memory']} | {ratio['recipe']} "
+                f"| {cpu[feed]:.2f} | {cpu_ratio} | {load} |"
             )
     return "\n".join(lines)
 
@@ -228,9 +245,11 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 results.setdefault((order, feed), []).append(report)
                 last = report["epoch_seconds"][-1]
+                cpu_ms = report["epoch_cpu_seconds"][-1] / _batches(report) * 1e3
                 print(
                     f"{run:>3} {order:<10} {feed:<34} {last:>12.2f} {report['rows'] / last:>10,.0f} "
-                    f"{report['load']:>5.1f}   (all epochs {', '.join(f'{s:.2f}' for s in report['epoch_seconds'])}"
+                    f"{report['load']:>5.1f}   (CPU {cpu_ms:.2f} ms/batch; all epochs "
+                    f"{', '.join(f'{s:.2f}' for s in report['epoch_seconds'])}"
                     f" s; process {time.perf_counter() - started:.0f} s)",
                     flush=True,
                 )

@@ -13,7 +13,9 @@ repeat, a full epoch has each once, labels equal ids, sampled batches equal ``np
 cell reads WRONG. GB/s counts delivered row + label bytes (10^9) from ``iter()`` to the end of the epoch (or
 ``--max-seconds``). Cells give the median of ``--runs`` epochs, with min-max; ``~`` flags a spread beyond
 +-20% of the median, ``*`` a run during which other processes used >= 0.3 cores (a shared machine).
-``RUNNER@NAME`` runs RUNNER with ``--src NAME=DIR`` (another ``src/`` tree) first on ``PYTHONPATH``.
+``RUNNER@NAME`` runs RUNNER with ``--src NAME=DIR`` (another ``src/`` tree) first on ``PYTHONPATH``. A last table
+gives the CPU time the process spent per batch drained in a ``tf.function`` (its cores x seconds / batches), with
+ratios to the ceiling and of each runner to its ``@NAME`` twin: on a shared machine it moves far less than GB/s.
 """
 
 from __future__ import annotations
@@ -154,9 +156,49 @@ def report(results: dict[tuple[str, str, str], dict[str, Any]], args: argparse.N
                     cells.append("n/a" if not ma or not mb else f"{ma / mb:.2f}x {verdict}".rstrip())
                 name = f"{'12 KiB' if kind == '12k' else '1 KiB'}, {order}"
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += _cpu_table(results, args, runners)
     if problems:
         lines += ["", "## Problems", ""] + [f"- {p}" for p in problems]
     return "\n".join(lines) + "\n"
+
+
+def _cpu_ms(result: dict[str, Any], way: str, batch_size: int) -> float | None:
+    """Median CPU milliseconds the whole process spent per delivered batch (its own cores x seconds / batches)."""
+    epochs = [e for e in result.get("epochs", []) if e["way"] == way and e["rows"] and not e["problem"]]
+    if not epochs:
+        return None
+    return statistics.median(e["cores_own"] * e["seconds"] / (e["rows"] / batch_size) * 1e3 for e in epochs)
+
+
+Results = dict[tuple[str, str, str], dict[str, Any]]
+
+
+def _ratio(ms: dict[str, float | None], a: str, b: str) -> str:
+    top, bottom = ms.get(a), ms.get(b)
+    return "n/a" if not top or not bottom else f"{top / bottom:.2f}x"
+
+
+def _cpu_table(results: Results, args: argparse.Namespace, runners: list[str]) -> list[str]:
+    """CPU per batch drained in a tf.function (the numpy path: its for loop): what a feed costs the cores it shares
+    with the training step, far steadier than GB/s on a shared machine. Ratios: to the ceiling, and each @NAME's
+    to the same runner's (e.g. before/after a change)."""
+    pairs = [(r, r.split("@")[0]) for r in runners if "@" in r and r.split("@")[0] in runners]
+    to_ceiling = [r for r in runners if r != "ceiling"] if "ceiling" in runners else []
+    head = [LABELS.get(r.split("@")[0], r) + (f" [{r.split('@')[1]}]" if "@" in r else "") for r in runners]
+    head += [f"{r}/ceiling" for r in to_ceiling] + [f"{b}/{a}" for a, b in pairs]
+    lines = ["", "## CPU ms per batch, drained in a tf.function (median; the numpy path: a Python for)", ""]
+    lines += ["| rows, order | " + " | ".join(head) + " |", "|---|" + "--:|" * len(head)]
+    for kind in args.kinds:
+        for order in args.order_list:
+            ms: dict[str, float | None] = {}
+            for r in runners:
+                result = results.get((kind, order, r), {})
+                ms[r] = _cpu_ms(result, "eager" if r == "numpy" else "graph", args.batch_size)
+            cells = ["n/a" if ms[r] is None else f"{ms[r]:.3f}" for r in runners]
+            cells += [_ratio(ms, r, "ceiling") for r in to_ceiling] + [_ratio(ms, b, a) for a, b in pairs]
+            name = f"{'12 KiB' if kind == '12k' else '1 KiB'}, {order}"
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _bases(runners: list[str]) -> set[str]:
