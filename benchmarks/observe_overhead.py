@@ -1,11 +1,19 @@
 """What measuring the data wait costs (loader.metrics): the hooks' time per batch against an epoch's time.
 
-Two measures, on the same warm file: (1) the hooks the read path runs per read task the consumer takes (two
-clock reads and one ``record_chunk``) timed alone over many calls, times the epoch's read tasks, as a fraction of
-the epoch's time; (2) whole epochs with the hooks in place and with them replaced by no-ops, alternated, medians
-compared (noisy on a shared machine: (1) is the number to trust).
+Two measures of the Loader's own hooks, on the same warm file: (1) the hooks the read path runs per read task the
+consumer takes (two clock reads and one ``record_chunk``) timed alone over many calls, times the epoch's read
+tasks, as a fraction of the epoch's time; (2) whole epochs with the hooks in place and with them replaced by
+no-ops, alternated, medians compared (noisy on a shared machine: (1) is the number to trust).
 
-    .venv/bin/python -m benchmarks.observe_overhead            # 256 MiB of 1 KiB rows, batches of 32 and 256
+With ``--tf``, the stage that counts the wait inside a ``to_tf_dataset()`` pipeline (npyfeed.adapters.tf_wait),
+``data_wait=True`` against ``data_wait=False`` on the same Loader, alternated in one process: (3) the pipeline
+drained in C++ (``Dataset.reduce``: no consumer cost, so the stage's share is the largest it can be), CPU per
+element (``time.process_time``, all threads) and wall per epoch; (4) a data-bound Keras epoch (one ``Dense`` layer
+on 1 KiB rows, ``model.fit``), wall and CPU per epoch. Ratios on/off are medians over the alternated pairs; the
+stage's CPU per element from (3), times the steps, over the Keras epoch, is its share of a data-bound epoch.
+
+    .venv/bin/python -m benchmarks.observe_overhead                   # the Loader's hooks (1) and (2)
+    .venv/bin/python -m benchmarks.observe_overhead --tf --only-tf    # the tf.data stage (3) and (4), ~2 min
 """
 
 from __future__ import annotations
@@ -51,11 +59,79 @@ def epoch_seconds(path: str, batch_size: int, off: bool) -> float:
     return time.perf_counter() - began
 
 
+def _tf_epoch(dataset: Any, run: Any) -> tuple[float, float]:
+    """(wall s, CPU s of the whole process) of one pass of ``run(dataset)``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    run(dataset)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def tf_stage(size_mib: int, repeats: int, batch_size: int = 256) -> None:
+    """(3) and (4): the tf.data wait stage on and off, alternated; prints medians and ratios with the load."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as d:
+        rows = size_mib * 1024
+        x_path, y_path = str(Path(d) / "x.npy"), str(Path(d) / "y.npy")
+        rng = np.random.default_rng(0)
+        np.save(x_path, rng.standard_normal((rows, 256), dtype=np.float32))
+        np.save(y_path, rng.standard_normal((rows, 1), dtype=np.float32))
+        loader = npyfeed.Loader((x_path, y_path), batch_size=batch_size)
+        steps = len(loader)
+        datasets = {on: loader.to_tf_dataset(data_wait=on) for on in (True, False)}
+
+        def drain(ds: Any) -> None:
+            ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1).numpy()
+
+        model = keras.Sequential([keras.Input((256,)), keras.layers.Dense(1)])
+        model.compile(optimizer="sgd", loss="mse")
+
+        def fit(ds: Any) -> None:
+            model.fit(ds, epochs=1, verbose=0)
+
+        for name, run in (("drained (Dataset.reduce)", drain), ("Keras fit, one Dense layer", fit)):
+            for on in (True, False):  # warm-up: tracing, page cache
+                _tf_epoch(datasets[on], run)
+            pairs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+            loads = []
+            for r in range(repeats):
+                for on in (True, False) if r % 2 == 0 else (False, True):
+                    pairs[on].append(_tf_epoch(datasets[on], run))
+                loads.append(os.getloadavg()[0])
+            wall = {on: statistics.median(w for w, _ in pairs[on]) for on in pairs}
+            cpu = {on: statistics.median(c for _, c in pairs[on]) for on in pairs}
+            extra_us = (cpu[True] - cpu[False]) / steps * 1e6
+            ratios = [a[1] / b[1] for a, b in zip(pairs[True], pairs[False], strict=True)]
+            print(
+                f"tf.data {name}: {steps} elements of {batch_size} x 1 KiB; per element CPU "
+                f"{cpu[True] / steps * 1e6:.0f} us on, {cpu[False] / steps * 1e6:.0f} us off ({extra_us:+.1f} us); "
+                f"epoch wall {wall[True]:.3f} s on, {wall[False]:.3f} s off: on/off wall "
+                f"{wall[True] / wall[False]:.3f}x, CPU {cpu[True] / cpu[False]:.3f}x (pairs {min(ratios):.3f}-"
+                f"{max(ratios):.3f}x); load average {min(loads):.1f}-{max(loads):.1f}"
+            )
+            if name.startswith("drained"):
+                stage_us = extra_us
+            else:
+                print(
+                    f"tf.data stage: {stage_us:.1f} us CPU per element (drained), x {steps} steps = "
+                    f"{stage_us * steps / 1e6 / wall[False] * 100:.2f}% of the data-bound Keras epoch "
+                    f"({wall[False]:.3f} s)"
+                )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--tf", action="store_true", help="also measure the tf.data stage (data_wait=True/False)")
+    parser.add_argument("--only-tf", action="store_true", help="only the tf.data stage")
     a = parser.parse_args()
+    if a.tf or a.only_tf:
+        tf_stage(a.size_mib, a.repeats)
+    if a.only_tf:
+        return
     per_batch = hook_seconds()
     print(f"hooks: {per_batch * 1e6:.2f} us per read task (load average {os.getloadavg()[0]:.1f})")
     with tempfile.TemporaryDirectory() as d:

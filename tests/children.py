@@ -1,9 +1,12 @@
-"""One epoch of a Loader in a child process (fork or spawn), for the tests of what a worker inherits."""
+"""Loaders in child processes (fork or spawn): one epoch, for the tests of what a worker inherits; several ranks at
+once, for the tests of distributed runs."""
 
 from __future__ import annotations
 
 import multiprocessing
 import queue
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -11,7 +14,7 @@ import pytest
 
 import npyfeed
 
-__all__ = ["epoch_in_child"]
+__all__ = ["epoch_in_child", "run_ranks"]
 
 
 def _child_epoch(loader: npyfeed.Loader, results: Any) -> None:
@@ -36,3 +39,26 @@ def epoch_in_child(method: str, loader: npyfeed.Loader, timeout: float = 60.0) -
         child.join(timeout=10)
         if child.is_alive():
             child.kill()
+
+
+def run_ranks(
+    target: Callable[..., None], count: int, *args: Any, method: str = "spawn", timeout: float = 120.0
+) -> None:
+    """Run ``target(rank, count, *args)`` in ``count`` child processes at once (ranks ``0 .. count - 1``); each must
+    exit with status 0 within ``timeout`` seconds (all together), or the test fails and the rest are killed."""
+    ctx = multiprocessing.get_context(method)
+    children = [ctx.Process(target=target, args=(rank, count, *args)) for rank in range(count)]
+    for child in children:
+        child.start()
+    deadline = time.monotonic() + timeout
+    try:
+        for rank, child in enumerate(children):
+            child.join(timeout=max(0.0, deadline - time.monotonic()))
+            if child.is_alive():
+                pytest.fail(f"rank {rank} of {count} did not end within {timeout:g} s")
+            assert child.exitcode == 0, f"rank {rank} of {count} exited with status {child.exitcode}"
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.kill()
+                child.join(timeout=10)

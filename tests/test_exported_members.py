@@ -34,7 +34,18 @@ def test_the_error_tree_is_rooted_in_builtins() -> None:
 
 
 def test_import_npyfeed_imports_no_framework_and_no_cloud_client() -> None:
-    heavy = ["tensorflow", "keras", "torch", "jax", "ray", "obstore", "boto3", "tqdm"]
+    heavy = [
+        "tensorflow",
+        "keras",
+        "torch",
+        "jax",
+        "ray",
+        "obstore",
+        "boto3",
+        "tqdm",
+        "prometheus_client",
+        "matplotlib",
+    ]
     code = f"import sys, npyfeed; print([m for m in {heavy!r} if m in sys.modules])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[]"

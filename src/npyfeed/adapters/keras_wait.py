@@ -27,12 +27,14 @@ class WaitMetrics(Protocol):
 
     def reset(self) -> None: ...
 
+    def histogram(self) -> dict[int, int]: ...
+
 
 class DataWaitLogger(keras.callbacks.Callback):
     """Add ``metrics.snapshot()`` to each epoch's logs (keys prefixed ``prefix``); see the module docstring.
 
     Args:
-        metrics: ``loader.metrics`` of the Loader feeding ``fit`` (or anything with ``snapshot()``/``reset()``).
+        metrics: ``loader.metrics`` of the Loader feeding ``fit``.
         json_lines: a file to append one JSON line per epoch to (``{"epoch": e, ...}``), or ``None``.
         every_steps: also append a line every this many training steps (``json_lines`` needed), or ``None``.
         prefix: the logs' key prefix.
@@ -71,12 +73,13 @@ class DataWaitLogger(keras.callbacks.Callback):
         if not snapshot.get("batches"):  # zeros would read as "never waited"
             warnings.warn(
                 f"npyfeed: DataWaitLogger: the loader handed no batches to fit in epoch {epoch}, so its wait is "
-                "not known (to_tf_dataset() pipelines are not counted yet; to_keras() and to_torch() are): "
-                "nothing logged",
+                "not known (to_tf_dataset() counts only with data_wait=True; DataLoader worker processes keep "
+                "accounts of their own): nothing logged",
                 NpyfeedWarning,
                 stacklevel=2,
             )
             return
         if logs is not None:
             logs.update({self.prefix + k: float(v) for k, v in snapshot.items()})
-        self._write({"epoch": epoch, **snapshot})
+        # With the histogram, so the lines of several ranks merge (npyfeed.loader.wait_ranks).
+        self._write({"epoch": epoch, **snapshot, "wait_histogram": self.metrics.histogram()})

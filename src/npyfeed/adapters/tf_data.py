@@ -68,6 +68,7 @@ from npyfeed.adapters.frameworks import require_tensorflow as _tf
 from npyfeed.adapters.tf_calls import GATE
 from npyfeed.adapters.tf_reads import Call, Reader
 from npyfeed.adapters.tf_spec import check_signature, element_spec, header_spec
+from npyfeed.adapters.tf_wait import TfWait, with_wait
 from npyfeed.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -170,6 +171,7 @@ def to_tf_dataset(
     epochs: int | None = 1,
     targets: str | Sequence[str] | None = None,
     sample_weights: str | None = None,
+    data_wait: bool = False,
 ) -> tf.data.Dataset:
     """A ``tf.data.Dataset`` of ``loader``'s batches: one epoch per iterator, ``len(loader)`` elements.
 
@@ -192,6 +194,9 @@ def to_tf_dataset(
             ``(inputs, targets)``, inputs being the dict of the other keys, as Keras ``fit`` wants them.
         sample_weights: with ``targets``, the key of per-row sample weights: elements become
             ``(inputs, targets, sample_weights)``.
+        data_wait: count how long the consumer waits for each element in ``loader.metrics``, inside the graph
+            (:mod:`npyfeed.adapters.tf_wait`). Off by default: it costs CPU per element (benchmarks/RESULTS.md).
+            Not for a graph that leaves the process (the tf.data service): the counters are this process's.
 
     >>> ds = loader.to_tf_dataset()  # doctest: +SKIP
     >>> model.fit(ds, epochs=3)  # doctest: +SKIP
@@ -205,7 +210,9 @@ def to_tf_dataset(
     threads = args.optional_positive_int("threads", threads)
     prefetch = args.optional_positive_int("prefetch", prefetch)
     epochs = args.optional_positive_int("epochs", epochs)
-    if args.flag("native", native):
+    native = args.flag("native", native)
+    data_wait = args.flag("data_wait", data_wait)
+    if native:
         if output_signature is not None:
             raise ConfigError("native=True derives the element spec from the .npy headers; drop output_signature=")
         for name, value in (("threads", threads), ("prefetch", prefetch)):
@@ -224,7 +231,8 @@ def to_tf_dataset(
             spec=spec,
         )
         loader.track_elsewhere(_CHECKPOINT)
-        return native_ds if split is None else native_ds.map(split, name="npyfeed_targets")
+        native_ds = native_ds if split is None else native_ds.map(split, name="npyfeed_targets")
+        return _counted(native_ds, loader) if data_wait else native_ds
     if epochs != 1:
         raise args.inapplicable("epochs", epochs, "it applies to native=True; repeat the dataset with .repeat()")
     if output_signature is not None:
@@ -311,7 +319,18 @@ def to_tf_dataset(
         options.threading.private_threadpool_size = threads
     loader.track_elsewhere(_CHECKPOINT)
     dataset = dataset.with_options(options)
+    if data_wait:
+        dataset = _counted(dataset, loader)
     # The reader (and through it the Loader, its files and buffers) lives as long as this dataset object, or any
     # dataset or iterator built from it (they hold their inputs): see Call.
     dataset._npyfeed_reader = reader
     return dataset
+
+
+def _counted(dataset: tf.data.Dataset, loader: Feed) -> tf.data.Dataset:
+    """``dataset`` with its consumer's wait counted in ``loader.metrics`` (a stage of its own: tf_wait.py)."""
+    wait = TfWait(loader.metrics.bucket_edges, loader.source.row_bytes)
+    loader.metrics.pull(wait)
+    counted = with_wait(dataset, wait)
+    counted._npyfeed_wait = wait  # the counters live as long as the dataset (metrics holds them weakly)
+    return counted

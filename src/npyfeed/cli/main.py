@@ -3,7 +3,8 @@
 ``npyfeed inspect FILE...`` validates ``.npy`` headers and prints what npyfeed sees in each file, without reading
 any array data (:mod:`npyfeed.cli.inspect`); ``npyfeed bench FILE...`` measures an epoch
 (:mod:`npyfeed.cli.bench`); ``npyfeed convert SOURCE... DEST`` rewrites data in the layout that reads fastest
-(:mod:`npyfeed.cli.convert`).
+(:mod:`npyfeed.cli.convert`); ``npyfeed plot-wait WAIT.jsonl -o wait.png`` draws the data wait per training step
+(:mod:`npyfeed.cli.plot_wait`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from npyfeed import arguments as args_rule
 from npyfeed.cli import bench as bench_command
 from npyfeed.cli import convert as convert_command
 from npyfeed.cli import inspect as inspect_command
+from npyfeed.cli import plot_wait as plot_wait_command
 from npyfeed.errors import ConfigError
 from npyfeed.format import MAX_HEADER_SIZE
 
@@ -157,6 +159,8 @@ def _parser() -> argparse.ArgumentParser:
         help="object-store setting for URL sources (repeatable), as for bench",
     )
     convert.set_defaults(run=convert_command.run)
+
+    plot_wait_command.add_parser(commands)
     return parser
 
 

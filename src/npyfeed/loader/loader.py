@@ -150,6 +150,7 @@ class Loader:
             tune_depth=config.tune_depth,
             tune_threads=config.tune_threads,
         )
+        self.read_path.metrics.rank, self.read_path.metrics.ranks = self.shard.index, self.shard.count
         if self.shuffle == "global":
             self._warn_remote_shuffle(block)
 
@@ -298,7 +299,7 @@ class Loader:
         """How long the consumer waited for each batch, and where the time went, across epochs: ``snapshot()``
         gives a dict (wait p50/p95/p99, rows/s, bytes/s, storage/transform/queue seconds), ``reset()`` starts
         over. Batches read through ``iter(loader)``, ``to_torch`` and ``to_keras`` count here, and through
-        ``to_tf_dataset`` those its iterators hand over. See docs/observe.md."""
+        ``to_tf_dataset(data_wait=True)`` those its iterators hand over. See docs/observe.md."""
         return self.read_path.metrics
 
     @property
@@ -357,6 +358,7 @@ class Loader:
         epochs: int | None = 1,
         targets: str | Sequence[str] | None = None,
         sample_weights: str | None = None,
+        data_wait: bool = False,
     ) -> tf.data.Dataset:
         """A ``tf.data.Dataset`` of this loader's batches: one epoch per iterator, ``len(loader)`` elements.
 
@@ -370,6 +372,7 @@ class Loader:
             epochs: with ``native=True``, how many consecutive epochs the dataset holds (``None``: endless).
             targets: for dict batches, the key (or keys) of the targets: elements become ``(inputs, targets)``.
             sample_weights: with ``targets``, the key of per-row weights: ``(inputs, targets, sample_weights)``.
+            data_wait: count the consumer's wait for each element in :attr:`metrics` (off by default: its cost).
 
         Details: :func:`npyfeed.adapters.tf_data.to_tf_dataset`.
         """
@@ -386,6 +389,7 @@ class Loader:
             epochs=epochs,
             targets=targets,
             sample_weights=sample_weights,
+            data_wait=data_wait,
         )
 
     def to_keras(self, *, start_epoch: int | None = None, prefetch: int | None = None) -> Any:
