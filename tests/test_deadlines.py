@@ -125,3 +125,33 @@ def test_a_server_down_past_the_deadline_fails_within_it(data: tuple[np.ndarray,
         npyfeed.open(url, storage_options=LIMITS)  # refused at open too, after retrying until the deadline
     assert DEADLINE - 0.5 < time.monotonic() - began < DEADLINE + TIMEOUT + SLACK
     print(info.value)
+
+
+def test_request_slots_serve_reads_waited_for_first_then_the_earliest() -> None:
+    """A freed request slot goes to a read someone waits for before read-ahead, and among those to the read that
+    must end first (began first): a consumer's first batch is not queued behind the batches read ahead of it."""
+    import asyncio
+
+    from npyfeed.storage.concurrency import Slots
+
+    async def scenario() -> list[str]:
+        slots = Slots(1)
+        served: list[str] = []
+        release = asyncio.Event()
+
+        async def read(name: str, background: bool, end: float) -> None:
+            async with slots.hold(background, end):
+                served.append(name)
+                await release.wait()
+
+        first = asyncio.create_task(read("holder", False, 0.0))
+        await asyncio.sleep(0)
+        waiting = [("ahead", True, 1.0), ("later read", False, 9.0), ("gone", False, 0.5), ("first read", False, 2.0)]
+        tasks = {name: asyncio.create_task(read(name, bg, end)) for name, bg, end in waiting}
+        await asyncio.sleep(0)
+        tasks["gone"].cancel()  # a waiter cancelled in the queue is skipped, its place not lost
+        release.set()
+        await asyncio.gather(first, *tasks.values(), return_exceptions=True)
+        return served
+
+    assert asyncio.run(scenario()) == ["holder", "first read", "later read", "ahead"]

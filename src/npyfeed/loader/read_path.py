@@ -37,7 +37,7 @@ from npyfeed.order.orders import Order, Sequential
 from npyfeed.shard import Layout, Shard
 from npyfeed.sources.base import row_nbytes
 from npyfeed.sources.columns import Columns
-from npyfeed.storage.deadlines import read_scope
+from npyfeed.storage.deadlines import Stop, read_scope
 
 Batch = Any
 
@@ -184,8 +184,9 @@ class ReadPath:
     ) -> Chunk:
         """Batches ``start..stop-1`` of ``epoch`` (of its rest from global position ``offset``), transformed one
         after another unless ``transform`` is false; a failure is returned with the good batches before it, never
-        raised. Its requests to object stores share one deadline from when it began (:func:`read_scope`)."""
-        with read_scope():
+        raised. Its requests to object stores share one deadline from when it began (:func:`read_scope`), and are
+        cancelled when ``stop_event`` (a :class:`Stop`) is set."""
+        with read_scope(stop_event if isinstance(stop_event, Stop) else None):
             return self._read_chunk_in_scope(epoch, start, stop, stop_event, offset, transform)
 
     def _read_chunk_in_scope(
@@ -197,6 +198,8 @@ class ReadPath:
         except Stopped:
             return Chunk([])
         except Exception as e:
+            if stopping(stop_event):
+                return Chunk([])  # nobody waits: its requests were cancelled (CancelledError) or it failed unseen
             if stop - start == 1 or isinstance(e, TimeoutError):
                 # A timeout spent the read's deadline: it is the first batch's error (the one the consumer waits
                 # for), not a reason to read each batch again, each waiting as long.
@@ -313,10 +316,18 @@ class ReadPath:
             raise IndexError(f"batches {indices} are out of range for {count} batches in epoch {epoch}")
         step = self.batches_per_read if indices.step == 1 else 1
         stop = indices.stop if len(indices) else indices.start
-        stop_event = threading.Event()
+        stop_event = Stop()  # set when the consumer leaves: reads stop, their requests to object stores are cancelled
         pool = self._executor()
         read = self.read_chunk if self.transform is None else partial(self._read_to_transform, pool)
-        jobs = ((i, partial(read, epoch, i, min(i + step, stop), stop_event, offset=offset)) for i in indices[::step])
+        # The first read is one batch: the consumer's first batch never waits for a whole read of them (seconds for
+        # a global shuffle of an object store, one request per row), and its requests go first (read scopes that
+        # began first are served first). The second read fills up to the usual chunk boundary. Not for a block
+        # shuffle: a batch draws on its whole window, which is read as a whole either way.
+        starts = list(indices[::step])
+        if step > 1 and self.shuffle != "block" and starts and starts[0] + 1 < min(starts[0] + step, stop):
+            starts.insert(1, starts[0] + 1)
+        ends = [*starts[1:], stop] if starts else []
+        jobs = ((i, partial(read, epoch, i, j, stop_event, offset=offset)) for i, j in zip(starts, ends, strict=True))
         current = self.plan
         geometry = current if step == current.batches_per_read and prefetch is None else self.make_plan(step, prefetch)
         stats = PrefetchStats()

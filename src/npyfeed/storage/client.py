@@ -23,7 +23,6 @@ naming the URL, the bytes, the attempts and the last failure.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import errno
 import os
 import random
@@ -34,8 +33,8 @@ from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from npyfeed.errors import ConfigError, ObjectChangedError
-from npyfeed.storage.concurrency import Loop, Slots
-from npyfeed.storage.deadlines import ends_at
+from npyfeed.storage.concurrency import Loop, Running, Slots
+from npyfeed.storage.deadlines import Stop, current_stop, ends_at
 from npyfeed.storage.request_stats import RequestStats
 from npyfeed.storage.store_errors import Transient, final_error, first_line, redacted_cause, store_error
 from npyfeed.storage.store_options import GCS_KEYS, OWN_KEYS, S3_KEYS, ClientOptions, check_store_options, suggest
@@ -129,11 +128,22 @@ class StoreClient:
 
         return asyncio.run_coroutine_threadsafe(wrapped(), Loop.get()).result()
 
-    def submit(self, make: Callable[[], Awaitable[T]]) -> concurrent.futures.Future[T]:
+    def submit(self, make: Callable[[], Awaitable[T]]) -> Running[T]:
+        """Start the coroutine ``make()`` on the loop thread without waiting for it (read-ahead; see
+        :class:`~npyfeed.storage.concurrency.Running`); when called inside a read with a
+        :class:`~npyfeed.storage.deadlines.Stop`, setting it cancels the coroutine."""
+        return self._start(make)
+
+    def _start(self, make: Callable[[], Awaitable[T]]) -> Running[T]:
         async def wrapped() -> T:
             return await make()
 
-        return asyncio.run_coroutine_threadsafe(wrapped(), Loop.get())
+        running = Running(wrapped)
+        stop = current_stop()
+        if stop is not None:
+            handle = stop.on_set(running.cancel)
+            running.future.add_done_callback(lambda _: stop.discard(handle))
+        return running
 
     async def _bounded(self, awaitable: Awaitable[T], name: str, what: str) -> T:
         """``await awaitable`` within ``deadline`` seconds, else a ``TimeoutError`` naming ``name``."""
@@ -155,6 +165,7 @@ class StoreClient:
         *,
         changed: bool = True,
         background: bool = False,
+        stop: Stop | None = None,
     ) -> T:
         """``await attempt()`` until it succeeds, retrying transient failures with jittered backoff until the
         monotonic time ``end``; then a ``TimeoutError`` naming ``name``, the attempts and the last failure.
@@ -168,8 +179,11 @@ class StoreClient:
         delay = 0.05
         limit = asyncio.timeout_at(end)
         try:
-            async with limit, self._slots().hold(background):
+            async with limit, self._slots().hold(background, end):
                 while True:
+                    if stop is not None and stop.is_set():
+                        # Handed a slot before its cancellation arrived: the consumer left, send nothing.
+                        raise asyncio.CancelledError
                     attempts += 1
                     try:
                         return await attempt()
@@ -260,11 +274,13 @@ class StoreClient:
         """Fetch the byte ranges ``[start, end)`` of ``key`` concurrently; ``sink(i, data)`` gets range ``i``'s
         bytes (an exact-length buffer) on the loop thread, as each arrives, once the answer proved to be of
         ``version``. Raises the first failure; ends by the caller's deadline
-        (:func:`~npyfeed.storage.deadlines.ends_at`)."""
+        (:func:`~npyfeed.storage.deadlines.ends_at`), or with ``concurrent.futures.CancelledError`` when the read's
+        :class:`~npyfeed.storage.deadlines.Stop` is set."""
         if not ranges:
             return
-        end = ends_at(self.options.deadline)
-        self.run(lambda: self.fetch_async(key, version, ranges, sink, end))
+        end, stop = ends_at(self.options.deadline), current_stop()
+        # Cancelled when the read's consumer leaves (its Stop is set): the wait ends once no sink can run any more.
+        self._start(lambda: self.fetch_async(key, version, ranges, sink, end, stop=stop)).future.result()
 
     async def fetch_async(
         self,
@@ -275,11 +291,14 @@ class StoreClient:
         end: float,
         *,
         background: bool = False,
+        stop: Stop | None = None,
     ) -> None:
         """:meth:`fetch` on the loop: every range done by the monotonic time ``end``; ``background`` for
-        read-ahead (requests someone waits for get free slots first)."""
+        read-ahead (requests someone waits for get free slots first); nothing more is sent once ``stop`` is set."""
+        # Once per call, not per range: thousands of small ranges are read per second in a global shuffle.
+        name, path, preconditions = redact(self.url.with_key(key)), self.path(key), version.preconditions()
         tasks = [
-            asyncio.ensure_future(self._get(key, version, i, a, b, sink, end, background))
+            asyncio.ensure_future(self._get(name, path, preconditions, version, i, a, b, sink, end, background, stop))
             for i, (a, b) in enumerate(ranges)
         ]
         try:
@@ -292,7 +311,9 @@ class StoreClient:
 
     async def _get(
         self,
-        key: str,
+        name: str,
+        path: str,
+        preconditions: dict[str, Any],
         version: ObjectVersion,
         i: int,
         start: int,
@@ -300,10 +321,9 @@ class StoreClient:
         sink: Callable[..., None],
         ends: float,
         background: bool,
+        stop: Stop | None,
     ) -> None:
-        name = redact(self.url.with_key(key))
-        path = self.path(key)
-        options: dict[str, Any] = {"range": (start, end), **version.preconditions()}
+        options: dict[str, Any] = {"range": (start, end), **preconditions}
 
         async def attempt() -> None:
             began = time.perf_counter()
@@ -324,7 +344,8 @@ class StoreClient:
             self.stats.record(len(data), time.perf_counter() - began)
             sink(i, data)
 
-        await self._retrying(attempt, name, f"reading bytes [{start}, {end})", ends, background=background)
+        what = f"reading bytes [{start}, {end})"
+        await self._retrying(attempt, name, what, ends, background=background, stop=stop)
 
 
 def _read_pem(path: str | os.PathLike[str], setting: str) -> bytes:

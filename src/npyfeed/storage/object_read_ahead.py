@@ -2,10 +2,13 @@
 
 The Loader announces the blocks of each block-shuffle window before it reads them (``ObjectFile.will_need``), so
 every block is downloaded once, in ``request_bytes`` pieces, however its rows are spread over batches; gathers
-copy the records that lie in those pieces out of them. The pool holds at most ``prefetch_bytes``: a range not
-read yet is never evicted for a later one, a range is let go once every record in it was read, and only ranges
-the reads moved past make room. (With a ``cache_dir`` the chunk cache reads ahead instead:
-:mod:`npyfeed.storage.cache.read_ahead`.)
+copy the records that lie in those pieces out of them. Every range hinted is fetched, however small: a label
+column's blocks (a few KiB) are fetched once per window, not once per batch (the Loader leaves a global shuffle's
+small row runs to the gathers, which merge them: ``npyfeed.loader.kernel_hints``). The pool holds at most
+``prefetch_bytes``: a range not read yet is never evicted for a later one, a range is let go once every record in
+it was read, and only ranges the reads moved past make room. Hints given inside a read with a
+:class:`~npyfeed.storage.deadlines.Stop` are cancelled when it is set: read-ahead ends when its consumer leaves.
+(With a ``cache_dir`` the chunk cache reads ahead instead: :mod:`npyfeed.storage.cache.read_ahead`.)
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from typing import Any
 import numpy as np
 
 from npyfeed.storage.client import StoreClient
-from npyfeed.storage.deadlines import ends_at
+from npyfeed.storage.concurrency import Running
+from npyfeed.storage.deadlines import Stop, current_stop, ends_at
 from npyfeed.storage.versions import ObjectVersion
 
 __all__ = ["MIN_PREFETCH", "ObjectReadAhead"]
 
-# Prefetched ranges smaller than this are left to the gathers (merged with their neighbours there).
+# Row hints smaller than this are better left to the gathers (merged with their neighbours there): the Loader does
+# not send them (see npyfeed.loader.kernel_hints), nor does the chunk cache fetch ahead for them.
 MIN_PREFETCH = 64 << 10
 
 
@@ -34,10 +39,11 @@ class _Ahead:
     """A range fetched ahead of use: its download, the records copied out of it so far, and when it was last
     asked for or read from (in bytes the gathers had asked for by then: the pool's clock)."""
 
-    __slots__ = ("active", "copied", "future")
+    __slots__ = ("active", "copied", "future", "running")
 
-    def __init__(self, future: concurrent.futures.Future[np.ndarray], now: int) -> None:
-        self.future = future
+    def __init__(self, running: Running[np.ndarray], now: int) -> None:
+        self.running = running
+        self.future: concurrent.futures.Future[np.ndarray] = running.future
         self.copied = 0
         self.active = now
 
@@ -57,6 +63,10 @@ class ObjectReadAhead:
         # (start, end) -> ranges fetched ahead of use, oldest first; and the bytes gathers have asked for so far.
         self._ahead: OrderedDict[tuple[int, int], _Ahead] = OrderedDict()
         self._gathered = 0
+        # Ranges hinted while the pool was full of ranges not read yet, oldest first, with the Stop of the read
+        # that hinted them: fetched as room frees, or at once by the gather that needs them (never per batch).
+        self._queued: OrderedDict[tuple[int, int], Stop | None] = OrderedDict()
+        self._queued_bytes = 0
 
     @property
     def pieces(self) -> list[tuple[int, int]]:
@@ -72,29 +82,69 @@ class ObjectReadAhead:
             asked: set[tuple[int, int]] = set()  # this call's pieces: never evicted by the call itself
             for start, end in ranges:
                 start, end = max(0, start), min(end, self._size)
-                if end - start < MIN_PREFETCH:
+                if end <= start:
                     continue
                 for a in range(start, end, step):
                     piece = (a, min(a + step, end))
                     asked.add(piece)
+                    if piece in self._ahead and self._ahead[piece].future.cancelled():
+                        held -= piece[1] - piece[0]  # its consumer left: fetched anew for this one
+                        del self._ahead[piece]
                     if piece in self._ahead:
                         self._ahead.move_to_end(piece)
                         self._ahead[piece].active = self._gathered
                         continue
+                    if piece in self._queued:
+                        continue
                     size = piece[1] - piece[0]
                     while held + size > client.options.prefetch_bytes:
                         # A range not yet read is needed sooner than this later one: only stale ranges make room.
-                        # When the pool is full of live ones (a hint larger than the pool, e.g. a whole object, or
-                        # a consumer slower than its hints), the rest is fetched by the gathers, once.
+                        # When the pool is full of live ones (a consumer slower than its hints, reads running
+                        # ahead), this one waits in the queue until room frees or a gather needs it.
                         stale = self._stale(asked, client.options.prefetch_bytes)
                         if stale is None:
-                            return
-                        self._ahead.pop(stale).future.cancel()  # not fetched if not started yet
+                            self._queue(piece, client.options.prefetch_bytes)
+                            break
+                        self._ahead.pop(stale).running.cancel()  # not fetched if not started yet
                         held -= stale[1] - stale[0]
-                    ends = time.monotonic() + client.options.deadline  # read-ahead: its own deadline, not a reader's
-                    future = client.submit(functools.partial(self._fetch_piece, client, *piece, ends))
-                    self._ahead[piece] = _Ahead(future, self._gathered)
-                    held += size
+                    else:
+                        self._start(client, piece)
+                        held += size
+
+    def _start(self, client: StoreClient, piece: tuple[int, int], waited_until: float | None = None) -> None:
+        """Start fetching ``piece`` into the pool (under the lock): as read-ahead, by its own deadline, or as a
+        read someone waits for until ``waited_until`` (a gather needs it now: it must not queue behind others)."""
+        background = waited_until is None
+        ends = time.monotonic() + client.options.deadline if waited_until is None else waited_until
+        fetch = functools.partial(self._fetch_piece, client, *piece, ends, current_stop(), background)
+        running = client.submit(fetch)
+        self._ahead[piece] = _Ahead(running, self._gathered)
+
+    def _queue(self, piece: tuple[int, int], prefetch_bytes: int) -> None:
+        """Queue a hinted range for later (under the lock); the queue forgets its oldest past 4 pools' worth (a
+        hint larger than that, e.g. a whole object, is mostly left to the gathers)."""
+        self._queued[piece] = current_stop()
+        self._queued_bytes += piece[1] - piece[0]
+        while self._queued_bytes > 4 * prefetch_bytes:
+            self._unqueue(next(iter(self._queued)))
+
+    def _unqueue(self, piece: tuple[int, int]) -> None:
+        del self._queued[piece]
+        self._queued_bytes -= piece[1] - piece[0]
+
+    def _admit(self, client: StoreClient) -> None:
+        """Fetch queued ranges while the pool has room (under the lock); those whose consumer left are dropped."""
+        held = sum(b - a for a, b in self._ahead)
+        while self._queued:
+            piece, stop = next(iter(self._queued.items()))
+            if stop is not None and stop.is_set():
+                self._unqueue(piece)
+                continue
+            if held + piece[1] - piece[0] > client.options.prefetch_bytes:
+                return
+            self._unqueue(piece)
+            self._start(client, piece)
+            held += piece[1] - piece[0]
 
     def _stale(self, asked: set[tuple[int, int]], prefetch_bytes: int) -> tuple[int, int] | None:
         """The oldest range fetched ahead that the reads have moved past: not asked for, nor read from, while the
@@ -105,14 +155,16 @@ class ObjectReadAhead:
                 return piece
         return None
 
-    async def _fetch_piece(self, client: StoreClient, start: int, end: int, ends: float) -> np.ndarray:
-        buffer = np.empty(end - start, np.uint8)
+    async def _fetch_piece(
+        self, client: StoreClient, start: int, end: int, ends: float, stop: Stop | None, background: bool
+    ) -> np.ndarray:
+        got: list[np.ndarray] = []
 
         def sink(_: int, data: Any) -> None:
-            buffer[:] = np.frombuffer(data, np.uint8)
+            got.append(np.frombuffer(data, np.uint8))  # a read-only view of the body: no copy until a gather's
 
-        await client.fetch_async(self._key, self._version, [(start, end)], sink, ends, background=True)
-        return buffer
+        await client.fetch_async(self._key, self._version, [(start, end)], sink, ends, background=background, stop=stop)
+        return got[-1]
 
     def count(self, nbytes: int) -> None:
         """Move the pool's clock: a gather asked for ``nbytes``."""
@@ -123,14 +175,27 @@ class ObjectReadAhead:
         self, client: StoreClient, base: int, record_bytes: int, indices: np.ndarray, out2: np.ndarray
     ) -> np.ndarray | None:
         """Copy the records that lie inside fetched-ahead ranges; return the positions still to fetch (None: all)."""
+        offsets = base + indices * record_bytes
+        ends = ends_at(client.options.deadline)  # this read's deadline: waiting for a read-ahead counts against it
         with self._lock:
+            if self._queued:
+                # Queued ranges this gather needs are fetched now, whole, while the pool holds under twice its
+                # size: gathered per batch instead, a block's rows would cost a request each time.
+                queued = np.array(list(self._queued), np.int64).reshape(-1, 2)
+                first = np.minimum(np.searchsorted(offsets, queued[:, 0], "left"), offsets.size - 1)
+                needed = (offsets[first] >= queued[:, 0]) & (offsets[first] <= queued[:, 1] - record_bytes)
+                held = sum(b - a for a, b in self._ahead)
+                for a, b in queued[needed].tolist():
+                    if held + b - a > 2 * client.options.prefetch_bytes:
+                        break
+                    self._unqueue((a, b))
+                    self._start(client, (a, b), waited_until=ends)
+                    held += b - a
             if not self._ahead:
                 return None
             entries = [(piece, entry.future) for piece, entry in self._ahead.items()]
-        offsets = base + indices * record_bytes
         todo = np.ones(indices.size, bool)
         hit = False
-        ends = ends_at(client.options.deadline)  # this read's deadline: waiting for a read-ahead counts against it
         for (start, end), future in entries:
             lo = int(np.searchsorted(offsets, start, "left"))
             hi = int(np.searchsorted(offsets, end - record_bytes, "right"))
@@ -150,7 +215,7 @@ class ObjectReadAhead:
             shift = (offsets[lo] - start) % record_bytes
             count = (buffer.size - shift) // record_bytes
             records = buffer[shift : shift + count * record_bytes].reshape(count, record_bytes)
-            out2[lo:hi] = records[(offsets[lo:hi] - start - shift) // record_bytes]
+            np.take(records, (offsets[lo:hi] - start - shift) // record_bytes, axis=0, out=out2[lo:hi])
             todo[lo:hi] = False
             hit = True
             with self._lock:
@@ -160,9 +225,14 @@ class ObjectReadAhead:
                     entry.active = self._gathered
                     if entry.copied >= count:  # every record it holds was read: its memory goes to later ranges
                         del self._ahead[(start, end)]
+                        self._admit(client)
         return np.flatnonzero(todo) if hit else None
 
     def clear(self) -> None:
-        """Drop every range (their downloads finish and are discarded)."""
+        """Drop every range (downloads still queued or running are cancelled)."""
         with self._lock:
-            self._ahead.clear()
+            dropped, self._ahead = list(self._ahead.values()), OrderedDict()
+            self._queued.clear()
+            self._queued_bytes = 0
+        for entry in dropped:
+            entry.running.cancel()

@@ -9,7 +9,11 @@ it) and pins that version: every later GET carries it as a precondition and its 
   (:func:`~npyfeed.storage.ranges.plan_requests`), all in flight together, each copied into the caller's buffer;
 - ``will_need``: ranges fetched ahead into a bounded memory pool (``prefetch_bytes``): the Loader announces the
   blocks of each block-shuffle window ahead of use, so every block is downloaded once, in MiB-sized requests,
-  however its rows are spread over batches.
+  however its rows are spread over batches;
+- ``advise("sequential")``: gathers that continue where an earlier one ended read the object ahead, up to half the
+  pool past the furthest gather, in record-aligned ``request_bytes`` pieces: many large requests in flight however
+  small each read is (a label column is fetched a few MiB at a time, not per batch). Gathers that do not continue
+  one another (a sharded loader's, a shuffle's) read nothing ahead.
 
 With ``storage_options["cache_dir"]``, gathers and read-ahead go through a local chunk cache instead
 (:mod:`npyfeed.storage.cache.cached_object`): data reused across epochs is fetched once.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -74,6 +79,10 @@ class ObjectFile:
             )
         self.read_ahead = ObjectReadAhead(self._url.key, self._version, self._size)
         """Ranges fetched ahead of use (without a cache: with one, the cache reads ahead)."""
+        self._pattern: AccessPattern = "normal"
+        self._sequential_lock = threading.Lock()
+        self._ends: deque[int] = deque(maxlen=16)  # where recent gathers ended
+        self._ahead_to = 0  # how far sequential read-ahead was asked for
 
     @property
     def client(self) -> StoreClient:
@@ -185,6 +194,8 @@ class ObjectFile:
             return
         self.read_ahead.count(n * record_bytes)
         self._adopt()
+        if self._pattern == "sequential":
+            self._read_on(base + first * record_bytes, base + (last + 1) * record_bytes, record_bytes)
         todo = self.read_ahead.take(self.client, base, record_bytes, indices, out2)
         if todo is None:
             positions, wanted = np.arange(n), indices
@@ -200,6 +211,8 @@ class ObjectFile:
         opts = self.options
         plan = plan_requests(wanted, record_bytes, opts.gap_bytes, opts.request_bytes)
         contiguous = positions.size == out2.shape[0]  # positions are 0..n-1: out rows line up with `wanted`
+        # No repeated record: a request asked for as many records as it spans holds every one of them, once.
+        distinct = wanted.size < 2 or bool((np.diff(wanted) > 0).all())
         ranges: list[tuple[int, int]] = []
         owner: list[tuple[int, int]] = []  # (plan index, byte offset in the request's records)
         for p, req in enumerate(plan):
@@ -220,6 +233,9 @@ class ObjectFile:
                 for offset, piece in pieces:
                     data[offset : offset + len(piece)] = np.frombuffer(piece, np.uint8)
             records = data.reshape(req.records, record_bytes)
+            if contiguous and distinct and req.end - req.start == req.records:
+                out2[req.start : req.end] = records  # every record of the range, once: one copy
+                return
             rows = wanted[req.start : req.end] - req.first
             if contiguous:
                 np.take(records, rows, axis=0, out=out2[req.start : req.end], mode="clip")
@@ -254,7 +270,28 @@ class ObjectFile:
         self.read_ahead.will_need(self.client, ranges)
 
     def advise(self, pattern: AccessPattern) -> None:
-        """Nothing to tune remotely: the read pattern shows in the requests themselves."""
+        """``"sequential"``: gathers that continue one another read ahead (see the module docs)."""
+        self._pattern = pattern
+
+    def _read_on(self, start: int, end: int, record_bytes: int) -> None:
+        """A gather of ``[start, end)`` in sequential mode: if it continues an earlier one, fetch what follows."""
+        opts = self.options
+        if record_bytes > opts.request_bytes:
+            return  # a record split over requests is left to the gathers (the pool serves whole records only)
+        piece = (opts.request_bytes // record_bytes) * record_bytes  # whole records: none is read twice
+        depth = max(1, opts.prefetch_bytes // 2 // piece) * piece  # half the pool: the other half is the gathers'
+        with self._sequential_lock:
+            continues = start in self._ends
+            self._ends.append(end)
+            if not continues:
+                return
+            if self._ahead_to > end + depth or self._ahead_to < end:  # a new pass (a new epoch), or a jump ahead
+                self._ahead_to = end
+            target = min(self._size, end + depth)
+            if target <= self._ahead_to or (target - self._ahead_to < piece and target < self._size):
+                return  # asked for already, or not a whole piece more yet
+            begin, self._ahead_to = self._ahead_to, target
+        self.read_ahead.will_need(self.client, [(a, min(a + piece, target)) for a in range(begin, target, piece)])
 
     def close(self) -> None:
         self._adopt()

@@ -20,6 +20,9 @@ class RequestStats:
     """
 
     requests: int = 0
+    """Requests completed (answers received in full)."""
+    started: int = 0
+    """Requests sent, completed or not (a cancelled or failed one too)."""
     bytes: int = 0
     retries: int = 0
     seconds: float = 0.0
@@ -31,6 +34,7 @@ class RequestStats:
     """Requests per latency bin (bin ``i`` holds latencies up to ``10 us x 10 ** (i / 40)``)."""
 
     def began(self) -> None:
+        self.started += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
 
@@ -51,6 +55,7 @@ class RequestStats:
         """What was recorded after ``before`` (a :meth:`copy` taken earlier); ``max_in_flight`` is since start."""
         return RequestStats(
             requests=self.requests - before.requests,
+            started=self.started - before.started,
             bytes=self.bytes - before.bytes,
             retries=self.retries - before.retries,
             seconds=self.seconds - before.seconds,

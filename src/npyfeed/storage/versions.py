@@ -101,6 +101,9 @@ class ObjectVersion:
     def check(self, name: str, meta: Mapping[str, Any]) -> None:
         """Raise :class:`ObjectChangedError` naming ``name`` if ``meta`` (a HEAD or a GET answer) is not this
         version: another total size, another ETag, or (without ETags) another Last-Modified."""
+        etag = meta.get("e_tag")
+        if etag and etag == self.etag and meta["size"] == self.size:
+            return  # the common case, once per GET: the very ETag pinned, and the size
         found = ObjectVersion.from_meta(meta)
         if found.size != self.size:
             what = "size"
