@@ -221,7 +221,7 @@ class Loader:
     def deliver(self, cursor: Cursor, delivered: int) -> None:
         """The consumer now holds ``delivered`` batches of the pass ``cursor`` (from :meth:`begin`) names: what it
         received, not what was read ahead."""
-        self._tracker.deliver(Cursor(cursor.epoch, cursor.offset, delivered))
+        self._tracker.deliver(cursor, delivered)
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next ``iter()`` read the whole of ``epoch``."""
@@ -273,7 +273,7 @@ class Loader:
 
     def _epoch_batches(self, cursor: Cursor) -> Iterator[Batch]:
         for index, batch in self.iter_batches(cursor.epoch, offset=cursor.offset):
-            self._tracker.deliver(Cursor(cursor.epoch, cursor.offset, index + 1))
+            self._tracker.deliver(cursor, index + 1)
             yield batch
 
     def iter_batches(
