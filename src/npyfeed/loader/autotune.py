@@ -116,6 +116,7 @@ class Tuner:
         self._surplus = 0
         self._window: _Window | None = None
         self._skip = False
+        self._last_take = 0.0
         self._counted = self._take_waited = False  # the last take was judged; the consumer waited for it
         self.counts = {"windows": 0, "grown": 0, "undone": 0, "shrunk": 0}
         self._peak_depth, self._peak_concurrency = self._start
@@ -141,7 +142,8 @@ class Tuner:
                 self._depth = self._max_depth
 
     def begin(self) -> None:
-        """A pass starts: its first take always waits (its reads only just started), so it is not judged."""
+        """A pass starts: its first take always waits (its reads only just started), so it is not judged, and the
+        time since the last pass's last take is left out of the window's rate."""
         with self._lock:
             self._skip = True
 
@@ -153,10 +155,13 @@ class Tuner:
         with self._lock:
             window = self._window
             self._take_waited = wait >= WAITED_S
+            last, self._last_take = self._last_take, now
             if window is None or self._skip:
                 self._skip, self._counted = False, False
                 if window is None:
                     self._window = _Window(now)
+                else:  # the gap from the last pass's last take to this pass's first is no reading rate
+                    window.started += now - last
                 return
             self._counted = True
             window.takes += 1
