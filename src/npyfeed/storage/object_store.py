@@ -83,6 +83,7 @@ class ObjectFile:
         self._sequential_lock = threading.Lock()
         self._ends: deque[int] = deque(maxlen=16)  # where recent gathers ended
         self._ahead_to = 0  # how far sequential read-ahead was asked for
+        self._frontier = 0  # where the furthest gather of this pass ends
 
     @property
     def client(self) -> StoreClient:
@@ -195,7 +196,7 @@ class ObjectFile:
         self.read_ahead.count(n * record_bytes)
         self._adopt()
         if self._pattern == "sequential":
-            self._read_on(base + first * record_bytes, base + (last + 1) * record_bytes, record_bytes)
+            self._read_on(base, base + first * record_bytes, base + (last + 1) * record_bytes, record_bytes)
         todo = self.read_ahead.take(self.client, base, record_bytes, indices, out2)
         if todo is None:
             positions, wanted = np.arange(n), indices
@@ -273,25 +274,32 @@ class ObjectFile:
         """``"sequential"``: gathers that continue one another read ahead (see the module docs)."""
         self._pattern = pattern
 
-    def _read_on(self, start: int, end: int, record_bytes: int) -> None:
-        """A gather of ``[start, end)`` in sequential mode: if it continues an earlier one, fetch what follows."""
+    def _read_on(self, base: int, start: int, end: int, record_bytes: int) -> None:
+        """A gather of ``[start, end)`` in sequential mode: if it continues an earlier one, fetch what follows.
+
+        Reads run a few at once and finish out of order: read-ahead starts past the furthest gather begun (never
+        over bytes a gather fetches itself) and only moves forward; a gather of the first record starts a pass.
+        """
         opts = self.options
         if record_bytes > opts.request_bytes:
             return  # a record split over requests is left to the gathers (the pool serves whole records only)
         piece = (opts.request_bytes // record_bytes) * record_bytes  # whole records: none is read twice
         depth = max(1, opts.prefetch_bytes // 2 // piece) * piece  # half the pool: the other half is the gathers'
-        with self._sequential_lock:
+        with self._sequential_lock:  # held while hinting: a gather after this one finds the pieces asked for
+            if start == base:  # a new pass (epoch) over the object
+                self._ahead_to = self._frontier = end
             continues = start in self._ends
             self._ends.append(end)
+            self._frontier = max(self._frontier, end)  # gathers under way fetch up to here themselves
             if not continues:
                 return
-            if self._ahead_to > end + depth or self._ahead_to < end:  # a new pass (a new epoch), or a jump ahead
-                self._ahead_to = end
+            begin = max(self._ahead_to, self._frontier)
             target = min(self._size, end + depth)
-            if target <= self._ahead_to or (target - self._ahead_to < piece and target < self._size):
+            if target <= begin or (target - begin < piece and target < self._size):
                 return  # asked for already, or not a whole piece more yet
-            begin, self._ahead_to = self._ahead_to, target
-        self.read_ahead.will_need(self.client, [(a, min(a + piece, target)) for a in range(begin, target, piece)])
+            self._ahead_to = target
+            pieces = [(a, min(a + piece, target)) for a in range(begin, target, piece)]
+            self.read_ahead.will_need(self.client, pieces)  # never waits: it only starts requests
 
     def close(self) -> None:
         self._adopt()
