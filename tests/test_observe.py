@@ -4,6 +4,7 @@ under Keras' ``fit``) and JAX's global batches; bounded memory; JSON lines."""
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import os
@@ -184,6 +185,13 @@ def test_tf_data(path: str) -> None:
         check(loader.metrics, waiting=waiting, batches=ROWS // BATCH - (not waiting), split=False)
         assert consume(dataset, pause) == ROWS // BATCH  # the next epoch adds to the account
         assert loader.metrics.snapshot()["batches"] == 2 * ROWS // BATCH - (not waiting)
+
+    # A dataset dropped before the snapshot: what it counted is still there, then the account lets it go.
+    slow_loader, _ = loaders(path)
+    assert consume(slow_loader.to_tf_dataset(data_wait=True, num_parallel_calls=1, prefetch=1), 0.0) == ROWS // BATCH
+    gc.collect()
+    check(slow_loader.metrics, waiting=True, split=False)
+    assert slow_loader.metrics.snapshot()["batches"] == ROWS // BATCH
 
     # Off by default: the dataset counts nothing.
     _, loader = loaders(path)

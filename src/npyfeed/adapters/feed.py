@@ -35,6 +35,8 @@ class WaitSource(Protocol):
 
     def take(self) -> Mapping[str, Any] | None: ...
 
+    def finished(self) -> bool: ...
+
 
 class WaitAccount(Protocol):
     """``loader.metrics`` as an adapter sees it: its histogram's buckets, and a way to add counts kept elsewhere."""

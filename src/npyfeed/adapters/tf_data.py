@@ -332,5 +332,5 @@ def _counted(dataset: tf.data.Dataset, loader: Feed) -> tf.data.Dataset:
     wait = TfWait(loader.metrics.bucket_edges, loader.source.row_bytes)
     loader.metrics.pull(wait)
     counted = with_wait(dataset, wait)
-    counted._npyfeed_wait = wait  # the counters live as long as the dataset (metrics holds them weakly)
+    wait.watch(counted)  # loader.metrics keeps the counters until the dataset is gone and they are read
     return counted

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,15 @@ class TfWait:
         self._extremes = tf.Variable(_NO_EXTREMES, dtype=tf.float64, trainable=False, name="npyfeed_wait_extremes")
         self._taken = np.zeros(size)
         self._lock = threading.Lock()
+        self._dataset: weakref.ref[Any] | None = None
+
+    def watch(self, dataset: Any) -> None:
+        """Count until ``dataset`` is gone (datasets and iterators built from it keep it): see :meth:`finished`."""
+        self._dataset = weakref.ref(dataset)
+
+    def finished(self) -> bool:
+        """Whether the watched dataset is gone: nothing more can arrive, so ``loader.metrics`` lets this go."""
+        return self._dataset is not None and self._dataset() is None
 
     def record(self, asked: Any, element: Any) -> Any:
         """The map after the zip: ``element``, once its wait (now minus ``asked``) is counted."""

@@ -24,7 +24,6 @@ import json
 import math
 import threading
 import time
-import weakref
 from collections.abc import Mapping
 from typing import IO, Any, Protocol
 
@@ -92,9 +91,12 @@ class WaitSource(Protocol):
     """Counts kept elsewhere (a tf.data pipeline's, in its graph), pulled into an account by :meth:`DataWait.pull`.
 
     ``take()`` returns what was counted since the last call, as :meth:`DataWait.add_counts` keywords (``first``
-    and ``last`` on ``time.perf_counter()``'s clock), or ``None`` if nothing was."""
+    and ``last`` on ``time.perf_counter()``'s clock), or ``None`` if nothing was; ``finished()`` is true once
+    nothing more can be counted (its dataset is gone): after one last ``take()`` the account lets it go."""
 
     def take(self) -> Mapping[str, Any] | None: ...
+
+    def finished(self) -> bool: ...
 
 
 class DataWait:
@@ -109,7 +111,7 @@ class DataWait:
     def __init__(self, *, rank: int = 0, ranks: int = 1) -> None:
         self._lock = threading.Lock()
         self.rank, self.ranks = rank, ranks
-        self._sources: list[weakref.ref[WaitSource]] = []
+        self._sources: list[WaitSource] = []
         self.reset()
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -121,15 +123,19 @@ class DataWait:
 
     def pull(self, source: WaitSource) -> None:
         """Count what ``source`` counts: each snapshot first adds ``source.take()``, each reset drops it. The
-        account holds ``source`` weakly: what a dropped source counted after the last snapshot is not counted."""
+        account keeps ``source`` until it has taken its last counts after ``source.finished()``."""
         with self._lock:
-            self._sources = [ref for ref in self._sources if ref() is not None]
-            self._sources.append(weakref.ref(source))
+            self._sources.append(source)
 
     def _take(self) -> list[Mapping[str, Any]]:
         with self._lock:
-            sources = [s for s in (ref() for ref in self._sources) if s is not None]
-        return [counts for counts in (s.take() for s in sources) if counts]
+            sources = list(self._sources)
+        finished = [s for s in sources if s.finished()]  # asked before the last take: nothing is counted after it
+        taken = [counts for counts in (s.take() for s in sources) if counts]
+        if finished:
+            with self._lock:
+                self._sources = [s for s in self._sources if all(s is not f for f in finished)]
+        return taken
 
     def reset(self) -> None:
         """Start a new account (e.g. after warm-up, or at each epoch for per-epoch numbers)."""
