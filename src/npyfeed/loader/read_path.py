@@ -326,7 +326,8 @@ class ReadPath:
         starts = list(indices[::step])
         if step > 1 and self.shuffle != "block" and starts and starts[0] + 1 < min(starts[0] + step, stop):
             starts.insert(1, starts[0] + 1)
-        ends = [*starts[1:], stop] if starts else []
+        # A read ends at the next read's start, at most ``step`` batches on (strided indices: one batch each).
+        ends = [min(j, i + step) for i, j in zip(starts, [*starts[1:], stop], strict=True)]
         jobs = ((i, partial(read, epoch, i, j, stop_event, offset=offset)) for i, j in zip(starts, ends, strict=True))
         current = self.plan
         geometry = current if step == current.batches_per_read and prefetch is None else self.make_plan(step, prefetch)
