@@ -75,6 +75,18 @@ class _Process:
     pid: int = field(default_factory=os.getpid)
 
 
+def _reads(indices: range, step: int, stop: int, *, split_first: bool) -> Iterator[tuple[int, int]]:
+    """``(first, stop)`` batches of each read of ``indices``: ``step`` consecutive batches (one each when strided),
+    the first read split into its first batch and the rest with ``split_first``. Lazy: an epoch of a file of
+    billions of rows has millions of reads, which must not be a list (anonymous memory is the budget's)."""
+    for k, first in enumerate(indices[::step]):
+        end = min(first + step, stop)
+        if k == 0 and split_first and first + 1 < end:
+            yield first, first + 1
+            first += 1
+        yield first, end
+
+
 class ReadPath:
     """Reads batches of ``schedule`` from ``source``: chunks -> recycled aligned buffers -> ``transform``.
 
@@ -323,12 +335,9 @@ class ReadPath:
         # a global shuffle of an object store, one request per row), and its requests go first (read scopes that
         # began first are served first). The second read fills up to the usual chunk boundary. Not for a block
         # shuffle: a batch draws on its whole window, which is read as a whole either way.
-        starts = list(indices[::step])
-        if step > 1 and self.shuffle != "block" and starts and starts[0] + 1 < min(starts[0] + step, stop):
-            starts.insert(1, starts[0] + 1)
-        # A read ends at the next read's start, at most ``step`` batches on (strided indices: one batch each).
-        ends = [min(j, i + step) for i, j in zip(starts, [*starts[1:], stop], strict=True)]
-        jobs = ((i, partial(read, epoch, i, j, stop_event, offset=offset)) for i, j in zip(starts, ends, strict=True))
+        split_first = step > 1 and self.shuffle != "block"
+        reads = _reads(indices, step, stop, split_first=split_first)
+        jobs = ((i, partial(read, epoch, i, j, stop_event, offset=offset)) for i, j in reads)
         current = self.plan
         geometry = current if step == current.batches_per_read and prefetch is None else self.make_plan(step, prefetch)
         stats = PrefetchStats()
