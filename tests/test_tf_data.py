@@ -537,3 +537,36 @@ def test_global_shuffle_of_small_rows_reads_several_batches_per_call(
             np.testing.assert_array_equal(batch, x[loader.batch_rows(epoch, index)], f"{epoch}/{index}")
     # per epoch: the first batch alone, the 9 other full ones together, the partial one
     assert sorted(calls) == [(e, start, n) for e in range(2) for start, n in [(0, 1), (1, 9), (10, 1)]]
+
+
+def read_parallelism(ds: Any) -> int:
+    """The ``num_parallel_calls`` of the pipeline's read map, from the dataset's graph (-1: AUTOTUNE)."""
+    graph = tf.compat.v1.GraphDef()
+    ignore = 1  # ExternalStatePolicy.IGNORE: the numpy_function reads are external state
+    graph.ParseFromString(
+        tf.raw_ops.DatasetToGraphV2(input_dataset=ds._variant_tensor, external_state_policy=ignore).numpy()
+    )
+    nodes = {node.name: node for node in graph.node}
+    (read,) = [node for node in graph.node if node.op == "ParallelMapDatasetV2"]
+    const = nodes[read.input[-1].split(":")[0]]  # inputs: the dataset, captured tensors, num_parallel_calls
+    return int(tf.make_ndarray(const.attr["value"].tensor))
+
+
+@pytest.mark.parametrize(("cores", "transform", "kwargs", "expected"), [
+    (2, None, {}, 1),  # chunks on 2 cores: one read at a time, the other core is the training step's
+    (1, None, {}, 1),
+    (4, None, {}, -1),  # more cores: tf.data's autotuning
+    (2, None, {"threads": 4}, -1),  # a private pool keeps autotuning
+    (2, None, {"num_parallel_calls": 3}, 3),  # given: kept
+    (2, lambda b: b, {}, -1),  # one batch per read (a transform): autotuning
+])  # fmt: skip
+def test_reads_at_once_by_default(
+    files: dict[str, str], monkeypatch: pytest.MonkeyPatch, cores: int, transform: Any, kwargs: Any, expected: int
+) -> None:
+    import npyfeed.adapters.tf_data as tf_data
+
+    monkeypatch.setattr(tf_data, "cpu_count", lambda: cores)
+    loader = npyfeed.Loader((files["x"], files["ids"]), batch_size=10, shuffle=True, seed=1, transform=transform)
+    ds = to_tf_dataset(loader, **kwargs)
+    assert read_parallelism(ds) == expected
+    assert dataset_epoch(ds) == loader_epoch(loader, 0)

@@ -70,6 +70,7 @@ from npyfeed.adapters.tf_reads import Call, Reader
 from npyfeed.adapters.tf_spec import check_signature, element_spec, header_spec
 from npyfeed.adapters.tf_wait import TfWait, with_wait
 from npyfeed.errors import ConfigError
+from npyfeed.system import cpu_count
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -181,7 +182,8 @@ def to_tf_dataset(
             probed batch when the loader has a transform).
         start_epoch: the epoch of the first iterator (default ``loader.epoch``); later iterators count up from it.
         num_parallel_calls: reads at once, each of one batch, or of one chunk of batches when the loader has no
-            transform (default ``tf.data.AUTOTUNE``).
+            transform (default ``tf.data.AUTOTUNE``; for chunks on a machine of 2 cores or fewer without
+            ``threads``, 1, leaving a core to the training step).
         threads: a private tf.data thread pool of this size for the reads (default: tf.data's shared pool, one
             thread per core). Cold, random reads wait on storage, not CPU: 8 to 16 threads read faster there.
         prefetch: batches read ahead of the consumer (default ``tf.data.AUTOTUNE``).
@@ -290,13 +292,20 @@ def to_tf_dataset(
         # unbatch() splits any structure.
         return batch if split is None else split(batch)
 
+    # Reads at once. Chunks on 2 cores or fewer: one, since a call reads many batches with its own I/O concurrency
+    # (kernel read-ahead hints, concurrent ranged requests) and a training step needs the other core (two chunk
+    # reads at once cost Keras more CPU per batch than they saved, benchmarks/RESULTS.md, issue 21). Otherwise, or
+    # with a private pool (threads=), tf.data's autotuning.
+    one = chunked and threads is None and cpu_count() <= 2
+    parallel = num_parallel_calls or (1 if one else tf.data.AUTOTUNE)
+
     # One extra index past the end: after a restore at the end of an epoch, pulling it (the iterator's
     # end-of-sequence, or repeat() moving on) runs with_epoch once more, which syncs the counter; filter drops it.
     dataset = (
         tf.data.Dataset.range(num_reads + 1)
         .scan(tf.constant(-1, tf.int64), with_epoch)
         .filter(real)
-        .map(read, num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE, deterministic=True, name="npyfeed_read")
+        .map(read, num_parallel_calls=parallel, deterministic=True, name="npyfeed_read")
     )
     if chunked:
         # unbatch() copies each batch out of its chunk (into memory TensorFlow owns, so the chunk's buffer goes
