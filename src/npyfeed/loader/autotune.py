@@ -19,7 +19,9 @@ one in which it never waited while at least two more were ready is *surplus*. Hy
 - shrink (undo the last kept step) only after :data:`SURPLUS_WINDOWS` surplus windows in a row, never below where
   it started; a shrink followed by waiting is undone and marks a floor no later shrink goes below.
 
-A knob the user set (``num_threads=``, ``prefetch=``) or ``autotune=False`` is fixed. What it chose is
+A knob the user set (``num_threads=``, ``prefetch=``) or ``autotune=False`` is fixed, and so is the concurrency
+of reads that take no slot (every read hinted: a block shuffle, ``io_hints=True``; :meth:`Tuner.fix_concurrency`).
+What it chose is
 :meth:`Tuner.snapshot` (``Loader.tuning``).
 """
 
@@ -140,6 +142,17 @@ class Tuner:
             self._max_depth = max(1, max_depth)
             if self._depth > self._max_depth:
                 self._depth = self._max_depth
+
+    def fix_concurrency(self) -> None:
+        """Stop tuning the reads at once: the read path's reads no longer take slots (every read is hinted and
+        waits on storage outside them), so a step of it could only look like a gain by chance, and the depth is
+        what sets how many run. A probe of it still being judged is undone."""
+        with self._lock:
+            self.tune_concurrency = False
+            self._stopped.pop("concurrency", None)
+            if self._probe is not None and self._probe[0] == "concurrency":
+                self._set(self._probe[1])
+                self._probe = None
 
     def begin(self) -> None:
         """A pass starts: its first take always waits (its reads only just started), so it is not judged, and the

@@ -81,6 +81,13 @@ class KernelHints:
             if self.io_hints is None:
                 self.hinting = False  # row hints would only scatter the stream with random reads
 
+    @property
+    def hints_every_read(self) -> bool:
+        """Whether every read is hinted for good (``io_hints=True``, or a block shuffle not streamed whole), not only
+        while reads are slow: such reads wait on storage outside the read slots, so the read-ahead depth alone sets
+        how many run at once."""
+        return self.hinting and (self.io_hints is True or self.shuffle == "block")
+
     def block_windows(
         self,
         epoch: int,

@@ -254,6 +254,8 @@ class ReadPath:
         hints.prepare(epoch, local.lock)
         rows, sizes = self._chunk_rows(epoch, start, stop, offset)
         hinting = hints.hinting
+        if hinting and local.tuner.tune_concurrency and hints.hints_every_read:
+            local.tuner.fix_concurrency()  # these reads never take a slot (below): tuning their number is no use
         hint = None
         if hinting and self.shuffle == "block" and self.schedule.shard.count == 1:
             order = self.schedule.order
