@@ -286,6 +286,86 @@ def test_damaged_chunk_files_are_detected_and_fetched_again(
     assert server.requests - before == 1
 
 
+def wait_until(done: Callable[[], bool], seconds: float) -> bool:
+    """Poll ``done`` until it holds or ``seconds`` pass (no fixed sleep: as fast as the machine allows)."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_cache_read_ahead_stops_when_the_consumer_leaves(tmp_path: Path) -> None:
+    """The chunk cache's read-ahead jobs belong to the read that hinted them: when its consumer leaves, jobs not
+    started do nothing and running ones are cancelled, their claims given up (they fetched the rest of their
+    windows, tens to hundreds of GETs, for seconds after the consumer left). Idle within one request timeout; the
+    next epoch is exact, its gathers fetching the chunks a cancelled job had promised, and no claim is left."""
+    rows, row_bytes = 32768, 1024  # 32 MiB of 64 KiB chunks; 4 MiB windows: the first read hints 128 chunks ahead
+    x = np.lib.format.open_memmap(tmp_path / "x.npy", "w+", np.uint8, (rows, row_bytes))
+    x[:, :8] = np.arange(rows, dtype="<i8").view(np.uint8).reshape(rows, 8)
+    x.flush()
+    slots, timeout = 4, 10.0
+    cache = tmp_path / "cache"
+    opts = {**options(cache, "256MiB", 64 << 10), "max_concurrency": slots, "request_bytes": 64 << 10}
+    opts |= {"prefetch_bytes": 64 << 20, "timeout": timeout}
+    with RangeServer(tmp_path, delay=0.01) as server:
+        loader = npyfeed.Loader(
+            f"{server.url}/x.npy", 128, shuffle="block", seed=1, block_rows=64, window_blocks=64, storage_options=opts
+        )
+        storage = loader.source.arrays[0].storage  # type: ignore[attr-defined]
+        for _ in loader:
+            break  # the generator is closed: its reads, and the read-ahead they hinted, are told to stop
+        left = server.requests
+
+        def idle() -> bool:
+            return storage.cache.ahead == 0 and storage.client.stats.in_flight == 0
+
+        assert wait_until(idle, timeout), (storage.cache.ahead, storage.client.stats.in_flight)
+        after = server.requests - left
+        # Those in flight when it left, and a few handed a freed slot while the cancellations were delivered.
+        assert after <= 2 * slots, after
+        assert idle() and server.requests - left == after  # nothing left to send any
+        assert not [p for p in cache.rglob("*.part")]  # cancelled jobs gave their claims up
+        ids = np.concatenate([np.ascontiguousarray(b[:, :8]).view("<i8").ravel() for b in loader])
+    assert np.array_equal(np.sort(ids), np.arange(rows))
+
+
+def test_cache_read_ahead_hinted_by_a_read_that_is_left_is_cancelled(tmp_path: Path) -> None:
+    """Read-ahead jobs hinted inside a read carry its Stop to the read-ahead threads: once it is set (the consumer
+    left), the job fetching stops within the requests in flight and the jobs queued behind it send nothing (they
+    fetched every chunk asked for: ~500 GETs here). A gather afterwards fetches what they left."""
+    from npyfeed.storage.deadlines import Stop, read_scope
+    from npyfeed.storage.object_store import ObjectFile
+
+    x = np.random.default_rng(7).integers(0, 255, (32768, 1024), dtype=np.uint8)  # 32 MiB: 512 chunks of 64 KiB
+    np.save(tmp_path / "x.npy", x)
+    slots, timeout = 4, 10.0
+    cache = tmp_path / "cache"
+    opts = {**options(cache, "256MiB", 64 << 10), "max_concurrency": slots, "request_bytes": 64 << 10}
+    opts |= {"prefetch_bytes": 64 << 20, "timeout": timeout}
+    with RangeServer(tmp_path, delay=0.01) as server:
+        f = ObjectFile(f"{server.url}/x.npy", storage_options=opts)
+        assert f.cache is not None
+        stop, began = Stop(), server.requests
+        with read_scope(stop):
+            f.will_need([(0, f.size)])
+        assert wait_until(lambda: server.requests > began + slots, timeout)  # the jobs are fetching
+        stop.set()
+        left = server.requests
+
+        def idle() -> bool:
+            return f.cache is not None and f.cache.ahead == 0 and f.client.stats.in_flight == 0
+
+        assert wait_until(idle, timeout), (f.cache.ahead, f.client.stats.in_flight)
+        after = server.requests - left
+        assert after <= 2 * slots, after  # those in flight, and a few handed a slot as cancellations arrived
+        assert server.requests - left == after and not list(cache.rglob("*.part"))  # nothing left, no claim
+        out = np.empty_like(x)
+        f.gather(128, 1024, np.arange(len(x)), out)
+        assert np.array_equal(out, x)
+
+
 def test_s3_epochs_from_the_cache(moto_server: MotoS3, tmp_path: Path, small_chunks: None) -> None:
     x = np.random.default_rng(6).standard_normal((5000, 6)).astype(np.float32)
     with environment(moto_server.env):

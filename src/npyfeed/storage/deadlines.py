@@ -8,7 +8,8 @@ taking one each. Outside a scope a request's deadline counts from when it is mad
 
 A scope may carry a :class:`Stop`: the event its reader sets when the consumer leaves (a ``break``, a dropped
 iterator). Setting it cancels the requests made in the scope that are still queued or running, read-ahead
-included, at once: nothing keeps downloading for a consumer that is gone.
+included, at once: nothing keeps downloading for a consumer that is gone. Work done later on another thread for
+that read (the chunk cache's read-ahead jobs) carries its Stop there with :func:`stopped_by`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 
-__all__ = ["Stop", "current_stop", "ends_at", "read_scope"]
+__all__ = ["Stop", "current_stop", "ends_at", "read_scope", "stopped_by"]
 
 _started: ContextVar[float | None] = ContextVar("npyfeed_read_started", default=None)
 _stop: ContextVar[Stop | None] = ContextVar("npyfeed_read_stop", default=None)
@@ -72,6 +73,17 @@ def read_scope(stop: Stop | None = None) -> Iterator[None]:
     finally:
         _stop.reset(stop_token)
         _started.reset(token)
+
+
+@contextlib.contextmanager
+def stopped_by(stop: Stop | None) -> Iterator[None]:
+    """Requests made inside are cancelled when ``stop`` is set (the Stop of the read that asked for this work on
+    another thread, e.g. a read-ahead job); their deadlines count as outside a scope, from when each is made."""
+    token = _stop.set(stop)
+    try:
+        yield
+    finally:
+        _stop.reset(token)
 
 
 def ends_at(deadline: float) -> float:

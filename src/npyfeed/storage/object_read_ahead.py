@@ -25,7 +25,7 @@ import numpy as np
 
 from npyfeed.storage.client import StoreClient
 from npyfeed.storage.concurrency import Running
-from npyfeed.storage.deadlines import Stop, current_stop, ends_at
+from npyfeed.storage.deadlines import Stop, current_stop, ends_at, stopped_by
 from npyfeed.storage.versions import ObjectVersion
 
 __all__ = ["MIN_PREFETCH", "ObjectReadAhead"]
@@ -111,13 +111,18 @@ class ObjectReadAhead:
                         self._start(client, piece)
                         held += size
 
-    def _start(self, client: StoreClient, piece: tuple[int, int], waited_until: float | None = None) -> None:
+    def _start(
+        self, client: StoreClient, piece: tuple[int, int], waited_until: float | None = None, stop: Stop | None = None
+    ) -> None:
         """Start fetching ``piece`` into the pool (under the lock): as read-ahead, by its own deadline, or as a
-        read someone waits for until ``waited_until`` (a gather needs it now: it must not queue behind others)."""
+        read someone waits for until ``waited_until`` (a gather needs it now: it must not queue behind others).
+        Cancelled when ``stop`` is set (default: the Stop of the read this thread is in)."""
         background = waited_until is None
         ends = time.monotonic() + client.options.deadline if waited_until is None else waited_until
-        fetch = functools.partial(self._fetch_piece, client, *piece, ends, current_stop(), background)
-        running = client.submit(fetch)
+        stop = stop if stop is not None else current_stop()
+        fetch = functools.partial(self._fetch_piece, client, *piece, ends, stop, background)
+        with stopped_by(stop):  # the coroutine is cancelled when the read that hinted it is left, not this one
+            running = client.submit(fetch)
         self._ahead[piece] = _Ahead(running, self._gathered)
 
     def _queue(self, piece: tuple[int, int], prefetch_bytes: int) -> None:
@@ -143,7 +148,7 @@ class ObjectReadAhead:
             if held + piece[1] - piece[0] > client.options.prefetch_bytes:
                 return
             self._unqueue(piece)
-            self._start(client, piece)
+            self._start(client, piece, stop=stop)  # the hinting read's: a later gather may be another consumer's
             held += piece[1] - piece[0]
 
     def _stale(self, asked: set[tuple[int, int]], prefetch_bytes: int) -> tuple[int, int] | None:

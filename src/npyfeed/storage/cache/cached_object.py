@@ -11,6 +11,10 @@ object is a new key, and its old chunks are deleted when the new version is firs
 A chunk another process is writing is waited for at most ``wait_seconds`` (the storage ``deadline``) per gather,
 however many chunks it holds; then (and for every later gather while that same claim is held: a stopped process
 keeps it forever) the rows are fetched from the store here.
+
+Read-ahead jobs carry the :class:`~npyfeed.storage.deadlines.Stop` of the read that hinted them: once its consumer
+leaves, jobs not started do nothing, and running ones have their requests cancelled and give up their claims. A
+gather that waited for a chunk such a job was fetching fetches it itself.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import numpy as np
 from npyfeed.storage.cache import claims, read_ahead
 from npyfeed.storage.cache.chunk_reads import read_bytes, read_records
 from npyfeed.storage.cache.directory import TRAILER, ChunkDirectory, chunk_directory
+from npyfeed.storage.deadlines import Stop, current_stop, stopped_by
 
 __all__ = ["CachedObject"]
 
@@ -114,11 +119,11 @@ class CachedObject:
         if self._pid != os.getpid():
             self._after_fork()
         mine: dict[int, concurrent.futures.Future[bool]] = {}
-        theirs: list[concurrent.futures.Future[bool]] = []
+        theirs: list[tuple[int, concurrent.futures.Future[bool]]] = []
         with self._lock:
             for k in ks:
                 if k in self._inflight:
-                    theirs.append(self._inflight[k])
+                    theirs.append((k, self._inflight[k]))
                 else:
                     mine[k] = self._inflight[k] = concurrent.futures.Future()
         try:
@@ -135,8 +140,14 @@ class CachedObject:
             for future in mine.values():
                 if not future.done():
                     future.set_result(True)
-        for future in theirs:
-            future.result()
+        again = []
+        for k, future in theirs:
+            try:
+                future.result()
+            except concurrent.futures.CancelledError:
+                again.append(k)  # a read-ahead job whose consumer left: fetched here (unless ours left too)
+        if again:
+            self._fill(again)
 
     def _fill_claimed(self, ks: list[int]) -> None:
         if not self._cleaned:
@@ -146,12 +157,15 @@ class CachedObject:
             except OSError as e:
                 self.cache.failed(e)
         waiting = []
+        stop = current_stop()
         for i in range(0, len(ks), _CLAIMS_AT_ONCE):  # bounded: each claimed chunk holds an open file
+            _check(stop)
             claimed, theirs = self._claim_all(ks[i : i + _CLAIMS_AT_ONCE])
             waiting += theirs
             self._write(claimed)
         deadline = time.monotonic() + self._wait_seconds  # one wait for all: a stopped holder may hold many
         for k in waiting:  # another process is fetching them: wait, then take over if it gave up
+            _check(stop)
             held = claims.holder(self.path(k))
             if not claims.wait(self.path(k), deadline - time.monotonic()):
                 if held is not None and held == claims.holder(self.path(k)):
@@ -308,8 +322,15 @@ class CachedObject:
         return read_bytes(self.open, self.chunk_bytes, offset, out)
 
     # -- read-ahead ---------------------------------------------------------------------------------------------
+    @property
+    def ahead(self) -> int:
+        """Chunks this process queued for read-ahead whose jobs have not ended (0: none can send a request)."""
+        with self._lock:
+            return len(self._queued)
+
     def will_need(self, ranges: Sequence[tuple[int, int]], budget: int) -> None:
-        """Queue the chunks under these byte ranges for a background fetch (at most ``budget`` bytes queued)."""
+        """Queue the chunks under these byte ranges for a background fetch (at most ``budget`` bytes queued), given
+        up when the hinting read's consumer leaves (its :class:`~npyfeed.storage.deadlines.Stop` is set)."""
         if self._pid != os.getpid():
             self._after_fork()
         with self._lock:
@@ -322,17 +343,26 @@ class CachedObject:
                         self._queued.add(k)
                         todo.append(k)
         per_job = max(1, read_ahead.JOB_BYTES // self.chunk_bytes)
+        stop = current_stop()
         for i in range(0, len(todo), per_job):
-            read_ahead.submit(functools.partial(self._fetch_ahead, todo[i : i + per_job]))
+            read_ahead.submit(functools.partial(self._fetch_ahead, todo[i : i + per_job], stop))
 
-    def _fetch_ahead(self, ks: list[int]) -> None:
+    def _fetch_ahead(self, ks: list[int], stop: Stop | None) -> None:
         try:
-            self.fetch_missing(ks)
+            if stop is None or not stop.is_set():
+                with stopped_by(stop):  # its requests are cancelled, and its claims given up, when stop is set
+                    self.fetch_missing(ks)
         except Exception:  # only a hint: the gather that needs these chunks fetches them and reports errors
             pass
         finally:
             with self._lock:
                 self._queued.difference_update(ks)
+
+
+def _check(stop: Stop | None) -> None:
+    """Nobody waits for this fetch any more: end it as its requests would be ended."""
+    if stop is not None and stop.is_set():
+        raise concurrent.futures.CancelledError
 
 
 def _close(fds: Iterable[int | None]) -> None:
