@@ -13,9 +13,11 @@ The consumer's takes are judged in windows (at least :data:`WINDOW_TAKES` read t
 one in which it never waited while at least two more were ready is *surplus*. Hysteresis, so the settings settle:
 
 - grow one step after a waiting window: one more read at once (depth following, so one more read is queued) or
-  one more read ahead, the knob whose last step paid off first; the next window keeps the step only if the
-  consumer received at least :data:`GAIN` more read tasks per second, else it is undone and that knob stops
-  growing (probed again after a back-off that doubles each time, if the waiting goes on);
+  one more read ahead, the knob whose last step paid off first; the step is kept only if, in each of the next
+  :data:`PROBE_WINDOWS` windows, the consumer received at least :data:`GAIN` more read tasks per second than in the
+  best of the last :data:`BASELINE_WINDOWS` windows at the setting it left (on a busy machine whole windows run
+  slower or faster by chance: one of them must not make a useless step look like a gain), else it is undone and
+  that knob stops growing (probed again after a back-off that doubles each time, if the waiting goes on);
 - shrink (undo the last kept step) only after :data:`SURPLUS_WINDOWS` surplus windows in a row, never below where
   it started; a shrink followed by waiting is undone and marks a floor no later shrink goes below.
 
@@ -29,10 +31,20 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["GAIN", "SURPLUS_WINDOWS", "WINDOW_SECONDS", "WINDOW_TAKES", "Slots", "Tuner"]
+__all__ = [
+    "BASELINE_WINDOWS",
+    "GAIN",
+    "PROBE_WINDOWS",
+    "SURPLUS_WINDOWS",
+    "WINDOW_SECONDS",
+    "WINDOW_TAKES",
+    "Slots",
+    "Tuner",
+]
 
 WINDOW_TAKES = 8  # read tasks the consumer takes per judged window (and...)
 WINDOW_SECONDS = 0.1  # (... at least this long: a window of tiny reads says nothing)
@@ -40,6 +52,8 @@ WAITED_S = 1e-4  # a take the consumer waited longer than this for counts as wai
 GAIN = 0.05  # a step is kept when the consumer's rate rose by at least this fraction
 SURPLUS_WINDOWS = 4  # surplus windows in a row before giving a step back
 _RETRY_WINDOWS = 16  # waiting windows before a knob that stopped growing is probed again (then doubled)
+BASELINE_WINDOWS = 3  # a step must beat the best of this many latest windows at the setting it left ...
+PROBE_WINDOWS = 2  # ... in this many windows in a row
 
 Knob = Literal["concurrency", "depth"]
 
@@ -111,11 +125,13 @@ class Tuner:
         self._steps: list[tuple[Knob, tuple[int, int], tuple[int, int]]] = []
         self._floor = 0  # steps no shrink may undo
         self._probe: tuple[Knob, tuple[int, int], tuple[int, int], float] | None = None  # judged next, rate before
+        self._probe_windows = 0  # windows of the probe judged faster so far
         self._shrunk: tuple[Knob, tuple[int, int], tuple[int, int]] | None = None  # given back, judged next
         self._last: Knob = "concurrency"  # the knob whose last step paid off
         self._stopped: dict[Knob, int] = {}  # knob -> waiting windows left before it is probed again
         self._backoff = _RETRY_WINDOWS
         self._surplus = 0
+        self._recent: deque[tuple[tuple[int, int], float]] = deque(maxlen=BASELINE_WINDOWS)  # (state, rate)
         self._window: _Window | None = None
         self._skip = False
         self._last_take = 0.0
@@ -152,7 +168,7 @@ class Tuner:
             self._stopped.pop("concurrency", None)
             if self._probe is not None and self._probe[0] == "concurrency":
                 self._set(self._probe[1])
-                self._probe = None
+                self._probe, self._probe_windows = None, 0
 
     def begin(self) -> None:
         """A pass starts: its first take always waits (its reads only just started), so it is not judged, and the
@@ -218,12 +234,17 @@ class Tuner:
     # -- decisions (under the lock) ---------------------------------------------------------------------------
     def _judge(self, window: _Window, rate: float) -> None:
         self.counts["windows"] += 1
+        self._recent.append(((self._depth, self.slots.limit), rate))
         waiting = 2 * window.waited >= window.takes
         surplus = window.waited == 0 and window.min_ready >= 2
         if self._probe is not None:
             knob, before, after, old_rate = self._probe
-            self._probe = None
-            if rate >= (1 + GAIN) * old_rate:
+            self._probe_windows += 1
+            gained = rate >= (1 + GAIN) * old_rate
+            if gained and self._probe_windows < PROBE_WINDOWS:
+                return  # faster: kept only if the next window is faster too (one lucky window is no gain)
+            self._probe, self._probe_windows = None, 0
+            if gained:
                 self._steps.append((knob, before, after))
                 self._last = knob
             else:  # no faster: undo, and stop growing this knob for a while
@@ -271,7 +292,10 @@ class Tuner:
         if not grows:
             return
         knob: Knob = self._last if self._last in grows else next(iter(grows))
-        self._probe = (knob, now, grows[knob], rate)
+        # Judged against the best of the latest windows at this setting, not the last one alone: a window that
+        # was slow by chance (load elsewhere) would make any step look like a gain, and it would be kept.
+        baseline = max([r for state, r in self._recent if state == now] + [rate])
+        self._probe, self._probe_windows = (knob, now, grows[knob], baseline), 0
         self._set(grows[knob])
         self.counts["grown"] += 1
 
