@@ -81,7 +81,9 @@ class Loader:
             local cache with ``cache_dir`` and ``cache_size``); see docs/object-storage.md.
 
     Each ``iter(loader)`` is the next epoch. Within a batch, rows come in file order: the shuffle decides which
-    rows form each batch, and the rows of a batch are read in one sorted, coalesced pass.
+    rows form each batch, and the rows of a batch are read in one sorted, coalesced pass. A pass in file order over
+    warm local files, with no ``transform`` or ``prefetch`` given, is copied on the consumer's thread instead of
+    read ahead (see :mod:`npyfeed.loader.in_order`).
     """
 
     def __init__(

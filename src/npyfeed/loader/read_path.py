@@ -29,6 +29,7 @@ from npyfeed.loader.autotune import Tuner
 from npyfeed.loader.batch_errors import batch_error
 from npyfeed.loader.budget import Plan, plan, read_windows
 from npyfeed.loader.buffers import BufferPool
+from npyfeed.loader.in_order import can_read_in_order, read_in_order
 from npyfeed.loader.kernel_hints import KernelHints
 from npyfeed.loader.metrics import DataWait
 from npyfeed.loader.prefetch import PrefetchStats, Stopped, prefetch_ordered, stopping
@@ -116,6 +117,7 @@ class ReadPath:
         self.tune_depth, self.tune_threads = tune_depth, tune_threads  # see npyfeed.loader.autotune
         self.metrics = DataWait()  # what the consumer waited for, across epochs (see npyfeed.loader.metrics)
         self.hints = KernelHints(source, shuffle, io_hints)  # kept when pickled: a worker knows what was streamed
+        self._in_order_source = shuffle == "none" and can_read_in_order(source)
         self._process: _Process | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -328,6 +330,32 @@ class ReadPath:
         indices = range(count) if indices is None else indices
         if indices.step < 0 or (len(indices) and not 0 <= indices[0] <= indices[-1] < count):
             raise IndexError(f"batches {indices} are out of range for {count} batches in epoch {epoch}")
+        if self._reads_in_order(prefetch):
+            local = self._here()
+            self.hints.prepare(epoch, local.lock)
+            if not self.hints.hinting:  # warm data: copied on this thread (see npyfeed.loader.in_order)
+                indices = yield from read_in_order(
+                    self.source, self.schedule.layout(offset), indices, local.buffers, self.hints, self.metrics,
+                    epoch=epoch, batch_size=self.batch_size,
+                    count_mapped=partial(self.hints.count_mapped, trim_rows=local.plan.trim_rows, lock=local.lock),
+                )  # fmt: skip
+                if not len(indices):
+                    return
+        yield from self._read_ahead(epoch, indices, offset, prefetch)
+
+    def _reads_in_order(self, prefetch: int | None) -> bool:
+        """Whether a pass may copy its batches on the consumer's thread while the data is warm: file order, no
+        transform, local C-order files, and no read-ahead asked for (``prefetch``)."""
+        return (
+            self._in_order_source
+            and self.transform is None
+            and prefetch is None
+            and self.prefetch is None
+            and isinstance(self.schedule.order, Sequential)
+        )
+
+    def _read_ahead(self, epoch: int, indices: range, offset: int, prefetch: int | None) -> Iterator[tuple[int, Batch]]:
+        """``(index, batch)`` for batches ``indices``, read ahead on the thread pool."""
         step = self.batches_per_read if indices.step == 1 else 1
         stop = indices.stop if len(indices) else indices.start
         stop_event = Stop()  # set when the consumer leaves: reads stop, their requests to object stores are cancelled

@@ -139,6 +139,25 @@ class NpyArray:
             self._read_bytes(rows, tmp.reshape(-1).view(np.uint8))
             np.copyto(out, tmp)
 
+    @property
+    def copies_runs(self) -> bool:
+        """Whether :meth:`copy_run` can read this array: a local file in C order (a row is one run of bytes)."""
+        return (
+            hasattr(self.storage, "copy_run")
+            and self.row_bytes > 0
+            and (not self.header.fortran_order or self.ndim == 1)
+        )
+
+    def copy_run(self, start: int, out: np.ndarray) -> None:
+        """Rows ``start..start + len(out) - 1`` (in range) into ``out``, a ``(rows, row_bytes)`` uint8 array, then
+        the file checked as a read checks it after copying; :meth:`check` before the first run and every few MiB
+        (see :meth:`npyfeed.storage.local.LocalFile.copy_run`). Only where :attr:`copies_runs`."""
+        self.storage.copy_run(self.header.data_offset, self.row_bytes, start, out)  # type: ignore[attr-defined]
+
+    def check(self) -> None:
+        """Raise :class:`npyfeed.FileChangedError` if the file is no longer the version opened."""
+        self.storage.check()
+
     def _read_bytes(self, rows: np.ndarray, dst: np.ndarray) -> None:
         h = self.header
         if not h.fortran_order or self.ndim == 1:

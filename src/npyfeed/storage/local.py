@@ -236,6 +236,22 @@ class LocalFile:
                 np.take(records, indices, axis=0, out=out2, mode="clip")
         self._check_open()  # changed while copying: the batch may hold bytes of two versions
 
+    def copy_run(self, base: int, record_bytes: int, first: int, out: np.ndarray) -> None:
+        """Records ``first..first + len(out) - 1`` into ``out`` (``(records, record_bytes)`` uint8), then the open
+        file checked as :meth:`gather` checks it after copying (``fstat``: the version opened, no page vanished).
+
+        The cheap form of :meth:`gather` for reads in file order on the consumer's thread: the caller calls
+        :meth:`check` before its first run and every few MiB after (the path's ``stat``, ~2 us); since each run's
+        check after it is the next one's check before, every run is copied between two checks of the version.
+        """
+        if not len(out) or record_bytes == 0:
+            return
+        if self._watch is None and not sigbus.enabled():
+            self.read_into(base + first * record_bytes, out)
+        else:
+            np.copyto(out, self.records(base, record_bytes)[first : first + len(out)])
+        self._check_open()
+
     def _pread_gather(self, base: int, record_bytes: int, indices: np.ndarray, out: np.ndarray) -> None:
         """The same gather with ``pread``, one call per run of consecutive records (safe without the guard)."""
         breaks = np.flatnonzero(np.diff(indices) != 1) + 1

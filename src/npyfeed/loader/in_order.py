@@ -1,0 +1,118 @@
+"""Warm reads in file order on the consumer's thread: a few batches at a time copied from the files' mappings into
+a small recycled buffer, instead of read ahead on threads.
+
+Data in the page cache copies at memory speed, and the read threads then cost more than the copy: handing reads
+to a thread and back, and 4 MiB read buffers that leave the cache before the consumer takes them. Here each
+~512 KiB of batches is one copy into a buffer the consumer just let go (it stays in the core's cache), checked
+like every read (the file's version after each copy, its path every 4 MiB), and handed over as views of it.
+
+Used for a pass in file order without a transform, over local C-order files, when nothing asked for read-ahead
+(``prefetch`` and ``io_hints=True`` not given) and reads are fast: a copy slower than the kernel-hint threshold
+(cold data) hands the rest of the pass to the read threads, which read ahead and hint the kernel.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Iterator
+from typing import Any, cast
+
+import numpy as np
+
+from npyfeed.loader.batch_errors import batch_error
+from npyfeed.loader.buffers import BufferPool
+from npyfeed.loader.kernel_hints import KernelHints
+from npyfeed.loader.metrics import DataWait
+from npyfeed.shard import Layout
+from npyfeed.sources.array import NpyArray
+from npyfeed.sources.columns import Columns
+
+__all__ = ["GROUP_BYTES", "can_read_in_order", "read_in_order"]
+
+GROUP_BYTES = 512 << 10  # batches copied at once: half a core's L2 here, so two buffers in turn stay cached
+CHECK_BYTES = 4 << 20  # the path is checked (stat) and the account kept once per this much
+
+
+def can_read_in_order(source: Columns) -> bool:
+    """Whether every column can be copied by runs of rows on the consumer's thread (local files, C order)."""
+    return all(isinstance(a, NpyArray) and a.copies_runs for a in source.arrays)
+
+
+def _groups(layout: Layout, indices: range, per_group: int) -> Iterator[tuple[int, int, int, int]]:
+    """``(first batch, batches, first row, rows)`` of each group: consecutive batches whose rows are one run."""
+    if indices.step == 1 and layout.count == 1:
+        # One worker's consecutive batches are consecutive positions (a sequential order: rows).
+        for i in range(indices.start, indices.stop, per_group):
+            j = min(i + per_group, indices.stop)
+            lo, hi = layout.positions(i)[0], layout.positions(j - 1)[1]
+            yield i, j - i, lo, hi - lo
+    else:
+        for i in indices:
+            lo, hi = layout.positions(i)
+            yield i, 1, lo, hi - lo
+
+
+def read_in_order(
+    source: Columns,
+    layout: Layout,
+    indices: range,
+    buffers: BufferPool,
+    hints: KernelHints,
+    metrics: DataWait,
+    *,
+    epoch: int,
+    batch_size: int,
+    count_mapped: Any,
+) -> Generator[tuple[int, Any], None, range]:
+    """``(index, batch)`` for batches ``indices`` of a sequential pass laid out by ``layout``, copied here; returns
+    the batches left to the read threads (empty unless reads turned slow)."""
+    arrays = cast(list[NpyArray], list(source.arrays))  # as can_read_in_order found them
+    single = source.kind == "array"
+    row_bytes = source.row_bytes
+    per_group = max(1, GROUP_BYTES // max(1, batch_size * row_bytes)) if indices.step == 1 else 1
+    cap = per_group * batch_size
+    done = 0  # batches handed over
+    nbytes = rows_since = batches_since = 0
+    seconds = 0.0
+    asked = time.perf_counter()
+    try:
+        for first, batches, lo, rows in _groups(layout, indices, per_group):
+            began = time.perf_counter()
+            outs = [buffers.empty((cap, *a.shape[1:]), a.dtype) for a in arrays]
+            try:
+                if not rows_since:
+                    for a in arrays:
+                        a.check()
+                for a, out in zip(arrays, outs, strict=True):
+                    a.copy_run(lo, out.reshape(cap, -1).view(np.uint8)[:rows])
+            except Exception as e:
+                raise batch_error(source.paths, epoch, first, "read", e) from None
+            took = time.perf_counter() - began
+            seconds += took
+            nbytes += rows * row_bytes
+            rows_since += rows
+            batches_since += batches
+            if single:
+                out = outs[0]
+                for k in range(batches):
+                    done += 1
+                    yield first + k * indices.step, out[k * batch_size : min((k + 1) * batch_size, rows)]
+            else:
+                for k in range(batches):
+                    start, end = k * batch_size, min((k + 1) * batch_size, rows)
+                    done += 1
+                    yield first + k * indices.step, source.pack([o[start:end] for o in outs])
+            if nbytes >= CHECK_BYTES:
+                metrics.record_chunk(seconds, batches_since, rows_since, nbytes, asked=asked, read=seconds)
+                hints.measured(nbytes, seconds)
+                count_mapped(rows_since)
+                nbytes = rows_since = batches_since = 0
+                seconds = 0.0
+                asked = time.perf_counter()
+                if hints.hinting:  # slow reads: cold data, read ahead on threads with the kernel's hints
+                    return indices[done:]
+    finally:
+        if batches_since:
+            metrics.record_chunk(seconds, batches_since, rows_since, nbytes, asked=asked, read=seconds)
+            count_mapped(rows_since)
+    return indices[done:]
