@@ -13,7 +13,9 @@ once, then times ``runs`` epochs per way of consuming, taking turns (graph, eage
 
 Each epoch is one fresh iterator, timed from ``iter()`` to its end (or ``max_seconds`` after its start), and
 checked by :class:`benchmarks.verify.EpochChecker`: ids never repeat, a full epoch has each once, the order
-asked for, labels equal to the ids, sampled batches equal to ``np.load``'s rows.
+asked for, labels equal to the ids, sampled batches equal to ``np.load``'s rows. A graph epoch also records its
+fixed costs: the CPU and wall time of ``iter()`` (tf.data instantiates the pipeline's functions for each iterator)
+and the wall time to its first batch.
 """
 
 from __future__ import annotations
@@ -119,18 +121,24 @@ def _graph_drain(files: BenchFiles) -> Callable[[Any, Any], Any]:
 
 
 def _graph_epoch(
-    dataset: Any, drain: Callable[[Any, Any], Any], checker: EpochChecker, cell: dict[str, Any]
+    dataset: Any, drain: Callable[[Any, Any], Any], checker: EpochChecker, cell: dict[str, Any], setup: dict[str, float]
 ) -> tuple[bool, float]:
-    """One epoch drained by ``drain``; returns (cut short by the time cap, the touch sum)."""
+    """One epoch drained by ``drain``; returns (cut short by the time cap, the touch sum). ``setup`` receives the
+    epoch's fixed costs: ``iter_cpu_ms`` (the process's CPU in ``iter()``, where tf.data instantiates the
+    pipeline's functions), ``iter_ms`` (its wall time) and ``first_ms`` (wall time from ``iter()`` to the first
+    batch)."""
     import tensorflow as tf
 
-    start, segment, touch = time.perf_counter(), 0, 0.0
+    start, cpu, segment, touch = time.perf_counter(), time.process_time(), 0, 0.0
     iterator = iter(dataset)
+    setup["iter_cpu_ms"] = (time.process_time() - cpu) * 1e3
+    setup["iter_ms"] = (time.perf_counter() - start) * 1e3
     while True:
         if segment % _SAMPLE_EVERY == 0:  # one batch taken eagerly, fully checked and kept
             opt = iterator.get_next_as_optional()
             if not opt.has_value():
                 return False, touch
+            setup.setdefault("first_ms", (time.perf_counter() - start) * 1e3)
             x, y = as_pair(tf.nest.map_structure(lambda t: t.numpy(), opt.get_value()))
             checker.add(x, y)
             checker.keep(x, y)
@@ -174,16 +182,17 @@ def _epochs(cell: dict[str, Any]) -> Iterator[dict[str, Any]]:
     drain = None
     if "graph" in ways:
         drain = _graph_drain(files)
-        _graph_epoch(dataset.take(2), drain, EpochChecker(files, False, cell["batch_size"]), cell)  # trace it
+        _graph_epoch(dataset.take(2), drain, EpochChecker(files, False, cell["batch_size"]), cell, {})  # trace it
     for run in range(cell["runs"]):
         for way in ways:
             checker = EpochChecker(files, cell["shuffle"], cell["batch_size"])
             cpu = CpuMeter()
             cpu.start()
             t0 = time.perf_counter()
+            setup: dict[str, float] = {}
             if way == "graph":
                 assert drain is not None
-                cut, _ = _graph_epoch(dataset, drain, checker, cell)
+                cut, _ = _graph_epoch(dataset, drain, checker, cell, setup)
             else:
                 cut, _ = _eager_epoch(dataset, checker, cell)
             seconds = time.perf_counter() - t0
@@ -199,6 +208,7 @@ def _epochs(cell: dict[str, Any]) -> Iterator[dict[str, Any]]:
                 "problem": problem,
                 "cores_own": own,
                 "cores_others": others,
+                **setup,
             }
 
 
