@@ -6,14 +6,17 @@ tasks, as a fraction of the epoch's time; (2) whole epochs with the hooks in pla
 no-ops, alternated, medians compared (noisy on a shared machine: (1) is the number to trust).
 
 With ``--tf``, the stage that counts the wait inside a ``to_tf_dataset()`` pipeline (npyfeed.adapters.tf_wait),
-``data_wait=True`` against ``data_wait=False`` on the same Loader, alternated in one process: (3) the pipeline
-drained in C++ (``Dataset.reduce``: no consumer cost, so the stage's share is the largest it can be), CPU per
-element (``time.process_time``, all threads) and wall per epoch; (4) a data-bound Keras epoch (one ``Dense`` layer
-on 1 KiB rows, ``model.fit``), wall and CPU per epoch. Ratios on/off are medians over the alternated pairs; the
-stage's CPU per element from (3), times the steps, over the Keras epoch, is its share of a data-bound epoch.
+on the same Loader, alternated in one process: ``data_wait=False`` (the reference), ``data_wait=True`` (its maps
+inline, on TensorFlow's single-threaded executor) and, with ``--public-maps``, ``data_wait=True`` built with
+``Dataset.map`` (the fallback when that private argument is missing: a thread hop per call). (3) The pipeline drained
+in C++ (``Dataset.reduce``: no consumer cost, so the stage's share is the largest it can be), CPU per element
+(``time.process_time``, all threads) and wall per epoch; (4) a data-bound Keras epoch (one ``Dense`` layer on 1 KiB
+rows, ``model.fit``), wall and CPU per epoch. Each variant's overhead is printed as ratios to the reference epoch
+of the same round (medians over the rounds, and their range), and as extra CPU per element times the steps over
+the reference Keras epoch's wall: its share of a data-bound epoch.
 
     .venv/bin/python -m benchmarks.observe_overhead                   # the Loader's hooks (1) and (2)
-    .venv/bin/python -m benchmarks.observe_overhead --tf --only-tf    # the tf.data stage (3) and (4), ~2 min
+    .venv/bin/python -m benchmarks.observe_overhead --tf --only-tf    # the tf.data stage (3) and (4), ~1.5 min
 """
 
 from __future__ import annotations
@@ -66,11 +69,13 @@ def _tf_epoch(dataset: Any, run: Any) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def tf_stage(size_mib: int, repeats: int, batch_size: int = 256) -> None:
-    """(3) and (4): the tf.data wait stage on and off, alternated; prints medians and ratios with the load."""
+def tf_stage(size_mib: int, repeats: int, public_maps: bool, batch_size: int = 256) -> None:
+    """(3) and (4): the tf.data wait stage's variants against data_wait=False, alternated; prints ratios."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
     import tensorflow as tf
+
+    from npyfeed.adapters import tf_wait
 
     with tempfile.TemporaryDirectory() as d:
         rows = size_mib * 1024
@@ -80,7 +85,12 @@ def tf_stage(size_mib: int, repeats: int, batch_size: int = 256) -> None:
         np.save(y_path, rng.standard_normal((rows, 1), dtype=np.float32))
         loader = npyfeed.Loader((x_path, y_path), batch_size=batch_size)
         steps = len(loader)
-        datasets = {on: loader.to_tf_dataset(data_wait=on) for on in (True, False)}
+        datasets = {"off": loader.to_tf_dataset(), "on": loader.to_tf_dataset(data_wait=True)}
+        if public_maps:
+            inline = tf_wait.inline_maps
+            tf_wait.inline_maps = lambda: False  # type: ignore[assignment]  # build the fallback's stage
+            datasets["on, Dataset.map"] = loader.to_tf_dataset(data_wait=True)
+            tf_wait.inline_maps = inline  # type: ignore[assignment]
 
         def drain(ds: Any) -> None:
             ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1).numpy()
@@ -91,34 +101,41 @@ def tf_stage(size_mib: int, repeats: int, batch_size: int = 256) -> None:
         def fit(ds: Any) -> None:
             model.fit(ds, epochs=1, verbose=0)
 
-        for name, run in (("drained (Dataset.reduce)", drain), ("Keras fit, one Dense layer", fit)):
-            for on in (True, False):  # warm-up: tracing, page cache
-                _tf_epoch(datasets[on], run)
-            pairs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+        names = list(datasets)
+        drained_us: dict[str, float] = {}
+        for measure, run in (("drained (Dataset.reduce)", drain), ("Keras fit, one Dense layer", fit)):
+            for name in names:  # warm-up: tracing, page cache
+                _tf_epoch(datasets[name], run)
+            times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
             loads = []
             for r in range(repeats):
-                for on in (True, False) if r % 2 == 0 else (False, True):
-                    pairs[on].append(_tf_epoch(datasets[on], run))
+                for name in names if r % 2 == 0 else names[::-1]:
+                    times[name].append(_tf_epoch(datasets[name], run))
                 loads.append(os.getloadavg()[0])
-            wall = {on: statistics.median(w for w, _ in pairs[on]) for on in pairs}
-            cpu = {on: statistics.median(c for _, c in pairs[on]) for on in pairs}
-            extra_us = (cpu[True] - cpu[False]) / steps * 1e6
-            ratios = [a[1] / b[1] for a, b in zip(pairs[True], pairs[False], strict=True)]
+            ref_wall = statistics.median(w for w, _ in times["off"])
+            ref_cpu = statistics.median(c for _, c in times["off"])
             print(
-                f"tf.data {name}: {steps} elements of {batch_size} x 1 KiB; per element CPU "
-                f"{cpu[True] / steps * 1e6:.0f} us on, {cpu[False] / steps * 1e6:.0f} us off ({extra_us:+.1f} us); "
-                f"epoch wall {wall[True]:.3f} s on, {wall[False]:.3f} s off: on/off wall "
-                f"{wall[True] / wall[False]:.3f}x, CPU {cpu[True] / cpu[False]:.3f}x (pairs {min(ratios):.3f}-"
-                f"{max(ratios):.3f}x); load average {min(loads):.1f}-{max(loads):.1f}"
+                f"tf.data {measure}: {steps} elements of {batch_size} x 1 KiB; data_wait=False: epoch "
+                f"{ref_wall:.3f} s, CPU {ref_cpu / steps * 1e6:.0f} us per element; "
+                f"load average {min(loads):.1f}-{max(loads):.1f}"
             )
-            if name.startswith("drained"):
-                stage_us = extra_us
-            else:
-                print(
-                    f"tf.data stage: {stage_us:.1f} us CPU per element (drained), x {steps} steps = "
-                    f"{stage_us * steps / 1e6 / wall[False] * 100:.2f}% of the data-bound Keras epoch "
-                    f"({wall[False]:.3f} s)"
+            for name in names[1:]:
+                wall = [w / ref[0] for (w, _), ref in zip(times[name], times["off"], strict=True)]
+                cpu = [c / ref[1] for (_, c), ref in zip(times[name], times["off"], strict=True)]
+                extra_us = statistics.median(
+                    (c - ref[1]) / steps * 1e6 for (_, c), ref in zip(times[name], times["off"], strict=True)
                 )
+                line = (
+                    f"  {name}: epoch / same round's data_wait=False: wall {statistics.median(wall):.3f}x "
+                    f"({min(wall):.3f}-{max(wall):.3f}x), CPU {statistics.median(cpu):.3f}x "
+                    f"({min(cpu):.3f}-{max(cpu):.3f}x); CPU per element {extra_us:+.1f} us"
+                )
+                if measure.startswith("drained"):
+                    drained_us[name] = extra_us
+                else:
+                    share = drained_us[name] * steps / 1e6 / ref_wall * 100
+                    line += f"; drained extra CPU x {steps} steps = {share:.2f}% of the Keras epoch"
+                print(line)
 
 
 def main() -> None:
@@ -127,9 +144,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tf", action="store_true", help="also measure the tf.data stage (data_wait=True/False)")
     parser.add_argument("--only-tf", action="store_true", help="only the tf.data stage")
+    parser.add_argument(
+        "--public-maps", action="store_true", help="also the tf.data stage built with Dataset.map (the fallback)"
+    )
     a = parser.parse_args()
     if a.tf or a.only_tf:
-        tf_stage(a.size_mib, a.repeats)
+        tf_stage(a.size_mib, a.repeats, a.public_maps)
     if a.only_tf:
         return
     per_batch = hook_seconds()

@@ -68,8 +68,10 @@ def check(
         assert s["wait_p50_s"] >= 0.5 * SLOW and s["wait_fraction"] > 0.5, s
         assert not split or s["transform_s"] >= batches * SLOW * 0.9, s
     else:  # reads of 4 MiB far faster than the 20 ms step: after the first, batches are ready when asked for
-        # (relative facts that hold on a loaded machine, where a few batches may still wait for a busy core)
-        assert s["wait_p50_s"] < 1e-3, s
+        # (relative facts that hold on a loaded machine, where a few batches may still wait for a busy core, and
+        # every wait includes the consumer's time off the core: through tf.data at load 10-12 on 2 cores, p50 was
+        # 1.2-1.7 ms in some runs; a quarter of the slow case's per-batch transform keeps them far apart)
+        assert s["wait_p50_s"] < SLOW / 4, s
         assert s["wait_fraction"] < 0.2, s
     assert s["rows_per_s"] > 0 and s["bytes_per_s"] == pytest.approx(s["rows_per_s"] * 1024)
     return s

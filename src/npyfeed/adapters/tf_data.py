@@ -197,7 +197,8 @@ def to_tf_dataset(
         sample_weights: with ``targets``, the key of per-row sample weights: elements become
             ``(inputs, targets, sample_weights)``.
         data_wait: count how long the consumer waits for each element in ``loader.metrics``, inside the graph
-            (:mod:`npyfeed.adapters.tf_wait`). Off by default: it costs CPU per element (benchmarks/RESULTS.md).
+            (:mod:`npyfeed.adapters.tf_wait`: two small maps run inline in the consumer's ``GetNext``). Off by
+            default: it still costs some CPU per element (benchmarks/RESULTS.md).
             Not for a graph that leaves the process (the tf.data service): the counters are this process's.
 
     >>> ds = loader.to_tf_dataset()  # doctest: +SKIP

@@ -8,8 +8,18 @@ there and adds the wait to counters held in ``tf.Variable`` objects: a histogram
 (``loader.metrics.bucket_edges``), rows, bytes, the summed wait, the waits over 0.1 ms, the largest wait, the first
 ask and the last delivery. ``loader.metrics`` pulls them on every ``snapshot()`` (a :class:`TfWait` is its
 ``WaitSource``), so ``DataWaitLogger``, JSON lines and the Prometheus endpoint see tf.data's batches like any
-others. It costs CPU on every element, hence ``to_tf_dataset(data_wait=True)`` only: benchmarks/RESULTS.md
-(``python -m benchmarks.observe_overhead --only-tf``).
+others.
+
+**Cost.** A tf.data function call on TensorFlow's default executor hands its ops to the inter-op thread pool and
+waits for them: two thread switches per call, ~100 us of CPU per call on a loaded 2-core machine, which is what
+made this stage cost 8-28% of a data-bound Keras epoch (``Dataset.counter()`` is itself a ``scan``: a third call).
+The stamp and the count are a few small ops, so both maps run on TensorFlow's single-threaded executor, inline in
+the consumer's ``GetNext`` (``use_inter_op_parallelism=False``, the same private argument tf.data's own
+``sample_from_datasets`` uses), and the asks are counted by ``Dataset.range``, which calls no function: about a
+quarter of the CPU per element that ``Dataset.map`` stages cost in the same run (``python -m
+benchmarks.observe_overhead --only-tf --public-maps``, benchmarks/RESULTS.md). Should that
+argument go away in a later TensorFlow, :func:`inline_map` falls back to ``Dataset.map``: the same counts, at the
+old cost (:func:`inline_maps` says which; a test pins it for the TensorFlow in use).
 
 The stage must stay the last step the consumer runs itself: tf.data's ``inject_prefetch`` optimization, which
 would add a prefetch after it (so that a background thread, not the consumer, waited), is switched off for the
@@ -19,6 +29,7 @@ to that prefetch's thread the same way: measure there, or put nothing asynchrono
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 import weakref
@@ -32,7 +43,7 @@ from npyfeed.adapters.frameworks import require_tensorflow as _tf
 if TYPE_CHECKING:
     import tensorflow as tf
 
-__all__ = ["TfWait", "with_wait"]
+__all__ = ["TfWait", "inline_map", "inline_maps", "with_wait"]
 
 _WAITED = 1e-4  # a wait over 0.1 ms counts as waited, as in loader.metrics
 _TOTALS = 4  # after the histogram's buckets: rows, bytes, summed wait, waited elements
@@ -110,14 +121,35 @@ class TfWait:
         }
 
 
+def inline_maps() -> bool:
+    """Whether :func:`inline_map` runs its function on the single-threaded executor (else it is ``Dataset.map``)."""
+    try:
+        from tensorflow.python.data.ops import map_op
+    except ImportError:
+        return False
+    return "use_inter_op_parallelism" in inspect.signature(map_op._MapDataset).parameters
+
+
+def inline_map(dataset: tf.data.Dataset, function: Any, name: str) -> tf.data.Dataset:
+    """``dataset.map(function)``, its ops run on the calling thread with no hop to the inter-op pool (see the
+    module docstring): for small functions that must run in the consumer's own ``GetNext``."""
+    if not inline_maps():
+        return dataset.map(function, name=name)
+    from tensorflow.python.data.ops import map_op
+
+    return map_op._MapDataset(dataset, function, use_inter_op_parallelism=False, preserve_cardinality=True, name=name)
+
+
 def with_wait(dataset: tf.data.Dataset, wait: TfWait) -> tf.data.Dataset:
     """``dataset`` with each element's wait counted in ``wait`` (see the module docstring); same elements, spec
     and cardinality."""
     tf = _tf()
     stamp = tf.autograph.experimental.do_not_convert(lambda _: tf.timestamp())
-    asked = tf.data.Dataset.counter().map(stamp, name="npyfeed_asked")
+    # range(), not counter() (a scan: one more function call per element); repeat(): an endless dataset stays so.
+    asks = tf.data.Dataset.range(np.iinfo(np.int64).max).repeat()
+    asked = inline_map(asks, stamp, name="npyfeed_asked")
     record = tf.autograph.experimental.do_not_convert(wait.record)
-    counted = tf.data.Dataset.zip((asked, dataset)).map(record, name="npyfeed_wait")
+    counted = inline_map(tf.data.Dataset.zip((asked, dataset)), record, name="npyfeed_wait")
     options = tf.data.Options()
     options.experimental_optimization.inject_prefetch = False  # the consumer must run the stage itself
     return counted.with_options(options)
