@@ -90,7 +90,7 @@ def test_slow_source_waits_fast_one_does_not(path: str) -> None:
     step = 0.02
 
     def slow(batch: Any) -> Any:
-        time.sleep(2 * step)
+        time.sleep(4 * step)  # a wait of ~3 steps: a consumer slowed by load still waits
         return batch
 
     waits = {}
