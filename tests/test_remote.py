@@ -350,6 +350,38 @@ def test_block_shuffle_of_a_remote_object_fetches_each_block_once(tmp_path: Path
     assert stats.bytes < 1.4 * x.nbytes, stats.bytes / x.nbytes  # 1.7-1.9x when streamed; ~1.0-1.2x now
 
 
+def test_a_sharded_block_shuffle_reads_its_own_rows_of_each_window_ahead(tmp_path: Path) -> None:
+    """A shard of a block shuffle reads a share of every window's rows, spread over all of its blocks. Each worker
+    fetches its own rows of each window ahead, once (they had no read-ahead: every batch's gather fetched the spans
+    its rows cover, 3.3x the bytes delivered): every row comes from read-ahead, bytes fetched are at most 1.01x
+    those delivered when requests are not merged across gaps (``gap_bytes=0``), and at most the window's bytes once
+    per worker (2x for 2 workers) when they are (the default). The workers together deliver every row once."""
+    rows, row_bytes = 1024, 16 << 10  # 16 MiB; 512 KiB blocks, 2 MiB windows of 128 rows: 4 batches per worker
+    x = np.lib.format.open_memmap(tmp_path / "x.npy", "w+", np.uint8, (rows, row_bytes))
+    x[:, :8] = np.arange(rows, dtype="<i8").view(np.uint8).reshape(rows, 8)
+    x.flush()
+    count = 2
+    with RangeServer(tmp_path) as server:
+        for gap, bound in ((0, 1.01), (None, count * 1.01)):
+            options = {"prefetch_bytes": 8 << 20} | ({} if gap is None else {"gap_bytes": gap})
+            seen = []
+            for index in range(count):
+                loader = npyfeed.Loader(
+                    f"{server.url}/x.npy", 16, shuffle="block", seed=3, block_rows=32, window_blocks=4,
+                    shard=(index, count), storage_options=options,
+                )  # fmt: skip
+                storage = loader.source.arrays[0].storage  # type: ignore[attr-defined]
+                before = storage.client.stats.bytes  # the workers' clients are one (the same store and options)
+                ids = np.concatenate([np.ascontiguousarray(b[:, :8]).view("<i8").ravel() for b in loader])
+                delivered = ids.size * row_bytes
+                assert storage.read_ahead.served == delivered, (gap, storage.read_ahead.served, delivered)
+                fetched = storage.client.stats.bytes - before
+                assert fetched <= bound * delivered, (gap, fetched / delivered)
+                seen.append(ids)
+                loader.close()
+            assert np.array_equal(np.sort(np.concatenate(seen)), np.arange(rows))
+
+
 @pytest.mark.parametrize("shuffle", [True, "block", False])
 def test_reads_stop_when_the_consumer_leaves(tmp_path: Path, shuffle: bool | str) -> None:
     """A consumer that leaves an epoch (``break``, a dropped iterator) leaves no reads behind: requests queued for

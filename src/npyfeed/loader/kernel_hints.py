@@ -2,7 +2,10 @@
 
 - Once per epoch, the read-ahead policy for the access pattern; shuffled local data that fits in memory is
   streamed whole, once per process, on a background thread (every later read is then a page-cache hit).
-- Block shuffles: whole blocks, once per window of blocks, and the next window too.
+- Block shuffles: whole blocks, once per window of blocks, and the next window too. A shard reads a share of each
+  window's rows, spread over all its blocks: of an object in a store it hints its own rows of the window (the
+  store's read-ahead merges those closer than ``gap_bytes`` into one request), so a block is not fetched by every
+  worker; its local files are left to the kernel.
 - Other orders, when reads are slow (cold data): a batch's rows queued at once (``posix_fadvise`` WILLNEED)
   instead of faulted in one page at a time; neighbours sharing a page are one range. Of an object in a store,
   only runs of rows worth a request of their own (the gathers merge smaller ones with their neighbours), and none
@@ -15,8 +18,8 @@ the read path's, one per process.
 
 from __future__ import annotations
 
+import bisect
 import threading
-from collections.abc import Callable
 
 import numpy as np
 
@@ -25,6 +28,7 @@ from npyfeed.loader.budget import PAGE, drop_page_tables, storages
 from npyfeed.loader.geometry import is_remote
 from npyfeed.order.orders import BlockShuffle, Order, unwrap
 from npyfeed.runs import runs
+from npyfeed.shard import Layout
 from npyfeed.sources.base import row_nbytes
 from npyfeed.sources.columns import Columns
 from npyfeed.storage.object_read_ahead import MIN_PREFETCH
@@ -41,8 +45,8 @@ _HINT_BELOW_BYTES_PER_S = 300e6
 class KernelHints:
     """The hints of one loader's reads of ``source`` (see the module docs)."""
 
-    def __init__(self, source: Columns, shuffle: ShuffleMode, io_hints: bool | None) -> None:
-        self.source, self.shuffle, self.io_hints = source, shuffle, io_hints
+    def __init__(self, source: Columns, shuffle: ShuffleMode, io_hints: bool | None, sharded: bool = False) -> None:
+        self.source, self.shuffle, self.io_hints, self.sharded = source, shuffle, io_hints, sharded
         # Block shuffles always hint: once per window of blocks, it costs nothing and turns reads sequential.
         self.hinting = io_hints is not False and (bool(io_hints) or shuffle == "block")
         self._hinted: set[tuple[int, int]] = set()
@@ -74,7 +78,8 @@ class KernelHints:
                 and len(self.source) * self.source.row_bytes <= available_memory() // 2
             )
             self._streamed = self._streamed or stream
-        self.source.advise("sequential" if self.shuffle == "none" else "random")
+        sparse = self.sharded and self.shuffle == "block"  # a share of each window's rows (see block_windows)
+        self.source.advise("sequential" if self.shuffle == "none" else "sparse" if sparse else "random")
         if stream:
             whole = [(0, len(self.source))]
             threading.Thread(target=self.source.will_need, args=(whole,), name="npyfeed-stream", daemon=True).start()
@@ -89,22 +94,16 @@ class KernelHints:
         return self.hinting and (self.io_hints is True or self.shuffle == "block")
 
     def block_windows(
-        self,
-        epoch: int,
-        order: Order,
-        positions: Callable[[int], tuple[int, int]],
-        start: int,
-        stop: int,
-        lock: threading.Lock,
+        self, epoch: int, order: Order, layout: Layout, start: int, stop: int, lock: threading.Lock
     ) -> None:
-        """Block shuffles: whole blocks of the windows batches ``start..stop-1`` read (``positions`` of a batch),
-        once per window, and the next window too, so storage streams across window edges."""
+        """Block shuffles: the windows batches ``start..stop-1`` of ``layout`` read, once per window, and the next
+        window too, so storage streams across window edges: whole blocks, or a shard's own rows (module docs)."""
         inner = unwrap(order)
         if not isinstance(inner, BlockShuffle):
             return
         window_rows = inner.block_rows * inner.window_blocks
-        first = positions(start)[0] // window_rows
-        last = min(positions(stop - 1)[1] // window_rows + 1, (len(self.source) - 1) // window_rows)
+        first = layout.positions(start)[0] // window_rows
+        last = min(layout.positions(stop - 1)[1] // window_rows + 1, (len(self.source) - 1) // window_rows)
         # Under the lock: a read that finds a window hinted must find its ranges asked for too, or its gathers
         # would fetch the window's rows with a request per batch before the hint lands (1.3-1.5x an epoch's bytes).
         with lock:
@@ -112,12 +111,38 @@ class KernelHints:
             if len(self._hinted) > 1024:
                 self._hinted.clear()
             self._hinted.update((epoch, w) for w in todo)
+            if layout.count > 1:
+                self._shard_windows(epoch, order, layout, todo, window_rows)
+                return
             ranges = []
             for w in todo:
                 lo = w * window_rows
                 ranges += order.hint_ranges(epoch, lo, min(lo + window_rows, len(self.source)))
             if ranges:
                 self.source.will_need(ranges)  # never waits: it only starts requests
+
+    def _shard_windows(self, epoch: int, order: Order, layout: Layout, windows: list[int], window_rows: int) -> None:
+        """A shard's own rows of ``windows``, for the columns in an object store."""
+        if not any(self._remote_rows):
+            return
+        ends = range(len(layout))
+        ranges = []
+        for w in windows:
+            lo, hi = w * window_rows, min((w + 1) * window_rows, len(self.source))
+            # This shard's batches whose positions overlap the window (positions grow with the batch).
+            k = bisect.bisect_right(ends, lo, key=lambda b: layout.positions(b)[1])
+            parts = []
+            while k < len(layout) and (span := layout.positions(k))[0] < hi:
+                a, b = max(span[0], lo), min(span[1], hi)
+                if b > a:
+                    parts.append(order.rows(epoch, a, b))
+                k += 1
+            if parts:
+                ranges += runs(np.sort(np.concatenate(parts)))
+        if ranges:
+            for array, remote in zip(self.source.arrays, self._remote_rows, strict=True):
+                if remote:
+                    array.will_need(ranges)  # never waits: it only starts requests
 
     def rows(self, rows: np.ndarray) -> None:
         """Queue the reads of ``rows`` with the kernel; neighbours sharing a page are one request."""

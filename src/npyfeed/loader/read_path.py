@@ -116,7 +116,8 @@ class ReadPath:
         self.io_hints, self.read_bytes = io_hints, read_bytes
         self.tune_depth, self.tune_threads = tune_depth, tune_threads  # see npyfeed.loader.autotune
         self.metrics = DataWait()  # what the consumer waited for, across epochs (see npyfeed.loader.metrics)
-        self.hints = KernelHints(source, shuffle, io_hints)  # kept when pickled: a worker knows what was streamed
+        # Kept when pickled: a worker knows what was streamed.
+        self.hints = KernelHints(source, shuffle, io_hints, sharded=schedule.shard.count > 1)
         self._in_order_source = shuffle == "none" and can_read_in_order(source)
         self._process: _Process | None = None
 
@@ -259,9 +260,8 @@ class ReadPath:
         if hinting and local.tuner.tune_concurrency and hints.hints_every_read:
             local.tuner.fix_concurrency()  # these reads never take a slot (below): tuning their number is no use
         hint = None
-        if hinting and self.shuffle == "block" and self.schedule.shard.count == 1:
-            order = self.schedule.order
-            hints.block_windows(epoch, order, self.schedule.layout(offset).positions, start, stop, local.lock)
+        if hinting and self.shuffle == "block":
+            hints.block_windows(epoch, self.schedule.order, self.schedule.layout(offset), start, stop, local.lock)
         elif hinting and self.shuffle != "block":
             hint = hints.rows
         arrays = self.source.arrays

@@ -15,7 +15,9 @@ import numpy as np
 
 __all__ = ["AccessPattern", "Storage"]
 
-AccessPattern = Literal["normal", "sequential", "random"]
+AccessPattern = Literal["normal", "sequential", "random", "sparse"]
+"""How a source is read next; ``"sparse"``: at random, and of each range hinted only a share of the records (a
+shard of a block shuffle), so an object's read-ahead merges hinted ranges closer than ``gap_bytes``."""
 
 
 @runtime_checkable

@@ -32,8 +32,13 @@ from npyfeed.storage.base import AccessPattern
 __all__ = ["LocalFile"]
 
 _WILLNEED_PIECE = 128 << 10  # the smallest read-ahead window Linux ships with (read_ahead_kb = 128)
-_MADVISE = {"normal": "MADV_NORMAL", "sequential": "MADV_SEQUENTIAL", "random": "MADV_RANDOM"}
-_FADVISE = {"normal": "POSIX_FADV_NORMAL", "sequential": "POSIX_FADV_SEQUENTIAL", "random": "POSIX_FADV_RANDOM"}
+_MADVISE = {"normal": "MADV_NORMAL", "sequential": "MADV_SEQUENTIAL", "random": "MADV_RANDOM", "sparse": "MADV_RANDOM"}
+_FADVISE = {
+    "normal": "POSIX_FADV_NORMAL",
+    "sequential": "POSIX_FADV_SEQUENTIAL",
+    "random": "POSIX_FADV_RANDOM",
+    "sparse": "POSIX_FADV_RANDOM",
+}
 
 Version = tuple[int, int, int, int]
 

@@ -4,9 +4,11 @@ The Loader announces the blocks of each block-shuffle window before it reads the
 every block is downloaded once, in ``request_bytes`` pieces, however its rows are spread over batches; gathers
 copy the records that lie in those pieces out of them. Every range hinted is fetched, however small: a label
 column's blocks (a few KiB) are fetched once per window, not once per batch (the Loader leaves a global shuffle's
-small row runs to the gathers, which merge them: ``npyfeed.loader.kernel_hints``). The pool holds at most
-``prefetch_bytes``: a range not read yet is never evicted for a later one, a range is let go once every record in
-it was read, and only ranges the reads moved past make room. Hints given inside a read with a
+small row runs to the gathers, which merge them: ``npyfeed.loader.kernel_hints``). Read sparsely (a shard of a
+block shuffle hints only its own rows of each window: runs a few rows apart), consecutive hinted ranges closer than
+``gap_bytes`` share a piece, as a gather's rows share a request. The pool holds at most ``prefetch_bytes``: a range
+not read yet is never evicted for a later one, a piece is let go once every hinted record in it was read, and only
+ranges the reads moved past make room. Hints given inside a read with a
 :class:`~npyfeed.storage.deadlines.Stop` are cancelled when it is set: read-ahead ends when its consumer leaves.
 (With a ``cache_dir`` the chunk cache reads ahead instead: :mod:`npyfeed.storage.cache.read_ahead`.)
 """
@@ -36,16 +38,37 @@ MIN_PREFETCH = 64 << 10
 
 
 class _Ahead:
-    """A range fetched ahead of use: its download, the records copied out of it so far, and when it was last
-    asked for or read from (in bytes the gathers had asked for by then: the pool's clock)."""
+    """A range fetched ahead of use: its download, the bytes of it that were hinted (the rest are gaps between
+    hinted ranges), the records copied out of it so far, and when it was last asked for or read from (in bytes the
+    gathers had asked for by then: the pool's clock)."""
 
-    __slots__ = ("active", "copied", "future", "running")
+    __slots__ = ("active", "copied", "future", "needed", "running")
 
-    def __init__(self, running: Running[np.ndarray], now: int) -> None:
+    def __init__(self, running: Running[np.ndarray], needed: int, now: int) -> None:
         self.running = running
         self.future: concurrent.futures.Future[np.ndarray] = running.future
+        self.needed = needed
         self.copied = 0
         self.active = now
+
+
+def _pieces(ranges: Sequence[tuple[int, int]], size: int, step: int, gap: int | None) -> list[tuple[int, int, int]]:
+    """``(start, end, hinted bytes)`` pieces of at most ``step`` bytes for the byte ranges hinted, in their order:
+    a range larger than ``step`` in pieces of its own, consecutive smaller ones closer than ``gap`` in one (None:
+    none merged)."""
+    out: list[tuple[int, int, int]] = []
+    merging = False  # the last piece is whole hinted ranges: the next may join it
+    reach = -1 if gap is None else gap
+    for start, end in ranges:
+        start, end = max(0, start), min(end, size)
+        if end <= start:
+            continue
+        if merging and out[-1][1] <= start <= out[-1][1] + reach and end - out[-1][0] <= step:
+            out[-1] = (out[-1][0], end, out[-1][2] + end - start)
+            continue
+        merging = end - start <= step
+        out += [(a, min(a + step, end), min(a + step, end) - a) for a in range(start, end, step)]
+    return out
 
 
 class ObjectReadAhead:
@@ -63,9 +86,16 @@ class ObjectReadAhead:
         # (start, end) -> ranges fetched ahead of use, oldest first; and the bytes gathers have asked for so far.
         self._ahead: OrderedDict[tuple[int, int], _Ahead] = OrderedDict()
         self._gathered = 0
+        self._held = 0  # bytes of the ranges in _ahead
+        self.served = 0
+        """Bytes of records gathers copied out of the pool (the rest they fetched themselves)."""
+        # (starts, ends, pieces) of _ahead by start, made again when a range is added (ranges dropped since are
+        # skipped): a gather finds its records' pieces by a search, not by a pass over a shard's thousands of runs.
+        self._index: tuple[np.ndarray, np.ndarray, list[tuple[int, int]]] | None = None
         # Ranges hinted while the pool was full of ranges not read yet, oldest first, with the Stop of the read
-        # that hinted them: fetched as room frees, or at once by the gather that needs them (never per batch).
-        self._queued: OrderedDict[tuple[int, int], Stop | None] = OrderedDict()
+        # that hinted them and their hinted bytes: fetched as room frees, or at once by the gather that needs them
+        # (never per batch).
+        self._queued: OrderedDict[tuple[int, int], tuple[Stop | None, int]] = OrderedDict()
         self._queued_bytes = 0
 
     @property
@@ -74,61 +104,74 @@ class ObjectReadAhead:
         with self._lock:
             return list(self._ahead)
 
-    def will_need(self, client: StoreClient, ranges: Sequence[tuple[int, int]]) -> None:
-        """Start fetching these byte ranges into the pool (bounded by ``prefetch_bytes``; never waits)."""
-        step = client.options.request_bytes
+    def will_need(self, client: StoreClient, ranges: Sequence[tuple[int, int]], gap: int | None = None) -> None:
+        """Start fetching these byte ranges into the pool (bounded by ``prefetch_bytes``; never waits); consecutive
+        ones closer than ``gap`` bytes in one piece (None: each in pieces of its own)."""
+        opts = client.options
         with self._lock:
-            held = sum(b - a for a, b in self._ahead)
             asked: set[tuple[int, int]] = set()  # this call's pieces: never evicted by the call itself
-            for start, end in ranges:
-                start, end = max(0, start), min(end, self._size)
-                if end <= start:
+            for a, b, needed in _pieces(ranges, self._size, opts.request_bytes, gap):
+                piece = (a, b)
+                asked.add(piece)
+                if piece in self._ahead and self._ahead[piece].future.cancelled():
+                    self._drop(piece)  # its consumer left: fetched anew for this one
+                if piece in self._ahead:
+                    self._ahead.move_to_end(piece)
+                    self._ahead[piece].active = self._gathered
                     continue
-                for a in range(start, end, step):
-                    piece = (a, min(a + step, end))
-                    asked.add(piece)
-                    if piece in self._ahead and self._ahead[piece].future.cancelled():
-                        held -= piece[1] - piece[0]  # its consumer left: fetched anew for this one
-                        del self._ahead[piece]
-                    if piece in self._ahead:
-                        self._ahead.move_to_end(piece)
-                        self._ahead[piece].active = self._gathered
-                        continue
-                    if piece in self._queued:
-                        continue
-                    size = piece[1] - piece[0]
-                    while held + size > client.options.prefetch_bytes:
-                        # A range not yet read is needed sooner than this later one: only stale ranges make room.
-                        # When the pool is full of live ones (a consumer slower than its hints, reads running
-                        # ahead), this one waits in the queue until room frees or a gather needs it.
-                        stale = self._stale(asked, client.options.prefetch_bytes)
-                        if stale is None:
-                            self._queue(piece, client.options.prefetch_bytes)
-                            break
-                        self._ahead.pop(stale).running.cancel()  # not fetched if not started yet
-                        held -= stale[1] - stale[0]
-                    else:
-                        self._start(client, piece)
-                        held += size
+                if piece in self._queued:
+                    continue
+                size = piece[1] - piece[0]
+                while self._held + size > client.options.prefetch_bytes:
+                    # A range not yet read is needed sooner than this later one: only stale ranges make room.
+                    # When the pool is full of live ones (a consumer slower than its hints, reads running
+                    # ahead), this one waits in the queue until room frees or a gather needs it.
+                    stale = self._stale(asked, client.options.prefetch_bytes)
+                    if stale is None:
+                        self._queue(piece, needed, client.options.prefetch_bytes)
+                        break
+                    self._drop(stale).running.cancel()  # not fetched if not started yet
+                else:
+                    self._start(client, piece, needed)
 
     def _start(
-        self, client: StoreClient, piece: tuple[int, int], waited_until: float | None = None, stop: Stop | None = None
+        self,
+        client: StoreClient,
+        piece: tuple[int, int],
+        needed: int,
+        waited_until: float | None = None,
+        stop: Stop | None = None,
     ) -> None:
-        """Start fetching ``piece`` into the pool (under the lock): as read-ahead, by its own deadline, or as a
-        read someone waits for until ``waited_until`` (a gather needs it now: it must not queue behind others).
-        Cancelled when ``stop`` is set (default: the Stop of the read this thread is in)."""
+        """Start fetching ``piece`` (``needed`` of its bytes hinted) into the pool (under the lock): as read-ahead,
+        by its own deadline, or as a read someone waits for until ``waited_until`` (a gather needs it now: it must
+        not queue behind others). Cancelled when ``stop`` is set (default: the Stop of the read this thread is in)."""
         background = waited_until is None
         ends = time.monotonic() + client.options.deadline if waited_until is None else waited_until
         stop = stop if stop is not None else current_stop()
         fetch = functools.partial(self._fetch_piece, client, *piece, ends, stop, background)
         with stopped_by(stop):  # the coroutine is cancelled when the read that hinted it is left, not this one
             running = client.submit(fetch)
-        self._ahead[piece] = _Ahead(running, self._gathered)
+        self._ahead[piece] = _Ahead(running, needed, self._gathered)
+        self._held += piece[1] - piece[0]
+        self._index = None
 
-    def _queue(self, piece: tuple[int, int], prefetch_bytes: int) -> None:
+    def _drop(self, piece: tuple[int, int]) -> _Ahead:
+        """Forget a range of the pool (under the lock)."""
+        self._held -= piece[1] - piece[0]
+        return self._ahead.pop(piece)
+
+    def _lookup(self) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+        """The pool's ranges sorted by start, with ranges dropped since (under the lock)."""
+        if self._index is None:
+            pieces = sorted(self._ahead)
+            bounds = np.array(pieces, np.int64).reshape(-1, 2)
+            self._index = (bounds[:, 0].copy(), bounds[:, 1].copy(), pieces)
+        return self._index
+
+    def _queue(self, piece: tuple[int, int], needed: int, prefetch_bytes: int) -> None:
         """Queue a hinted range for later (under the lock); the queue forgets its oldest past 4 pools' worth (a
         hint larger than that, e.g. a whole object, is mostly left to the gathers)."""
-        self._queued[piece] = current_stop()
+        self._queued[piece] = (current_stop(), needed)
         self._queued_bytes += piece[1] - piece[0]
         while self._queued_bytes > 4 * prefetch_bytes:
             self._unqueue(next(iter(self._queued)))
@@ -139,17 +182,15 @@ class ObjectReadAhead:
 
     def _admit(self, client: StoreClient) -> None:
         """Fetch queued ranges while the pool has room (under the lock); those whose consumer left are dropped."""
-        held = sum(b - a for a, b in self._ahead)
         while self._queued:
-            piece, stop = next(iter(self._queued.items()))
+            piece, (stop, needed) = next(iter(self._queued.items()))
             if stop is not None and stop.is_set():
                 self._unqueue(piece)
                 continue
-            if held + piece[1] - piece[0] > client.options.prefetch_bytes:
+            if self._held + piece[1] - piece[0] > client.options.prefetch_bytes:
                 return
             self._unqueue(piece)
-            self._start(client, piece, stop=stop)  # the hinting read's: a later gather may be another consumer's
-            held += piece[1] - piece[0]
+            self._start(client, piece, needed, stop=stop)  # the hinting read's: a gather may be another consumer's
 
     def _stale(self, asked: set[tuple[int, int]], prefetch_bytes: int) -> tuple[int, int] | None:
         """The oldest range fetched ahead that the reads have moved past: not asked for, nor read from, while the
@@ -189,23 +230,30 @@ class ObjectReadAhead:
                 queued = np.array(list(self._queued), np.int64).reshape(-1, 2)
                 first = np.minimum(np.searchsorted(offsets, queued[:, 0], "left"), offsets.size - 1)
                 needed = (offsets[first] >= queued[:, 0]) & (offsets[first] <= queued[:, 1] - record_bytes)
-                held = sum(b - a for a, b in self._ahead)
                 for a, b in queued[needed].tolist():
-                    if held + b - a > 2 * client.options.prefetch_bytes:
+                    if self._held + b - a > 2 * client.options.prefetch_bytes:
                         break
+                    hinted = self._queued[(a, b)][1]
                     self._unqueue((a, b))
-                    self._start(client, (a, b), waited_until=ends)
-                    held += b - a
+                    self._start(client, (a, b), hinted, waited_until=ends)
             if not self._ahead:
                 return None
-            entries = [(piece, entry.future) for piece, entry in self._ahead.items()]
+            starts, piece_ends, pieces = self._lookup()
+            # The piece starting last at or before each record (pieces do not overlap), if the record ends in it:
+            # consecutive runs of positions, one per piece they fall in.
+            at = np.searchsorted(starts, offsets, "right") - 1
+            inside = (at >= 0) & (offsets + record_bytes <= piece_ends[np.maximum(at, 0)])
+            found = np.flatnonzero(inside)
+            if found.size == 0:
+                return None
+            cuts = np.flatnonzero(np.diff(at[found])) + 1
+            firsts, lasts = found[np.r_[0, cuts]], found[np.r_[cuts - 1, found.size - 1]]
+            spans = zip(firsts.tolist(), (lasts + 1).tolist(), strict=True)
+            live = [(lo, hi, pieces[at[lo]]) for lo, hi in spans if pieces[at[lo]] in self._ahead]
+            entries = [(lo, hi, piece, self._ahead[piece].future) for lo, hi, piece in live]
         todo = np.ones(indices.size, bool)
-        hit = False
-        for (start, end), future in entries:
-            lo = int(np.searchsorted(offsets, start, "left"))
-            hi = int(np.searchsorted(offsets, end - record_bytes, "right"))
-            if hi <= lo:
-                continue
+        copied: list[tuple[tuple[int, int], concurrent.futures.Future[np.ndarray], int, int]] = []
+        for lo, hi, (start, end), future in entries:
             try:
                 buffer = future.result(timeout=max(0.0, ends - time.monotonic()))
             except TimeoutError:
@@ -215,28 +263,39 @@ class ObjectReadAhead:
                 raise client.timeout_error(self._key, what) from None
             except Exception:
                 with self._lock:
-                    self._ahead.pop((start, end), None)
+                    if (start, end) in self._ahead:
+                        self._drop((start, end))
                 continue  # the gather fetches these rows itself (and reports the error if it persists)
             shift = (offsets[lo] - start) % record_bytes
             count = (buffer.size - shift) // record_bytes
             records = buffer[shift : shift + count * record_bytes].reshape(count, record_bytes)
             np.take(records, (offsets[lo:hi] - start - shift) // record_bytes, axis=0, out=out2[lo:hi])
             todo[lo:hi] = False
-            hit = True
-            with self._lock:
-                entry = self._ahead.get((start, end))
+            copied.append(((start, end), future, hi - lo, count))
+        if not copied:
+            return None
+        with self._lock:
+            freed = False
+            self.served += (indices.size - int(todo.sum())) * record_bytes
+            for piece, future, n, count in copied:
+                entry = self._ahead.get(piece)
                 if entry is not None and entry.future is future:
-                    entry.copied += hi - lo
+                    entry.copied += n
                     entry.active = self._gathered
-                    if entry.copied >= count:  # every record it holds was read: its memory goes to later ranges
-                        del self._ahead[(start, end)]
-                        self._admit(client)
-        return np.flatnonzero(todo) if hit else None
+                    # Every record hinted in it was read (a merged piece's gaps hold other readers' rows): its
+                    # memory goes to later ranges.
+                    if entry.copied >= min(count, entry.needed // record_bytes):
+                        self._drop(piece)
+                        freed = True
+            if freed:
+                self._admit(client)
+        return np.flatnonzero(todo)
 
     def clear(self) -> None:
         """Drop every range (downloads still queued or running are cancelled)."""
         with self._lock:
-            dropped, self._ahead = list(self._ahead.values()), OrderedDict()
+            dropped, self._ahead, self._index = list(self._ahead.values()), OrderedDict(), None
+            self._held = 0
             self._queued.clear()
             self._queued_bytes = 0
         for entry in dropped:

@@ -13,7 +13,9 @@ it) and pins that version: every later GET carries it as a precondition and its 
 - ``advise("sequential")``: gathers that continue where an earlier one ended read the object ahead, up to half the
   pool past the furthest gather, in record-aligned ``request_bytes`` pieces: many large requests in flight however
   small each read is (a label column is fetched a few MiB at a time, not per batch). Gathers that do not continue
-  one another (a sharded loader's, a shuffle's) read nothing ahead.
+  one another (a sharded loader's, a shuffle's) read nothing ahead;
+- ``advise("sparse")``: a reader takes a share of the records of each range it hints (a shard of a block shuffle
+  hints its own rows of each window): hinted ranges closer than ``gap_bytes`` share a request, as a gather's rows do.
 
 With ``storage_options["cache_dir"]``, gathers and read-ahead go through a local chunk cache instead
 (:mod:`npyfeed.storage.cache.cached_object`): data reused across epochs is fetched once.
@@ -268,10 +270,12 @@ class ObjectFile:
             self.cache.will_need([(a, b) for a, b in wanted if b - a >= MIN_PREFETCH], self.options.prefetch_bytes)
             return
         self._adopt()
-        self.read_ahead.will_need(self.client, ranges)
+        opts = self.options
+        self.read_ahead.will_need(self.client, ranges, gap=opts.gap_bytes if self._pattern == "sparse" else None)
 
     def advise(self, pattern: AccessPattern) -> None:
-        """``"sequential"``: gathers that continue one another read ahead (see the module docs)."""
+        """``"sequential"``: gathers that continue one another read ahead; ``"sparse"``: hinted ranges closer than
+        ``gap_bytes`` are fetched together (see the module docs)."""
         self._pattern = pattern
 
     def _read_on(self, base: int, start: int, end: int, record_bytes: int) -> None:
