@@ -130,9 +130,10 @@ def _write_x(path: Path, kind: RowKind, num_rows: int, seed: int) -> None:
     tmp.replace(path)
 
 
-def make_files(root: Path, kind_name: str, size_bytes: int, seed: int = 0, tag: str = "") -> BenchFiles:
-    """Create (or reuse) the files of one dataset of about ``size_bytes`` of rows under ``root``."""
-    kind = ROW_KINDS[kind_name]
+def make_files(root: Path, kind_name: str | RowKind, size_bytes: int, seed: int = 0, tag: str = "") -> BenchFiles:
+    """Create (or reuse) the files of one dataset of about ``size_bytes`` of rows under ``root`` (``kind_name``: a
+    key of :data:`ROW_KINDS`, or a benchmark's own kind)."""
+    kind = ROW_KINDS[kind_name] if isinstance(kind_name, str) else kind_name
     num_rows = max(1, size_bytes // kind.row_bytes)
     root.mkdir(parents=True, exist_ok=True)
     stem = f"{tag}{kind.name}_{num_rows}"

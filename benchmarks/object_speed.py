@@ -40,6 +40,9 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.data import RowKind, make_files
+from benchmarks.s3_server import ServerProcess, s3_environment
+
 __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,30 +51,8 @@ ROW_BYTES = 1024
 MB = 1e6
 ORDERS = {"none": "sequential", "block": "block shuffle", "global": "shuffle=True"}
 CHUNK = 8 << 20
-
-
-# -- the data --------------------------------------------------------------------------------------------------------
-def make_object(root: Path, size_bytes: int) -> tuple[str, str, int]:
-    """``x`` (1 KiB rows whose first 8 bytes are the row id) and ``y`` (ids), reused when present."""
-    rows = max(1024, size_bytes // ROW_BYTES)
-    folder = root / BUCKET
-    folder.mkdir(parents=True, exist_ok=True)
-    x_name, y_name = f"x_1k_{rows}.npy", f"y_1k_{rows}.npy"
-    if not (folder / x_name).exists():
-        tmp = folder / f"{x_name}.tmp"
-        x = np.lib.format.open_memmap(tmp, "w+", np.uint8, (rows, ROW_BYTES))
-        rng = np.random.default_rng(0)
-        step = 65536
-        for a in range(0, rows, step):
-            b = min(rows, a + step)
-            x[a:b] = rng.integers(0, 255, (b - a, ROW_BYTES), dtype=np.uint8)
-            x[a:b, :8] = np.arange(a, b, dtype="<i8").view(np.uint8).reshape(b - a, 8)
-        x.flush()
-        del x
-        tmp.replace(folder / x_name)
-    if not (folder / y_name).exists():
-        np.save(folder / y_name, np.arange(rows, dtype="<i8"))
-    return x_name, y_name, rows
+# 1 KiB rows (uint8; the first 8 bytes of row ``i`` hold ``i``) and int64 labels ``y[i] == i``.
+KIND = RowKind("1k-u8", (ROW_BYTES,), "uint8", True, "1 KiB rows: 1024 uint8 + int64 labels")
 
 
 # -- servers ---------------------------------------------------------------------------------------------------------
@@ -80,12 +61,11 @@ class Server:
 
     def __init__(self, kind: str, root: Path, delay_ms: float, workdir: Path) -> None:
         self.kind, self.delay_ms = kind, delay_ms
+        self.s3: ServerProcess | None = None
+        self.nginx: Any = None
         if kind == "s3":
-            cmd = [sys.executable, "-m", "benchmarks.s3_server", str(root), "--delay-ms", str(delay_ms)]
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-            assert self.proc.stdout is not None
-            self.base = self.proc.stdout.readline().strip()
-            self.nginx = None
+            self.s3 = ServerProcess(root, delay_ms)
+            self.base = self.s3.url
         else:
             sys.path.insert(0, str(ROOT / "tests"))
             from servers import Nginx  # the tests' nginx (same configuration as the HTTP tests)
@@ -107,27 +87,13 @@ class Server:
         return f"{self.base}/{BUCKET}/{x}", f"{self.base}/{BUCKET}/{y}"
 
     def env(self) -> dict[str, str]:
-        if self.kind != "s3":
-            return {}
-        return {
-            "AWS_ENDPOINT_URL": self.base,
-            "AWS_ALLOW_HTTP": "true",
-            "AWS_ACCESS_KEY_ID": "benchmark",
-            "AWS_SECRET_ACCESS_KEY": "benchmark",
-            "AWS_REGION": "us-east-1",
-        }
+        return s3_environment(self.base) if self.kind == "s3" else {}
 
     def stop(self) -> None:
         if self.nginx is not None:
             self.nginx.stop()
-            return
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.s3 is not None:
+            self.s3.stop()
 
 
 # -- the steps (each in a fresh process) ------------------------------------------------------------------------------
@@ -385,8 +351,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     srcs: list[tuple[str, str | None]] = [("this", None)] + [tuple(s.split("=", 1)) for s in args.src]  # type: ignore[misc]
     root = args.dir / "root"
-    x_name, y_name, rows = make_object(root, int(args.size_mb * MB))
-    x_offset = int(np.load(root / BUCKET / x_name, mmap_mode="r").offset)
+    files = make_files(root / BUCKET, KIND, int(args.size_mb * MB))
+    x_name, y_name, rows, x_offset = Path(files.x).name, Path(files.y or "").name, files.num_rows, files.x_offset
     for name in (x_name, y_name):  # served from the page cache: the link is measured, not the disk
         with open(root / BUCKET / name, "rb", buffering=0) as f:
             while f.read(16 << 20):

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.data import ID_BYTES, ROW_KINDS, BenchFiles, make_files
+from benchmarks.s3_server import ServerProcess
 
 __all__ = ["main"]
 
@@ -82,42 +83,13 @@ def sparse_object(root: Path, size_bytes: float) -> Path:
     return path
 
 
-class Server:
-    """``benchmarks.s3_server`` in its own process (its CPU time is measured apart from the client's)."""
-
-    def __init__(self, root: Path, delay_ms: float) -> None:
-        cmd = [sys.executable, "-m", "benchmarks.s3_server", str(root), "--delay-ms", str(delay_ms)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        assert self.proc.stdout is not None
-        self.url = self.proc.stdout.readline().strip()
-        if not self.url.startswith("http://"):
-            self.stop()
-            raise RuntimeError(f"the server did not start: {self.url!r}")
-
-    def stop(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def run_step(job: dict[str, Any], server: Server, log_dir: Path, name: str) -> dict[str, Any]:
+def run_step(job: dict[str, Any], server: ServerProcess, log_dir: Path, name: str) -> dict[str, Any]:
     """Run one job in a fresh process that reaches ``server`` as S3."""
     log_dir.mkdir(parents=True, exist_ok=True)
     job_path, result_path, log_path = (log_dir / f"{name}.{ext}" for ext in ("job.json", "result.json", "log"))
     job_path.write_text(json.dumps({**job, "server_pid": server.proc.pid}))
     result_path.unlink(missing_ok=True)
-    env = {
-        **os.environ,
-        "AWS_ENDPOINT_URL": server.url,
-        "AWS_ALLOW_HTTP": "true",
-        "AWS_ACCESS_KEY_ID": "benchmark",
-        "AWS_SECRET_ACCESS_KEY": "benchmark",
-        "AWS_REGION": "us-east-1",
-    }
+    env = {**os.environ, **server.env}
     cmd = [sys.executable, "-m", "benchmarks.object_store_runs", str(job_path), str(result_path)]
     with log_path.open("w") as log:
         try:
@@ -173,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, dict[str, Any]] = {}
     latencies = [0.0] + ([args.latency_ms] if args.latency_ms > 0 else [])
     for latency in latencies:
-        server = Server(args.dir / "s3", latency)
+        server = ServerProcess(args.dir / "s3", latency)
         try:
             steps = plan(args, files, big, latency)
             for i, (name, job) in enumerate(steps):

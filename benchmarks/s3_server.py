@@ -18,6 +18,9 @@ As a process (the benchmark runs it apart from the client, so the two do not sha
 measured)::
 
     python -m benchmarks.s3_server ROOT [--delay-ms 20]   # prints its URL, serves until stdin closes
+
+which :class:`ServerProcess` starts and stops for the benchmarks; :func:`s3_environment` is what makes a client
+read ``s3://BUCKET/KEY`` from it (set in a child's environment, or in this process with :func:`environment`).
 """
 
 from __future__ import annotations
@@ -27,13 +30,17 @@ import contextlib
 import hashlib
 import http.server
 import os
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RangeServer", "main"]
+__all__ = ["RangeServer", "ServerProcess", "environment", "main", "s3_environment"]
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class _RangeHandler(http.server.BaseHTTPRequestHandler):
@@ -178,6 +185,67 @@ class RangeServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ServerProcess:
+    """``python -m benchmarks.s3_server ROOT`` in its own process, ``delay_ms`` before every answer; ``url`` is
+    its base, ``proc`` the process (its CPU time is measured apart from the client's)."""
+
+    def __init__(self, root: str | os.PathLike[str], delay_ms: float = 0.0) -> None:
+        cmd = [sys.executable, "-m", "benchmarks.s3_server", str(root), "--delay-ms", str(delay_ms)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+        if not self.url.startswith("http://"):
+            self.stop()
+            raise RuntimeError(f"the server did not start: {self.url!r}")
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment of a client that reads ``s3://`` from this server."""
+        return s3_environment(self.url)
+
+    def stop(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()  # it serves until its stdin closes
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def s3_environment(url: str) -> dict[str, str]:
+    """The standard ``AWS_*`` variables that send a client's ``s3://`` reads to the server at ``url`` (plain HTTP,
+    path-style; the server checks no signature, so any credentials do)."""
+    return {
+        "AWS_ENDPOINT_URL": url,
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_ACCESS_KEY_ID": "benchmark",
+        "AWS_SECRET_ACCESS_KEY": "benchmark",
+        "AWS_REGION": "us-east-1",
+    }
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the block, restoring the old values after."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def main(argv: list[str] | None = None) -> None:

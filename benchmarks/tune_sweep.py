@@ -31,18 +31,14 @@ import argparse
 import json
 import os
 import random
-import subprocess
-import sys
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from benchmarks.data import make_files
 from benchmarks.pagecache import can_drop_caches, drop_caches, warm
+from benchmarks.s3_server import ServerProcess, environment
 
 __all__ = ["main"]
 
@@ -50,73 +46,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "bench" / "tune"
 ROW_FLOATS = 256  # 1 KiB rows, as in issue 20's measurement
 ORDERS = {"warm": "global", "cold": "block", "object": "block"}
-
-
-def _make_file(size_mib: int) -> Path:
-    """``x.npy`` of 1 KiB float32 rows (seeded random), reused while its shape matches."""
-    bucket = DATA / "bucket"
-    bucket.mkdir(parents=True, exist_ok=True)
-    path = bucket / f"x{size_mib}.npy"
-    rows = size_mib * 1024
-    if path.exists():
-        try:
-            if np.load(path, mmap_mode="r").shape == (rows, ROW_FLOATS):
-                return path
-        except ValueError:
-            pass
-    tmp = path.with_suffix(".tmp.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(rows, ROW_FLOATS))
-    rng = np.random.default_rng(0)
-    for start in range(0, rows, 65536):
-        stop = min(rows, start + 65536)
-        out[start:stop] = rng.random((stop - start, ROW_FLOATS), dtype=np.float32)
-    out.flush()
-    del out
-    tmp.replace(path)
-    return path
-
-
-class _Server:
-    """``benchmarks.s3_server`` in its own process, reached as S3 through the standard environment."""
-
-    def __init__(self, root: Path, delay_ms: float) -> None:
-        cmd = [sys.executable, "-m", "benchmarks.s3_server", str(root), "--delay-ms", str(delay_ms)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        assert self.proc.stdout is not None
-        self.url = self.proc.stdout.readline().strip()
-        if not self.url.startswith("http://"):
-            self.stop()
-            raise RuntimeError(f"the server did not start: {self.url!r}")
-
-    def stop(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-@contextmanager
-def _s3_environment(url: str) -> Iterator[None]:
-    values = {
-        "AWS_ENDPOINT_URL": url,
-        "AWS_ALLOW_HTTP": "true",
-        "AWS_ACCESS_KEY_ID": "benchmark",
-        "AWS_SECRET_ACCESS_KEY": "benchmark",
-        "AWS_REGION": "us-east-1",
-    }
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _measure(source: str, kind: str, shuffle: str, kwargs: dict[str, Any], warmup: float, seconds: float) -> dict:
@@ -315,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     args.size_mib = args.size_mib or (256 if args.quick else 512)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 1.5)
     args.seconds = args.seconds if args.seconds is not None else (1.5 if args.quick else 2.0)
-    path = _make_file(args.size_mib)
+    path = Path(make_files(DATA / "bucket", "1k", args.size_mib << 20).x)  # 1 KiB float32 rows, reused
     print(f"tune_sweep: cores {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}", flush=True)
     report = []
     for kind in [k.strip() for k in args.sources.split(",") if k.strip()]:
@@ -325,9 +254,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"\n## cold: skipped ({why})")
             continue
         if kind == "object":
-            server = _Server(DATA, args.delay_ms)
+            server = ServerProcess(DATA, args.delay_ms)
             try:
-                with _s3_environment(server.url):
+                with environment(server.env):
                     report.append(_run_source(kind, f"s3://bucket/{path.name}", args))
             finally:
                 server.stop()

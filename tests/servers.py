@@ -33,13 +33,12 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.s3_server import RangeServer
+from benchmarks.s3_server import RangeServer, environment
 
-__all__ = ["FakeGCS", "FaultProxy", "MotoS3", "Nginx", "RangeServer", "S3rver", "TestCA", "free_port"]
+__all__ = ["FakeGCS", "FaultProxy", "MotoS3", "Nginx", "RangeServer", "S3rver", "TestCA", "environment", "free_port"]
 
 
 def free_port() -> int:
@@ -558,18 +557,3 @@ def _content_length(head: bytes) -> int:
         if name.strip().lower() == b"content-length":
             return int(value.strip())
     return 0
-
-
-@contextlib.contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the block, restoring the old values after."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
