@@ -113,13 +113,16 @@ def test_a_file_rewritten_mid_pass_raises_after_the_batches_read_before(tmp_path
 def test_reads_that_turn_slow_hand_the_rest_of_the_pass_to_the_read_threads(
     files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The speed is the kernel hints' measurement: made "slow" here, so the test does not depend on the disk.
+    # The speed is the kernel hints' measurement and the waits for storage major page faults: both made "slow"
+    # here, so the test does not depend on the disk.
     def slow(self: KernelHints, nbytes: int, seconds: float) -> None:
         self.hinting = True
 
     monkeypatch.setattr(in_order, "GROUP_BYTES", 1024)  # groups of two batches of 512 bytes
     monkeypatch.setattr(in_order, "CHECK_BYTES", 4096)  # a check period of 8 batches
     monkeypatch.setattr(KernelHints, "measured", slow)
+    faults = iter(range(1000))
+    monkeypatch.setattr(in_order, "major_faults", lambda: next(faults))  # every copy waited for storage
     y = np.load(files["y"])
     loader = Loader(files["y"], 64)
     batches = list(loader)

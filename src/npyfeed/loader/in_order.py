@@ -7,12 +7,14 @@ to a thread and back, and 4 MiB read buffers that leave the cache before the con
 like every read (the file's version after each copy, its path every 4 MiB), and handed over as views of it.
 
 Used for a pass in file order without a transform, over local C-order files, when nothing asked for read-ahead
-(``prefetch`` and ``io_hints=True`` not given) and reads are fast: a copy slower than the kernel-hint threshold
-(cold data) hands the rest of the pass to the read threads, which read ahead and hint the kernel.
+(``prefetch`` and ``io_hints=True`` not given) and reads are fast: copies that waited for storage (major page
+faults) and were slower than the kernel-hint threshold (cold data) hand the rest of the pass to the read threads,
+which read ahead and hint the kernel.
 """
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Generator, Iterator
 from typing import Any, cast
@@ -36,6 +38,11 @@ CHECK_BYTES = 4 << 20  # the path is checked (stat) and the account kept once pe
 def can_read_in_order(source: Columns) -> bool:
     """Whether every column can be copied by runs of rows on the consumer's thread (local files, C order)."""
     return all(isinstance(a, NpyArray) and a.copies_runs for a in source.arrays)
+
+
+def major_faults() -> int:
+    """Page faults of this thread that waited for storage (the data was not in the page cache)."""
+    return resource.getrusage(getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)).ru_majflt
 
 
 def _groups(layout: Layout, indices: range, per_group: int) -> Iterator[tuple[int, int, int, int]]:
@@ -75,6 +82,7 @@ def read_in_order(
     nbytes = rows_since = batches_since = 0
     seconds = 0.0
     asked = time.perf_counter()
+    faults = major_faults()
     try:
         for first, batches, lo, rows in _groups(layout, indices, per_group):
             began = time.perf_counter()
@@ -104,13 +112,19 @@ def read_in_order(
                     yield first + k * indices.step, source.pack([o[start:end] for o in outs])
             if nbytes >= CHECK_BYTES:
                 metrics.record_chunk(seconds, batches_since, rows_since, nbytes, asked=asked, read=seconds)
-                hints.measured(nbytes, seconds)
                 count_mapped(rows_since)
+                waited, faults = faults, major_faults()
+                copied, took_all = nbytes, seconds
                 nbytes = rows_since = batches_since = 0
                 seconds = 0.0
                 asked = time.perf_counter()
-                if hints.hinting:  # slow reads: cold data, read ahead on threads with the kernel's hints
-                    return indices[done:]
+                if faults > waited:
+                    # Copies waited for storage (cold data): if they were slow too, the rest of the pass reads
+                    # ahead on threads with the kernel's hints. Only then: a copy slowed by other processes taking
+                    # the core (a loaded machine) is no reason to leave this thread.
+                    hints.measured(copied, took_all)
+                    if hints.hinting:
+                        return indices[done:]
     finally:
         if batches_since:
             metrics.record_chunk(seconds, batches_since, rows_since, nbytes, asked=asked, read=seconds)
