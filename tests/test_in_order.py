@@ -11,6 +11,7 @@ import pytest
 import npyfeed
 from npyfeed import Loader
 from npyfeed.loader import in_order
+from npyfeed.loader.buffers import Ring
 from npyfeed.loader.kernel_hints import KernelHints
 
 N = 5000
@@ -138,3 +139,23 @@ def test_read_ahead_asked_for_or_a_transform_keeps_the_read_threads(files: dict[
         batches = list(loader)
         assert _threads_started(loader), kw
         assert sorted(np.concatenate(batches).tolist()) == (y + ("transform" in kw)).tolist()
+
+
+def test_a_ring_buffer_is_taken_again_only_once_no_array_refers_to_it() -> None:
+    ring = Ring([((4, 3), np.dtype(np.float32)), ((4,), np.dtype(">i8"))], capacity=2)
+    (x, y), (rx, ry) = ring.take()
+    assert x.ctypes.data % 64 == 0 and y.ctypes.data % 64 == 0 and y.dtype == np.dtype(">i8")
+    assert rx.shape == (4, 12) and ry.shape == (4, 8) and np.shares_memory(rx, x) and np.shares_memory(ry, y)
+    held = y[1:2]  # a batch the user keeps, of one column
+    del x, y, rx, ry
+    (x2, _), _ = ring.take()
+    first = x2.ctypes.data
+    del x2
+    (x3, _), _ = ring.take()
+    assert x3.ctypes.data == first  # the second buffer again: the first is still held
+    del held
+    (x4, _), _ = ring.take()
+    assert x4.ctypes.data != first  # the first, free again (the second is still held: x3 is its array itself)
+    kept = [ring.take()[0] for _ in range(3)]  # all held: fresh buffers past the capacity, none shared
+    addresses = {a[0].ctypes.data for a in kept} | {x3.ctypes.data, x4.ctypes.data}
+    assert len(addresses) == 5

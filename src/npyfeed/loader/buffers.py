@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BufferPool"]
+__all__ = ["BufferPool", "Ring"]
 
 # TensorFlow shares a NumPy array's memory (instead of copying it) only when it is 64-byte aligned.
 ALIGNMENT = 64
@@ -73,3 +73,48 @@ class BufferPool:
     def clear(self) -> None:
         with self._lock:
             self._free.clear()
+
+
+def _unheld(arrays: list[np.ndarray]) -> bool:
+    """No reference to any of ``arrays`` but the list's, the loop variable's and getrefcount's argument."""
+    return all(sys.getrefcount(array) <= 3 for array in arrays)
+
+
+class Ring:
+    """A few buffers reused in turn by one reader, each one allocation carved into an aligned array per column
+    (``shapes``), and with each a ``(rows, row bytes)`` uint8 view of it to copy into.
+
+    A buffer is taken again once nothing refers to its arrays or its allocation (the batches handed out are views of
+    it), as in :class:`BufferPool`, without a lock: the ring belongs to one pass. Up
+    to ``capacity`` are kept; past that, while the user holds them all, a fresh one is made each time.
+    """
+
+    def __init__(self, shapes: list[tuple[tuple[int, ...], np.dtype[Any]]], capacity: int) -> None:
+        self.shapes, self.capacity = shapes, capacity
+        self._kept: list[tuple[np.ndarray, list[np.ndarray], list[np.ndarray], int]] = []
+
+    def _make(self) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        sizes = [int(np.prod(s, dtype=np.int64)) * d.itemsize for s, d in self.shapes]
+        starts = [0]
+        for size in sizes:
+            starts.append(starts[-1] + -(-size // ALIGNMENT) * ALIGNMENT)
+        owner = np.empty(starts[-1] + ALIGNMENT, np.uint8)
+        skip = -owner.ctypes.data % ALIGNMENT
+        arrays, raws = [], []
+        for (shape, dtype), start, size in zip(self.shapes, starts, sizes, strict=False):
+            raw = owner[skip + start : skip + start + size]
+            arrays.append(raw.view(dtype).reshape(shape))
+            raws.append(raw.reshape(shape[0], -1))
+        return owner, arrays, raws
+
+    def take(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """``(arrays, raw views)`` of a buffer no array refers to any more (a new one if none is free)."""
+        for owner, arrays, raws, free in self._kept:
+            if sys.getrefcount(owner) <= free and _unheld(arrays):
+                return arrays, raws
+        owner, arrays, raws = self._make()
+        if _RECYCLE and len(self._kept) < self.capacity:
+            # Free means referred to only by the ring's entry, its arrays and views (each a view of the owner), the
+            # loop variable above and getrefcount's own argument.
+            self._kept.append((owner, arrays, raws, 3 + 2 * len(arrays)))
+        return arrays, raws

@@ -19,10 +19,8 @@ import time
 from collections.abc import Generator, Iterator
 from typing import Any, cast
 
-import numpy as np
-
 from npyfeed.loader.batch_errors import batch_error
-from npyfeed.loader.buffers import BufferPool
+from npyfeed.loader.buffers import Ring
 from npyfeed.loader.kernel_hints import KernelHints
 from npyfeed.loader.metrics import DataWait
 from npyfeed.shard import Layout
@@ -33,6 +31,7 @@ __all__ = ["GROUP_BYTES", "can_read_in_order", "read_in_order"]
 
 GROUP_BYTES = 512 << 10  # batches copied at once: half a core's L2 here, so two buffers in turn stay cached
 CHECK_BYTES = 4 << 20  # the path is checked (stat) and the account kept once per this much
+RING_BUFFERS = 4  # group buffers kept: two in turn while the consumer drops its batches, more if it keeps a few
 
 
 def can_read_in_order(source: Columns) -> bool:
@@ -63,7 +62,6 @@ def read_in_order(
     source: Columns,
     layout: Layout,
     indices: range,
-    buffers: BufferPool,
     hints: KernelHints,
     metrics: DataWait,
     *,
@@ -78,6 +76,7 @@ def read_in_order(
     row_bytes = source.row_bytes
     per_group = max(1, GROUP_BYTES // max(1, batch_size * row_bytes)) if indices.step == 1 else 1
     cap = per_group * batch_size
+    ring = Ring([((cap, *a.shape[1:]), a.dtype) for a in arrays], RING_BUFFERS)
     done = 0  # batches handed over
     nbytes = rows_since = batches_since = 0
     seconds = 0.0
@@ -86,13 +85,13 @@ def read_in_order(
     try:
         for first, batches, lo, rows in _groups(layout, indices, per_group):
             began = time.perf_counter()
-            outs = [buffers.empty((cap, *a.shape[1:]), a.dtype) for a in arrays]
+            outs, raws = ring.take()
             try:
                 if not rows_since:
                     for a in arrays:
                         a.check()
-                for a, out in zip(arrays, outs, strict=True):
-                    a.copy_run(lo, out.reshape(cap, -1).view(np.uint8)[:rows])
+                for a, raw in zip(arrays, raws, strict=True):
+                    a.copy_run(lo, raw[:rows])
             except Exception as e:
                 raise batch_error(source.paths, epoch, first, "read", e) from None
             took = time.perf_counter() - began
@@ -101,10 +100,9 @@ def read_in_order(
             rows_since += rows
             batches_since += batches
             if single:
-                out = outs[0]
                 for k in range(batches):
                     done += 1
-                    yield first + k * indices.step, out[k * batch_size : min((k + 1) * batch_size, rows)]
+                    yield first + k * indices.step, outs[0][k * batch_size : min((k + 1) * batch_size, rows)]
             else:
                 for k in range(batches):
                     start, end = k * batch_size, min((k + 1) * batch_size, rows)

@@ -335,7 +335,7 @@ class ReadPath:
             self.hints.prepare(epoch, local.lock)
             if not self.hints.hinting:  # warm data: copied on this thread (see npyfeed.loader.in_order)
                 indices = yield from read_in_order(
-                    self.source, self.schedule.layout(offset), indices, local.buffers, self.hints, self.metrics,
+                    self.source, self.schedule.layout(offset), indices, self.hints, self.metrics,
                     epoch=epoch, batch_size=self.batch_size,
                     count_mapped=partial(self.hints.count_mapped, trim_rows=local.plan.trim_rows, lock=local.lock),
                 )  # fmt: skip
