@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.output is not None:
             tables.append("## Keras data-bound model\n\n" + out.read_text())
     if "tf" in args.parts:
-        runners = ["default", *(f"default@{n}" for n in names), "recipe", "numpy", "ceiling"]
+        runners = ["default", *(f"default@{n}" for n in names), "views", "recipe", "numpy", "ceiling"]
         out = Path(os.devnull) if args.output is None else args.output.with_suffix(".tf.md")
         print(f"## tf.data (load average at start {os.getloadavg()[0]:.1f})", flush=True)
         tf_path.main(

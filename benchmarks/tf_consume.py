@@ -1,6 +1,7 @@
 """One cell of ``benchmarks.tf_path`` in a fresh process: ``python -m benchmarks.tf_consume CELL.json OUT.json``.
 
-A cell is one loader (``default``: ``to_tf_dataset()``; ``native``: ``to_tf_dataset(native=True)``; ``recipe``:
+A cell is one loader (``default``: ``to_tf_dataset()``; ``views``: ``to_tf_dataset(views=True)``, file order only;
+``native``: ``to_tf_dataset(native=True)``; ``recipe``:
 memmap + ``from_generator``; ``ceiling``: the file held as one tensor, batches sliced from it without a copy,
 TensorFlow's own per-element cost; ``numpy``: ``for b in loader``) on one dataset and order. It builds the loader
 once, then times ``runs`` epochs per way of consuming, taking turns (graph, eager, graph, eager, ...):
@@ -60,6 +61,8 @@ def build(cell: dict[str, Any]) -> Any:
         return _loader(cell, shuffled)
     if runner == "default":
         return _loader(cell, shuffled).to_tf_dataset()
+    if runner == "views":  # file order only: tf_path does not run it shuffled
+        return _loader(cell, False).to_tf_dataset(views=True)
     if runner == "native":
         return _loader(cell, "block" if shuffled else False).to_tf_dataset(native=True, epochs=1)
     if runner in ("recipe", "ceiling"):

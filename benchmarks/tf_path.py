@@ -37,9 +37,10 @@ from benchmarks.data import ROW_KINDS, BenchFiles, make_files
 __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNNERS = ("default", "native", "recipe", "numpy", "ceiling")
+RUNNERS = ("default", "views", "native", "recipe", "numpy", "ceiling")
 LABELS = {
     "default": "npyfeed to_tf_dataset()",
+    "views": "to_tf_dataset(views=True)",
     "native": "to_tf_dataset(native=True)",
     "recipe": "from_generator recipe",
     "numpy": "npyfeed numpy path",
@@ -48,6 +49,7 @@ LABELS = {
 TARGETS: tuple[tuple[str, str, float | None], ...] = (
     ("default", "lower", 0.8), ("default", "recipe", 1.0), ("native", "lower", 0.8), ("native", "recipe", 1.0),
     ("default", "numpy", None), ("ceiling", "numpy", None), ("default", "ceiling", None),
+    ("views", "lower", None), ("views", "recipe", None),
 )  # fmt: skip
 # (a, b, target): the ratio a/b of medians, checked against the target; None: reported only (what TF allows).
 # "lower" is the lower of the ceiling's and the numpy path's medians in the same cell (issue 21 item 2's reference).
@@ -274,6 +276,9 @@ def main(argv: list[str] | None = None) -> None:
         for order in args.order_list:
             for r in runners:
                 base, _, name = r.partition("@")
+                if base == "views" and order == "shuffled":
+                    results[(kind, order, r)] = {"epochs": []}  # views=True refuses a shuffle: n/a
+                    continue
                 pagecache.warm(paths)
                 cell = {
                     "runner": base, "label": r, "files": files.__dict__, "order": order, "shuffle": order == "shuffled",

@@ -132,4 +132,5 @@ class Feed(Protocol):
         targets: str | Sequence[str] | None = None,
         sample_weights: str | None = None,
         data_wait: bool = False,
+        views: bool = False,
     ) -> Any: ...

@@ -14,7 +14,7 @@ The dataset is a ``range`` mapped through a parallel, stateless ``tf.numpy_funct
   (it copies unaligned arrays), and a chunk is handed over as a view of its buffer. A batch that aliases a buffer
   keeps it out of the Loader's buffer pool while anything references it, so held batches never change. Batches
   are never views of the file's mapping: a file truncated or rewritten under a job would change (or fault)
-  bytes already handed out;
+  bytes already handed out (unless ``views=True`` says the files never change);
 - ``element_spec`` comes from the ``.npy`` headers (the file's dtype in native byte order, its row shape, a static
   batch dimension when every batch is full), shaped like the source: one tensor, a tuple or a dict;
 - an iterator saved with ``tf.train.Checkpoint(iterator=it)`` holds a few hundred bytes (its epoch and position,
@@ -70,6 +70,7 @@ from npyfeed.adapters.tf_reads import Call, Reader
 from npyfeed.adapters.tf_spec import check_signature, element_spec, header_spec
 from npyfeed.adapters.tf_wait import TfWait, with_wait
 from npyfeed.errors import ConfigError
+from npyfeed.sources.array import NpyArray
 from npyfeed.system import cpu_count
 
 if TYPE_CHECKING:
@@ -173,6 +174,7 @@ def to_tf_dataset(
     targets: str | Sequence[str] | None = None,
     sample_weights: str | None = None,
     data_wait: bool = False,
+    views: bool = False,
 ) -> tf.data.Dataset:
     """A ``tf.data.Dataset`` of ``loader``'s batches: one epoch per iterator, ``len(loader)`` elements.
 
@@ -200,6 +202,13 @@ def to_tf_dataset(
             (:mod:`npyfeed.adapters.tf_wait`: two small maps run inline in the consumer's ``GetNext``). Off by
             default: it still costs some CPU per element (benchmarks/RESULTS.md).
             Not for a graph that leaves the process (the tf.data service): the counters are this process's.
+        views: hand TensorFlow zero-copy views of the files' mappings instead of copies, for a sequential loader
+            (``shuffle=False``) over local ``.npy`` files without a transform: no copy per byte for large batches
+            (one element per batch), one instead of two for chunks of small ones. **Only for files that never
+            change while the dataset or any batch lives**: what it gives up is the guarantee that batches handed
+            out never change. A file rewritten in place changes batches already delivered, one truncated makes
+            reading them kill the process (``SIGBUS``), and the version check of each read does not cover bytes
+            read through a view. Batches whose rows are not one run of the file (a shard's) are copied as usual.
 
     >>> ds = loader.to_tf_dataset()  # doctest: +SKIP
     >>> model.fit(ds, epochs=3)  # doctest: +SKIP
@@ -215,7 +224,10 @@ def to_tf_dataset(
     epochs = args.optional_positive_int("epochs", epochs)
     native = args.flag("native", native)
     data_wait = args.flag("data_wait", data_wait)
+    views = args.flag("views", views)
     if native:
+        if views:
+            raise args.inapplicable("views", views, "native=True reads with TensorFlow's file ops, not the mapping")
         if output_signature is not None:
             raise ConfigError("native=True derives the element spec from the .npy headers; drop output_signature=")
         for name, value in (("threads", threads), ("prefetch", prefetch)):
@@ -255,7 +267,10 @@ def to_tf_dataset(
     starts, resumed_starts = chunk_starts(0), chunk_starts(offset)
     num_reads, resumed_reads = len(starts) - 1, len(resumed_starts) - 1
     trusted = output_signature is None and loader.transform is None
-    reader = Reader(loader, spec, starts, trusted=trusted, resumed=(start, offset, resumed_starts))
+    reader = Reader(
+        loader, spec, starts, trusted=trusted, resumed=(start, offset, resumed_starts),
+        views=_file_views(loader) if views else None,
+    )  # fmt: skip
 
     # The dataset's next epoch. An iterator claims it when its first batch is asked for, so an iterator that is
     # made and dropped unused (Keras makes one after the last epoch) consumes nothing.
@@ -335,6 +350,31 @@ def to_tf_dataset(
     # dataset or iterator built from it (they hold their inputs): see Call.
     dataset._npyfeed_reader = reader
     return dataset
+
+
+def _file_views(loader: Feed) -> list[np.ndarray]:
+    """Each column's read-only, zero-copy view of its file, for ``to_tf_dataset(views=True)`` (refused where
+    batches could not be views of the files: a shuffle, a transform, remote or several files, Fortran order)."""
+    if loader.shuffle != "none":
+        raise ConfigError(
+            f"views=True needs file order (shuffle=False), got shuffle={loader.shuffle!r}: shuffled rows are gathered"
+        )
+    if loader.transform is not None:
+        raise ConfigError("views=True hands over the files' bytes; a transform's output is not a view of them")
+    views = []
+    for array in loader.source.arrays:
+        if not isinstance(array, NpyArray):
+            raise ConfigError(
+                f"views=True needs each column to be one .npy file, got {type(array).__name__} "
+                f"of {', '.join(array.paths[:3])}"
+            )
+        if array.fortran_order:
+            raise ConfigError(f"views=True needs C-order files: {array.path} is in Fortran order")
+        try:
+            views.append(array.view())
+        except TypeError as err:
+            raise ConfigError(f"views=True needs local files: {err}") from err
+    return views
 
 
 def _counted(dataset: tf.data.Dataset, loader: Feed) -> tf.data.Dataset:

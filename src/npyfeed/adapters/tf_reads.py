@@ -34,10 +34,19 @@ class Reader:
     """
 
     def __init__(
-        self, loader: Feed, spec: Any, starts: np.ndarray, *, trusted: bool, resumed: tuple[int, int, np.ndarray]
+        self,
+        loader: Feed,
+        spec: Any,
+        starts: np.ndarray,
+        *,
+        trusted: bool,
+        resumed: tuple[int, int, np.ndarray],
+        views: list[np.ndarray] | None = None,
     ) -> None:
         tf = _tf()
         self.loader = loader
+        # to_tf_dataset(views=True): each column's zero-copy view of its file (source order), or None: copies.
+        self.views = views
         self.spec = spec
         self.starts = starts
         self.resumed = resumed  # (epoch, offset, starts) of the pass that reads the rest of a resumed epoch
@@ -143,12 +152,34 @@ class Reader:
 
     def _batch(self, e: int, i: int, _stop: int) -> list[np.ndarray]:
         where = f"batch {i} of epoch {e}"
+        viewed = self._viewed(e, i, i + 1)
+        if viewed is not None:
+            return self._checked([v[0] for v in viewed], where, ())
         batch = self.loader.read_batch(e, i, offset=self._pass(e)[0])
         return self._checked(self._leaves(batch, where), where, ())
 
+    def _viewed(self, e: int, start: int, stop: int) -> list[np.ndarray] | None:
+        """With views: batches ``start..stop-1`` as views of the files' mappings, ``[k, batch, ...]`` per leaf in
+        ``tf.nest.flatten`` order, when their rows are one run of whole batches in file order; else None (copied)."""
+        if self.views is None:
+            return None
+        offset = self._pass(e)[0]
+        rows = [self.loader.batch_rows(e, j, offset=offset) for j in range(start, stop)]
+        size = rows[0].size
+        lo = int(rows[0][0]) if size else 0
+        for k, r in enumerate(rows):
+            if r.size != size or not size or int(r[0]) != lo + k * size or int(r[-1]) != lo + (k + 1) * size - 1:
+                return None  # not one run (a shard's strided batches, a short last batch among full ones)
+        hi = lo + size * len(rows)
+        columns = [v[lo:hi].reshape(len(rows), size, *v.shape[1:]) for v in self.views]
+        return self.flatten(self.loader.source.pack(columns))
+
     def _chunk(self, e: int, start: int, stop: int) -> list[np.ndarray]:
-        batches = self.loader.read_batches(e, start, stop, offset=self._pass(e)[0])
         where = f"batch {start} of epoch {e}" if stop - start == 1 else f"batches {start}-{stop - 1} of epoch {e}"
+        viewed = self._viewed(e, start, stop)
+        if viewed is not None:
+            return self._checked(viewed, where, (stop - start,))
+        batches = self.loader.read_batches(e, start, stop, offset=self._pass(e)[0])
         self._leaves(batches[0], where)  # untransformed batches all have the source's structure
         chunk = [stacked(list(views)) for views in zip(*map(self.flatten, batches), strict=True)]
         return self._checked(chunk, where, (stop - start,))

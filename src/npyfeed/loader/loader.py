@@ -361,6 +361,7 @@ class Loader:
         targets: str | Sequence[str] | None = None,
         sample_weights: str | None = None,
         data_wait: bool = False,
+        views: bool = False,
     ) -> tf.data.Dataset:
         """A ``tf.data.Dataset`` of this loader's batches: one epoch per iterator, ``len(loader)`` elements.
 
@@ -375,6 +376,8 @@ class Loader:
             targets: for dict batches, the key (or keys) of the targets: elements become ``(inputs, targets)``.
             sample_weights: with ``targets``, the key of per-row weights: ``(inputs, targets, sample_weights)``.
             data_wait: count the consumer's wait for each element in :attr:`metrics` (off by default: its cost).
+            views: for files that never change while the dataset lives, zero-copy views of them instead of copies
+                (file order, local files, no transform); a file changed under it changes (or kills) what was read.
 
         Details: :func:`npyfeed.adapters.tf_data.to_tf_dataset`.
         """
@@ -392,6 +395,7 @@ class Loader:
             targets=targets,
             sample_weights=sample_weights,
             data_wait=data_wait,
+            views=views,
         )
 
     def to_keras(self, *, start_epoch: int | None = None, prefetch: int | None = None) -> Any:
