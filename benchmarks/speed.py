@@ -11,8 +11,9 @@ Three parts, each in fresh processes on the same files:
    sequential, fed by in-memory arrays, ``to_tf_dataset()`` and the ``from_generator`` recipe, the feeds
    interleaved run by run; ratios of median last epochs to in-memory (target <= 1.05x) and to the recipe
    (<= 1.0x).
-2. tf.data drained in a ``tf.function`` and eagerly (``benchmarks.tf_path``): ``to_tf_dataset()`` against the
-   recipe, npyfeed's numpy path and TensorFlow's per-element ceiling, 12 KiB and 1 KiB rows, both orders.
+2. tf.data drained in a ``tf.function`` and eagerly (``benchmarks.tf_path``): ``to_tf_dataset()`` (and
+   ``views=True`` in file order) against the recipe, npyfeed's numpy path and TensorFlow's per-element ceiling,
+   12 KiB and 1 KiB rows, both orders.
 3. The numpy path in file order (``benchmarks.numpy_path``): ``for batch in loader`` against one copy of the same
    rows from a mapping of the same file, 1 KiB and 12 KiB rows (target >= 0.9x; ~1 min).
 
