@@ -99,15 +99,22 @@ def read_in_order(
             nbytes += rows * row_bytes
             rows_since += rows
             batches_since += batches
-            if single:
-                for k in range(batches):
-                    done += 1
-                    yield first + k * indices.step, outs[0][k * batch_size : min((k + 1) * batch_size, rows)]
+            # Batches of a group are handed over in turn (a consumer that leaves mid-group needs no count).
+            if batches == 1:
+                yield first, outs[0][:rows] if single else source.pack([o[:rows] for o in outs])
+            elif single:
+                out = outs[0][:rows]  # the buffer's rows past the group's are not its batches'
+                for start in range(0, rows, batch_size):
+                    yield first, out[start : start + batch_size]
+                    first += 1  # a group of several batches is consecutive batches
+                del out  # no reference to the buffer once its batches are handed over (Ring.take)
             else:
-                for k in range(batches):
-                    start, end = k * batch_size, min((k + 1) * batch_size, rows)
-                    done += 1
-                    yield first + k * indices.step, source.pack([o[start:end] for o in outs])
+                cols = [o[:rows] for o in outs]
+                for start in range(0, rows, batch_size):
+                    yield first, source.pack([c[start : start + batch_size] for c in cols])
+                    first += 1
+                del cols
+            done += batches
             if nbytes >= CHECK_BYTES:
                 metrics.record_chunk(seconds, batches_since, rows_since, nbytes, asked=asked, read=seconds)
                 count_mapped(rows_since)

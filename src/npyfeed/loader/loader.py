@@ -274,8 +274,9 @@ class Loader:
         return self._epoch_batches(self._tracker.begin())
 
     def _epoch_batches(self, cursor: Cursor) -> Iterator[Batch]:
+        deliver = self._tracker.deliver
         for index, batch in self.iter_batches(cursor.epoch, offset=cursor.offset):
-            self._tracker.deliver(cursor, index + 1)
+            deliver(cursor, index + 1)
             yield batch
 
     def iter_batches(
