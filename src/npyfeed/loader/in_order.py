@@ -14,7 +14,6 @@ which read ahead and hint the kernel.
 
 from __future__ import annotations
 
-import resource
 import time
 from collections.abc import Generator, Iterator
 from typing import Any, cast
@@ -26,6 +25,11 @@ from npyfeed.loader.metrics import DataWait
 from npyfeed.shard import Layout
 from npyfeed.sources.array import NpyArray
 from npyfeed.sources.columns import Columns
+
+try:
+    import resource
+except ImportError:  # pragma: no cover - not POSIX
+    resource = None  # type: ignore[assignment]
 
 __all__ = ["GROUP_BYTES", "can_read_in_order", "read_in_order"]
 
@@ -40,7 +44,10 @@ def can_read_in_order(source: Columns) -> bool:
 
 
 def major_faults() -> int:
-    """Page faults of this thread that waited for storage (the data was not in the page cache)."""
+    """Page faults of this thread that waited for storage (the data was not in the page cache); where they cannot
+    be counted (no ``resource`` module), a count that always grows: every slow copy then counts as cold."""
+    if resource is None:
+        return time.perf_counter_ns()
     return resource.getrusage(getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)).ru_majflt
 
 
