@@ -3,6 +3,8 @@
 - ``rows``: how many rows the shared files hold: the test module's ``N`` when it defines one, else 1000.
 - ``ids_path``: ``ids.npy``, the int64 row ids ``0 .. rows-1`` (a column that says which row a batch holds).
 - ``files``: a labelled set of small files whose rows say where they came from (see :func:`files`).
+- ``float_rows``: ``float_rows(name, rows)`` writes ``name/x.npy``, ``rows`` float32 rows of 1 KiB (values
+  ``0 ..``), in a directory of the session's, and gives its path.
 - ``moto_server``: ONE moto S3 server on 127.0.0.1 for the whole session (started on first use, stopped at the end);
   ``s3``: that server reached through the standard ``AWS_*`` environment while one module's tests run. Each module
   creates its own bucket (a name of its own), so modules never see each other's objects.
@@ -10,7 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +61,16 @@ def files(tmp_path: Path, ids_path: str, rows: int) -> dict[str, str]:
         paths[name] = str(tmp_path / f"{name}.npy")
         np.save(paths[name], array)
     return paths
+
+
+@pytest.fixture(scope="session")
+def float_rows(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, int], str]:
+    def make(name: str, rows: int) -> str:
+        path = str(tmp_path_factory.mktemp(name) / "x.npy")
+        np.save(path, np.arange(rows * 256, dtype=np.float32).reshape(rows, 256))
+        return path
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,8 @@ SLOW = 0.02  # seconds the slow transform sleeps per batch
 
 
 @pytest.fixture(scope="module")
-def path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    p = str(tmp_path_factory.mktemp("observe") / "x.npy")
-    np.save(p, np.arange(ROWS * 256, dtype=np.float32).reshape(ROWS, 256))
-    return p
+def path(float_rows: Callable[[str, int], str]) -> str:
+    return float_rows("observe", ROWS)
 
 
 def slow(batch: Any) -> Any:

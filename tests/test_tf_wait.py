@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -23,10 +23,8 @@ SLOW = 0.2  # seconds every 4th batch's transform sleeps: its wait, whatever the
 
 
 @pytest.fixture(scope="module")
-def path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    p = str(tmp_path_factory.mktemp("tf_wait") / "x.npy")
-    np.save(p, np.arange(ROWS * 256, dtype=np.float32).reshape(ROWS, 256))
-    return p
+def path(float_rows: Callable[[str, int], str]) -> str:
+    return float_rows("tf_wait", ROWS)
 
 
 def graph(ds: Any) -> Any:
