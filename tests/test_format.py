@@ -55,13 +55,18 @@ def write(tmp_path: Path):
     return write
 
 
+# A refusal is a header check: milliseconds. The bound catches a hang or work grown with the header's claims, not a
+# slow machine (at three CI runs at once on 2 cores a refusal once took 1.05 s).
+QUICK_S = 10.0
+
+
 def refused(path: str | os.PathLike[str], *fragments: str, **kwargs: int) -> str:
     """Assert ``npyfeed.open`` and ``read_header`` refuse ``path`` quickly with one NpyFormatError line naming it."""
     for opener in (npyfeed.open, read_header):
         start = time.monotonic()
         with pytest.raises(NpyFormatError) as info:
             opener(path, **kwargs)
-        assert time.monotonic() - start < 1.0, f"refusing {path} took too long"
+        assert time.monotonic() - start < QUICK_S, f"refusing {path} took too long"
     error = info.value
     assert isinstance(error, ValueError)
     assert isinstance(error, NpyfeedError)
@@ -448,7 +453,7 @@ def test_fifo_is_refused_without_blocking(tmp_path):
     os.mkfifo(path)
     start = time.monotonic()
     error = _open_with_deadline(path)
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < QUICK_S
     assert isinstance(error, NpyFormatError)
     assert os.fspath(path) in str(error)
     assert "not a regular file" in str(error)
